@@ -1,0 +1,54 @@
+import torch
+from transformers import AutoConfig
+
+import vitlm  # noqa: F401  (registers the Auto classes)
+from vitlm.presets import preset_path
+
+TINY_PRESETS = {"vit": "vit-tiny-test", "hybrid": "hybrid-tiny-test", "dual": "clip-tiny-test"}
+
+
+def tiny_config(family: str, **overrides):
+    """The family's tiny preset from hub_configs/, with `overrides` applied (validated like any config)."""
+    config = AutoConfig.from_pretrained(preset_path(TINY_PRESETS[family]))
+    values = {**config.to_dict(), **overrides}
+    return type(config)(**{k: v for k, v in values.items() if k != "model_type"})
+
+
+def pixel_batch(config, batch_size=2, height=None, width=None, seed=0):
+    vision = getattr(config, "vision_config", config)
+    size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, vision.num_channels, height or size, width or size, generator=generator)
+
+
+def text_batch(config, batch_size=2, length=8, seed=0):
+    """Random token ids ending in end-of-text then padding, as CLIP's tokenizer lays them out."""
+    text = config.text_config
+    generator = torch.Generator().manual_seed(seed)
+    low = min(1, text.vocab_size - 3)
+    ids = torch.randint(low, text.vocab_size - 2, (batch_size, length), generator=generator)
+    ids[ids == text.eos_token_id] = low
+    for row in range(batch_size):
+        end = length - 1 - row % 3
+        ids[row, end] = text.eos_token_id
+        ids[row, end + 1 :] = text.pad_token_id
+    attention_mask = (torch.arange(length)[None] <= (ids == text.eos_token_id).int().argmax(1)[:, None]).long()
+    return ids, attention_mask
+
+
+
+def model_inputs(model, batch_size=2, seed=0):
+    """A forward-ready batch for any vitlm model."""
+    config = model.config
+    if hasattr(config, "text_config"):
+        input_ids, attention_mask = text_batch(config, batch_size, seed=seed)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_batch(config, batch_size, seed=seed)}
+    return {"pixel_values": pixel_batch(config, batch_size, seed=seed)}
+
+
+def main_output(outputs):
+    """The tensor that best summarizes a model's output, for equality checks."""
+    for name in ("logits", "logits_per_image", "last_hidden_state"):
+        if getattr(outputs, name, None) is not None:
+            return getattr(outputs, name)
+    raise AssertionError(f"no known output in {type(outputs).__name__}")

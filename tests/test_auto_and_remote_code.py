@@ -1,0 +1,122 @@
+"""Saved models reload identically: directly, through the Auto classes, and as remote code without vitlm."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageClassification, AutoModelForZeroShotImageClassification
+
+from tests.conftest import main_output, model_inputs, tiny_config
+from vitlm import (
+    VitlmDualEncoderModel,
+    VitlmHybridForImageClassification,
+    VitlmHybridModel,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+
+CASES = [
+    ("vit", VitlmViTModel, AutoModel),
+    ("vit", VitlmViTForImageClassification, AutoModelForImageClassification),
+    ("hybrid", VitlmHybridModel, AutoModel),
+    ("hybrid", VitlmHybridForImageClassification, AutoModelForImageClassification),
+    ("dual", VitlmDualEncoderModel, AutoModel),
+    ("dual", VitlmDualEncoderModel, AutoModelForZeroShotImageClassification),
+]
+CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
+
+
+def saved_model(tmp_path, family, model_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(family)).eval()
+    folder = tmp_path / f"{family}-{model_class.__name__}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("family,model_class,auto_class", CASES)
+def test_save_and_reload_give_identical_outputs(tmp_path, family, model_class, auto_class):
+    model, folder = saved_model(tmp_path, family, model_class)
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors"} | CODE_FILES <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    inputs = model_inputs(model)
+    with torch.no_grad():
+        expected = main_output(model(**inputs))
+        for loaded in (model_class.from_pretrained(folder), auto_class.from_pretrained(folder)):
+            assert type(loaded) is model_class
+            assert torch.equal(main_output(loaded.eval()(**inputs)), expected)
+
+
+def test_auto_map_lists_every_auto_class_of_the_family(tmp_path):
+    _, folder = saved_model(tmp_path, "vit", VitlmViTModel)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vitlm.VitlmViTConfig",
+        "AutoModel": "modeling_vit.VitlmViTModel",
+        "AutoModelForImageClassification": "modeling_vit.VitlmViTForImageClassification",
+    }
+    _, folder = saved_model(tmp_path, "dual", VitlmDualEncoderModel)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_dual_encoder.VitlmDualEncoderModel"
+    assert {"modeling_hybrid.py", "modeling_dual_encoder.py"} <= {p.name for p in folder.iterdir()}
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["vitlm"] = None  # the remote code must not need vitlm
+    import torch, transformers
+    from safetensors.torch import load_file, save_file
+
+    results = {}
+    for case in json.loads(sys.argv[1]):
+        auto_class = getattr(transformers, case["auto_class"])
+        model = auto_class.from_pretrained(case["folder"], trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(model).__name__ == case["class_name"], type(model).__name__
+        inputs = load_file(case["inputs"])
+        with torch.no_grad():
+            outputs = model(**inputs)
+        name = next(n for n in ("logits", "logits_per_image", "last_hidden_state") if getattr(outputs, n, None) is not None)
+        results[case["key"]] = getattr(outputs, name).contiguous()
+    save_file(results, sys.argv[2])
+    """
+)
+
+
+def test_remote_code_loads_without_vitlm(tmp_path):
+    cases, expected = [], {}
+    for index, (family, model_class, auto_class) in enumerate(CASES):
+        model, folder = saved_model(tmp_path, family, model_class)
+        inputs = model_inputs(model)
+        save_file(inputs, tmp_path / f"inputs-{index}.safetensors")
+        with torch.no_grad():
+            expected[str(index)] = main_output(model(**inputs))
+        cases.append(
+            {
+                "key": str(index),
+                "folder": str(folder),
+                "auto_class": auto_class.__name__,
+                "class_name": model_class.__name__,
+                "inputs": str(tmp_path / f"inputs-{index}.safetensors"),
+            }
+        )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, json.dumps(cases), str(tmp_path / "remote.safetensors")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = load_file(tmp_path / "remote.safetensors")
+    for key, value in expected.items():
+        assert torch.equal(remote[key], value), key

@@ -1,0 +1,79 @@
+"""vitlm: Vision Transformers, hybrid CNN+ViT models and CLIP-style dual encoders for the Hugging Face stack.
+
+`import vitlm` registers every model family with transformers' Auto classes, and marks each class for remote code
+so that `save_pretrained` writes `auto_map` and the modeling files: saved repos then load with
+`trust_remote_code=True` where vitlm is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPTokenizer,
+)
+
+from .models import (
+    VitlmDualEncoderConfig,
+    VitlmDualEncoderModel,
+    VitlmDualEncoderProcessor,
+    VitlmHybridConfig,
+    VitlmHybridForImageClassification,
+    VitlmHybridModel,
+    VitlmImageProcessor,
+    VitlmTextConfig,
+    VitlmTextModel,
+    VitlmViTConfig,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+
+__version__ = "0.1.0"
+
+_AUTO_MODELS = [
+    (AutoModel, VitlmViTConfig, VitlmViTModel),
+    (AutoModelForImageClassification, VitlmViTConfig, VitlmViTForImageClassification),
+    (AutoModel, VitlmHybridConfig, VitlmHybridModel),
+    (AutoModelForImageClassification, VitlmHybridConfig, VitlmHybridForImageClassification),
+    (AutoModel, VitlmTextConfig, VitlmTextModel),
+    (AutoModel, VitlmDualEncoderConfig, VitlmDualEncoderModel),
+    (AutoModelForZeroShotImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderModel),
+]
+
+
+def _register():
+    for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmTextConfig, VitlmDualEncoderConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+    for auto_class, config_class, model_class in _AUTO_MODELS:
+        auto_class.register(config_class, model_class, exist_ok=True)
+        # A class answers to several Auto classes; `_remote_auto_map` lists them all when saving.
+        if model_class._auto_class is None:
+            model_class.register_for_auto_class(auto_class.__name__)
+    for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
+        AutoImageProcessor.register(config_class, slow_image_processor_class=VitlmImageProcessor, exist_ok=True)
+    VitlmImageProcessor.register_for_auto_class("AutoImageProcessor")
+    AutoTokenizer.register(VitlmDualEncoderConfig, tokenizer_class=CLIPTokenizer, exist_ok=True)
+    AutoProcessor.register(VitlmDualEncoderConfig, VitlmDualEncoderProcessor, exist_ok=True)
+    VitlmDualEncoderProcessor.register_for_auto_class("AutoProcessor")
+
+
+_register()
+
+__all__ = [
+    "VitlmViTConfig",
+    "VitlmHybridConfig",
+    "VitlmTextConfig",
+    "VitlmDualEncoderConfig",
+    "VitlmViTModel",
+    "VitlmViTForImageClassification",
+    "VitlmHybridModel",
+    "VitlmHybridForImageClassification",
+    "VitlmTextModel",
+    "VitlmDualEncoderModel",
+    "VitlmImageProcessor",
+    "VitlmDualEncoderProcessor",
+]

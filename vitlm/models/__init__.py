@@ -1,0 +1,26 @@
+"""The portable model code: everything here is copied into saved repos and runs with `trust_remote_code=True`.
+
+Modules in this folder import only torch, transformers, numpy, PIL and each other (single-level relative imports).
+"""
+
+from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
+from .image_processing_vitlm import VitlmImageProcessor
+from .modeling_dual_encoder import VitlmDualEncoderModel, VitlmTextModel
+from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
+from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
+from .processing_vitlm import VitlmDualEncoderProcessor
+
+__all__ = [
+    "VitlmViTConfig",
+    "VitlmHybridConfig",
+    "VitlmTextConfig",
+    "VitlmDualEncoderConfig",
+    "VitlmViTModel",
+    "VitlmViTForImageClassification",
+    "VitlmHybridModel",
+    "VitlmHybridForImageClassification",
+    "VitlmTextModel",
+    "VitlmDualEncoderModel",
+    "VitlmImageProcessor",
+    "VitlmDualEncoderProcessor",
+]

@@ -1,0 +1,18 @@
+"""The dual encoder's processor: the image processor and CLIP's BPE tokenizer behind one call."""
+
+from transformers.processing_utils import ProcessorMixin
+
+
+class VitlmDualEncoderProcessor(ProcessorMixin):
+    """`processor(images=..., text=...)` returns `pixel_values` from the image processor and `input_ids` /
+    `attention_mask` from the tokenizer; both round-trip through `save_pretrained`."""
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer)
+
+
+__all__ = ["VitlmDualEncoderProcessor"]
