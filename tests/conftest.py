@@ -10,7 +10,10 @@ TINY_PRESETS = {"vit": "vit-tiny-test", "hybrid": "hybrid-tiny-test", "dual": "c
 def tiny_config(family: str, **overrides):
     """The family's tiny preset from hub_configs/, with `overrides` applied (validated like any config)."""
     config = AutoConfig.from_pretrained(preset_path(TINY_PRESETS[family]))
-    values = {**config.to_dict(), **overrides}
+    values = config.to_dict()
+    if "num_labels" in overrides:  # a new label count replaces the preset's label names
+        values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}
+    values.update(overrides)
     return type(config)(**{k: v for k, v in values.items() if k != "model_type"})
 
 
@@ -36,13 +39,16 @@ def text_batch(config, batch_size=2, length=8, seed=0):
     return ids, attention_mask
 
 
-
 def model_inputs(model, batch_size=2, seed=0):
     """A forward-ready batch for any vitlm model."""
     config = model.config
     if hasattr(config, "text_config"):
         input_ids, attention_mask = text_batch(config, batch_size, seed=seed)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_batch(config, batch_size, seed=seed)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": pixel_batch(config, batch_size, seed=seed),
+        }
     return {"pixel_values": pixel_batch(config, batch_size, seed=seed)}
 
 

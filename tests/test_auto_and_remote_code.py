@@ -6,19 +6,24 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForZeroShotImageClassification
 
 from tests.conftest import main_output, model_inputs, tiny_config
 from vitlm import (
     VitlmDualEncoderModel,
+    VitlmDualEncoderProcessor,
     VitlmHybridForImageClassification,
     VitlmHybridModel,
+    VitlmImageProcessor,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
+from vitlm.clip_bpe import clip_tokenizer
 
 CASES = [
     ("vit", VitlmViTModel, AutoModel),
@@ -83,15 +88,29 @@ REMOTE_SCRIPT = textwrap.dedent(
         inputs = load_file(case["inputs"])
         with torch.no_grad():
             outputs = model(**inputs)
-        name = next(n for n in ("logits", "logits_per_image", "last_hidden_state") if getattr(outputs, n, None) is not None)
+        names = ("logits", "logits_per_image", "last_hidden_state")
+        name = next(n for n in names if getattr(outputs, n, None) is not None)
         results[case["key"]] = getattr(outputs, name).contiguous()
+
+    processor = transformers.AutoProcessor.from_pretrained(sys.argv[3], trust_remote_code=True)
+    assert type(processor).__name__ == "VitlmDualEncoderProcessor", type(processor).__name__
+    assert type(processor.tokenizer).__name__ == "VitlmCLIPTokenizer", type(processor.tokenizer).__name__
+    assert type(processor.image_processor).__module__.startswith("transformers_modules")
+    encoded = processor(images=[sys.argv[4]], text=json.loads(sys.argv[5]), padding=True, return_tensors="pt")
+    results.update({name: encoded[name].contiguous() for name in ("pixel_values", "input_ids")})
     save_file(results, sys.argv[2])
     """
 )
 
 
 def test_remote_code_loads_without_vitlm(tmp_path):
-    cases, expected = [], {}
+    """Models of every family and head, and the dual encoder's processor, load and compute the same without vitlm."""
+    processor = VitlmDualEncoderProcessor(VitlmImageProcessor(size=40, crop_size=32), clip_tokenizer())
+    processor.save_pretrained(tmp_path / "processor")
+    image_file, texts = tmp_path / "image.png", ["A photo of a café &amp; a cat 😀", "two dogs"]
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image_file)
+    encoded = processor(images=[str(image_file)], text=texts, padding=True, return_tensors="pt")
+    cases, expected = [], {"pixel_values": encoded["pixel_values"], "input_ids": encoded["input_ids"]}
     for index, (family, model_class, auto_class) in enumerate(CASES):
         model, folder = saved_model(tmp_path, family, model_class)
         inputs = model_inputs(model)
@@ -110,7 +129,16 @@ def test_remote_code_loads_without_vitlm(tmp_path):
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, json.dumps(cases), str(tmp_path / "remote.safetensors")],
+        [
+            sys.executable,
+            "-c",
+            REMOTE_SCRIPT,
+            json.dumps(cases),
+            str(tmp_path / "remote.safetensors"),
+            str(tmp_path / "processor"),
+            str(image_file),
+            json.dumps(texts),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

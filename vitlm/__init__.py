@@ -13,10 +13,10 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
-    CLIPTokenizer,
 )
 
 from .models import (
+    VitlmCLIPTokenizer,
     VitlmDualEncoderConfig,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
@@ -56,7 +56,8 @@ def _register():
     for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
         AutoImageProcessor.register(config_class, slow_image_processor_class=VitlmImageProcessor, exist_ok=True)
     VitlmImageProcessor.register_for_auto_class("AutoImageProcessor")
-    AutoTokenizer.register(VitlmDualEncoderConfig, tokenizer_class=CLIPTokenizer, exist_ok=True)
+    AutoTokenizer.register(VitlmDualEncoderConfig, tokenizer_class=VitlmCLIPTokenizer, exist_ok=True)
+    VitlmCLIPTokenizer.register_for_auto_class("AutoTokenizer")
     AutoProcessor.register(VitlmDualEncoderConfig, VitlmDualEncoderProcessor, exist_ok=True)
     VitlmDualEncoderProcessor.register_for_auto_class("AutoProcessor")
 
@@ -76,4 +77,5 @@ __all__ = [
     "VitlmDualEncoderModel",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
+    "VitlmCLIPTokenizer",
 ]

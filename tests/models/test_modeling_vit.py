@@ -94,7 +94,10 @@ def test_output_attentions_and_hidden_states(family, model_class):
     with torch.no_grad():
         outputs = model(**model_inputs(model), output_attentions=True, output_hidden_states=True)
     towers = (
-        [(outputs.vision_model_output, model.config.vision_config), (outputs.text_model_output, model.config.text_config)]
+        [
+            (outputs.vision_model_output, model.config.vision_config),
+            (outputs.text_model_output, model.config.text_config),
+        ]
         if family == "dual"
         else [(outputs, model.config)]
     )
@@ -117,10 +120,14 @@ def test_flex_attention_matches_sdpa():
     flex.load_state_dict(sdpa.state_dict())
     pixel_values = pixel_batch(config)
     with torch.no_grad():
-        torch.testing.assert_close(flex(pixel_values).last_hidden_state, sdpa(pixel_values).last_hidden_state, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            flex(pixel_values).last_hidden_state, sdpa(pixel_values).last_hidden_state, atol=1e-5, rtol=0
+        )
 
 
-@pytest.mark.parametrize("family,model_class", [("vit", VitlmViTForImageClassification), ("dual", VitlmDualEncoderModel)])
+@pytest.mark.parametrize(
+    "family,model_class", [("vit", VitlmViTForImageClassification), ("dual", VitlmDualEncoderModel)]
+)
 def test_gradient_checkpointing_gives_the_same_gradients(family, model_class):
     plain = build(model_class, tiny_config(family)).train()
     checkpointed = build(model_class, tiny_config(family)).train()
@@ -138,13 +145,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, model_class):
 @pytest.mark.parametrize(
     "problem_type,labels,reference",
     [
-        ("single_label_classification", torch.tensor([0, 2]), lambda logits, y: torch.nn.functional.cross_entropy(logits, y)),
+        (
+            "single_label_classification",
+            torch.tensor([0, 2]),
+            lambda logits, y: torch.nn.functional.cross_entropy(logits, y),
+        ),
         (
             "multi_label_classification",
             torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
             lambda logits, y: torch.nn.functional.binary_cross_entropy_with_logits(logits, y),
         ),
-        ("regression", torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]), lambda logits, y: torch.nn.functional.mse_loss(logits, y)),
+        (
+            "regression",
+            torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]),
+            lambda logits, y: torch.nn.functional.mse_loss(logits, y),
+        ),
     ],
 )
 def test_classification_loss_follows_problem_type(problem_type, labels, reference):
@@ -175,7 +190,9 @@ def test_mean_pooling_averages_patch_states():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("family,model_class", [("vit", VitlmViTModel), ("hybrid", VitlmHybridModel), ("dual", VitlmDualEncoderModel)])
+@pytest.mark.parametrize(
+    "family,model_class", [("vit", VitlmViTModel), ("hybrid", VitlmHybridModel), ("dual", VitlmDualEncoderModel)]
+)
 def test_half_precision_follows_float32(dtype, family, model_class):
     model = build(model_class, tiny_config(family))
     inputs = model_inputs(model)

@@ -9,6 +9,7 @@ from .modeling_dual_encoder import VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
+from .tokenization_vitlm import VitlmCLIPTokenizer
 
 __all__ = [
     "VitlmViTConfig",
@@ -23,4 +24,5 @@ __all__ = [
     "VitlmDualEncoderModel",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
+    "VitlmCLIPTokenizer",
 ]

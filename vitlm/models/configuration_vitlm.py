@@ -12,6 +12,7 @@ from transformers.activations import ACT2FN
 POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d")
 POOLING_TYPES = ("cls", "mean")
 LOSS_TYPES = ("softmax", "sigmoid")
+CLIP_LOGIT_SCALE = math.log(1 / 0.07)
 
 
 def to_pair(value) -> tuple[int, int]:
@@ -68,7 +69,7 @@ class VitlmViTConfig(PretrainedConfig):
         patch_size (`int`): side of the square patches cut by the stem.
         num_channels (`int`): input channels.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: encoder shape.
-        hidden_act (`str`): MLP activation, any key of `transformers.activations.ACT2FN` (`"quick_gelu"` for OpenAI CLIP).
+        hidden_act (`str`): MLP activation, a key of transformers' `ACT2FN` (`"quick_gelu"` for OpenAI CLIP).
         layer_norm_eps (`float`): epsilon of every LayerNorm.
         hidden_dropout_prob, attention_probs_dropout_prob (`float`): dropout rates.
         drop_path_rate (`float`): stochastic depth rate, increased linearly from 0 over the blocks.
@@ -168,7 +169,9 @@ class VitlmViTConfig(PretrainedConfig):
             raise ValueError("`use_distillation_token=True` needs `use_cls_token=True` (DeiT uses both)")
         head_dim = self.hidden_size // self.num_attention_heads
         if self.position_embedding_type == "sincos2d" and self.hidden_size % 4:
-            raise ValueError(f"`position_embedding_type='sincos2d'` needs `hidden_size` divisible by 4, got {self.hidden_size}")
+            raise ValueError(
+                f"`position_embedding_type='sincos2d'` needs `hidden_size` divisible by 4, got {self.hidden_size}"
+            )
         if self.position_embedding_type == "rope2d" and head_dim % 4:
             raise ValueError(
                 f"`position_embedding_type='rope2d'` needs a head dimension (hidden_size / num_attention_heads) "
@@ -180,7 +183,7 @@ class VitlmViTConfig(PretrainedConfig):
 
 class VitlmHybridConfig(VitlmViTConfig):
     r"""
-    Configuration of a hybrid CNN+ViT (R50+ViT-B/16 and timm's `vit_*_r50_*` / `vit_*_r26_*`): a ResNetV2 (BiT) backbone
+    Configuration of a hybrid CNN+ViT (R50+ViT-B/16, timm's `vit_*_r50_*` / `vit_*_r26_*`): a ResNetV2 (BiT) backbone
     with weight-standardized convolutions and GroupNorm whose feature map is cut into `patch_size` x `patch_size`
     patches (1x1 by default), followed by the same transformer as [`VitlmViTConfig`].
 
@@ -230,8 +233,12 @@ class VitlmHybridConfig(VitlmViTConfig):
 
     def check_values(self):
         if not isinstance(self.backbone_depths, list) or not self.backbone_depths:
-            raise ValueError(f"`backbone_depths` must be a non-empty list of positive integers, got {self.backbone_depths!r}")
-        _require_positive_ints(self, "backbone_depths", "backbone_stem_width", "backbone_width_factor", "backbone_num_groups")
+            raise ValueError(
+                f"`backbone_depths` must be a non-empty list of positive integers, got {self.backbone_depths!r}"
+            )
+        _require_positive_ints(
+            self, "backbone_depths", "backbone_stem_width", "backbone_width_factor", "backbone_num_groups"
+        )
         # every GroupNorm (stem and bottleneck widths; stage outputs are 4x the bottleneck width) splits into groups
         channels = [self.backbone_stem_width] + [width // 4 for width in self.backbone_widths]
         if any(c % self.backbone_num_groups for c in channels):
@@ -252,8 +259,8 @@ class VitlmTextConfig(PretrainedConfig):
     Args:
         vocab_size (`int`): tokens in the vocabulary (49408 for CLIP's BPE).
         max_position_embeddings (`int`): context length (77 for CLIP).
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: the tower's width, layers and heads.
-        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob, qkv_bias: as for the vision tower.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: width, layers and heads.
+        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob, qkv_bias: as for images.
         bos_token_id, eos_token_id, pad_token_id (`int`): special tokens; pooling reads the state at `eos_token_id`.
     """
 
@@ -317,7 +324,9 @@ def vision_config_from(value) -> VitlmViTConfig:
         raise ValueError(f"`vision_config` must be a dict or a ViT/hybrid config, got {type(value).__name__}")
     model_type = value.get("model_type", VitlmViTConfig.model_type)
     if model_type not in VISION_CONFIG_CLASSES:
-        raise ValueError(f"`vision_config.model_type` must be one of {tuple(VISION_CONFIG_CLASSES)}, got {model_type!r}")
+        raise ValueError(
+            f"`vision_config.model_type` must be one of {tuple(VISION_CONFIG_CLASSES)}, got {model_type!r}"
+        )
     return VISION_CONFIG_CLASSES[model_type](**{k: v for k, v in value.items() if k != "model_type"})
 
 
@@ -346,7 +355,7 @@ class VitlmDualEncoderConfig(PretrainedConfig):
         vision_config=None,
         text_config=None,
         projection_dim=512,
-        logit_scale_init_value=math.log(1 / 0.07),
+        logit_scale_init_value=CLIP_LOGIT_SCALE,
         logit_bias_init_value=-10.0,
         loss_type="softmax",
         **kwargs,

@@ -143,8 +143,9 @@ class VitlmEncoder(nn.Module):
 
     def __init__(self, config, is_causal: bool = False):
         super().__init__()
-        drop_path_rate = getattr(config, "drop_path_rate", 0.0)
-        rates = torch.linspace(0, drop_path_rate, config.num_hidden_layers).tolist()
+        drop_path_rate, depth = getattr(config, "drop_path_rate", 0.0), config.num_hidden_layers
+        # plain Python: models may be built under a meta-device context, where tensors hold no values
+        rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
         self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal) for rate in rates)
 
     def forward(
@@ -261,7 +262,9 @@ class VitlmPositionEncoding(nn.Module):
         xs = grid_positions(grid_size[1], reference[1], embeddings.device)
         if self.type == "sincos2d":
             table = sincos_2d_position_embeddings(self.hidden_size, ys, xs).to(embeddings.dtype)
-            return torch.cat([embeddings[:, : self.num_prefix_tokens], embeddings[:, self.num_prefix_tokens :] + table], 1), None
+            return torch.cat(
+                [embeddings[:, : self.num_prefix_tokens], embeddings[:, self.num_prefix_tokens :] + table], 1
+            ), None
         angles = rope_2d_angles(self.head_dim, ys, xs, self.rope_theta)
         angles = torch.cat([angles.new_zeros(self.num_prefix_tokens, self.head_dim), angles])
         return embeddings, (angles.cos().to(embeddings.dtype), angles.sin().to(embeddings.dtype))

@@ -128,9 +128,7 @@ class VitlmDualEncoderOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            v.to_tuple() if k in ("text_model_output", "vision_model_output") else v for k, v in self.items()
-        )
+        return tuple(v.to_tuple() if k in ("text_model_output", "vision_model_output") else v for k, v in self.items())
 
 
 def contrastive_loss(logits_per_text: torch.Tensor, loss_type: str) -> torch.Tensor:
@@ -140,7 +138,8 @@ def contrastive_loss(logits_per_text: torch.Tensor, loss_type: str) -> torch.Ten
         return -nn.functional.logsigmoid(labels * logits_per_text).sum() / logits_per_text.shape[0]
     targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
     return (
-        nn.functional.cross_entropy(logits_per_text, targets) + nn.functional.cross_entropy(logits_per_text.t(), targets)
+        nn.functional.cross_entropy(logits_per_text, targets)
+        + nn.functional.cross_entropy(logits_per_text.t(), targets)
     ) / 2
 
 
@@ -179,7 +178,9 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
         """The vision tower's outputs, with `pooler_output` replaced by the projected (unnormalized) embedding."""
-        outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
+        outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 

@@ -13,7 +13,7 @@ from .layers import VitlmEncoder, VitlmPatchEmbeddings, VitlmPositionEncoding, V
 
 
 class VitlmPreTrainedModel(PreTrainedModel):
-    """Conventions shared by every vitlm model: weight init, attention back-ends and a complete remote-code auto_map."""
+    """Conventions shared by every vitlm model: weight init, attention back-ends, a complete remote-code auto_map."""
 
     supports_gradient_checkpointing = True
     _no_split_modules = ["VitlmBlock", "VitlmVisionEmbeddings"]

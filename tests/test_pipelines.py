@@ -1,0 +1,101 @@
+"""transformers' own pipelines run vitlm models and processors loaded from a folder."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from tests.conftest import tiny_config
+from vitlm import (
+    VitlmDualEncoderModel,
+    VitlmDualEncoderProcessor,
+    VitlmHybridForImageClassification,
+    VitlmImageProcessor,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+from vitlm.clip_bpe import clip_tokenizer
+
+
+def image_processor_for(config):
+    size = config.image_size
+    return VitlmImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 56), (64, 33)]]
+
+
+@pytest.mark.parametrize(
+    "family,model_class", [("vit", VitlmViTForImageClassification), ("hybrid", VitlmHybridForImageClassification)]
+)
+def test_image_classification_pipeline(tmp_path, images, family, model_class):
+    labels = ["circle", "square", "triangle"]
+    config = tiny_config(family, id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    processor = image_processor_for(config)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    results = classifier(images, top_k=3)
+    expected = model(**processor(images, return_tensors="pt")).logits.softmax(-1)
+    for result, probabilities in zip(results, expected):
+        assert [r["label"] for r in result] == [labels[i] for i in probabilities.argsort(descending=True)]
+        np.testing.assert_allclose(
+            [r["score"] for r in result], probabilities.sort(descending=True).values.tolist(), atol=1e-5
+        )
+
+
+def test_zero_shot_image_classification_pipeline(tmp_path, images):
+    config = tiny_config("dual")
+    text = dict(
+        config.text_config.to_dict(),
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )
+    config = tiny_config("dual", text_config=text)
+    torch.manual_seed(0)
+    model = VitlmDualEncoderModel(config).eval()
+    processor = VitlmDualEncoderProcessor(image_processor_for(config.vision_config), clip_tokenizer())
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    classifier = pipeline("zero-shot-image-classification", model=str(tmp_path))
+    candidates = ["a red circle", "a blue square", "a green triangle", "a dog"]
+    result = classifier(images[0], candidate_labels=candidates, hypothesis_template="{}")
+    assert sorted(r["label"] for r in result) == sorted(candidates)
+    scores = [r["score"] for r in result]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5
+
+    inputs = processor(images=images[0], text=candidates, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**inputs).logits_per_image.softmax(-1)[0]
+    np.testing.assert_allclose(
+        [dict((r["label"], r["score"]) for r in result)[c] for c in candidates], probabilities.tolist(), atol=1e-5
+    )
+
+
+def test_image_feature_extraction_pipeline(tmp_path, images):
+    config = tiny_config("vit")
+    torch.manual_seed(0)
+    model = VitlmViTModel(config).eval()
+    processor = image_processor_for(config)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
+    with torch.no_grad():
+        outputs = model(**processor(images[0], return_tensors="pt"))
+    features = np.array(extractor(images[0]))
+    tokens = 1 + (config.image_size // config.patch_size) ** 2
+    assert features.shape == (1, tokens, config.hidden_size)
+    np.testing.assert_allclose(features, outputs.last_hidden_state.numpy(), atol=1e-5)
+    pooled = np.array(extractor(images[0], pool=True))
+    np.testing.assert_allclose(pooled.reshape(-1), outputs.pooler_output[0].numpy(), atol=1e-5)
