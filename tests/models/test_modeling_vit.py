@@ -217,3 +217,13 @@ def test_bad_pixel_values_raise_a_clear_error(pixel_values, message):
     model = build(VitlmViTModel, tiny_config("vit", image_size=32, patch_size=8))
     with pytest.raises(ValueError, match=message):
         model(pixel_values)
+
+
+def test_representation_layer_is_linear_tanh_on_the_pooled_state():
+    config = tiny_config("vit", representation_size=12, num_labels=3)
+    model = build(VitlmViTForImageClassification, config)
+    outputs = model.vit(pixel_batch(config))
+    assert outputs.pooler_output.shape == (2, 12)
+    dense = model.vit.pooler[0]
+    torch.testing.assert_close(outputs.pooler_output, torch.tanh(dense(outputs.last_hidden_state[:, 0])))
+    assert model.classifier.in_features == 12

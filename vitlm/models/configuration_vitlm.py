@@ -82,6 +82,8 @@ class VitlmViTConfig(PretrainedConfig):
         use_distillation_token (`bool`): prepend a DeiT distillation token after [CLS].
         pooling (`str`): `"cls"` (the [CLS] state) or `"mean"` (average of the patch states).
         pre_norm (`bool`): LayerNorm before the encoder, as in CLIP's vision tower.
+        representation_size (`int`, *optional*): size of the ViT paper's pre-logits layer (linear + tanh on the
+            pooled output; transformers' `ViTModel` pooler); `None` for none.
         initializer_range (`float`): std of the truncated-normal initialisation.
     """
 
@@ -109,6 +111,7 @@ class VitlmViTConfig(PretrainedConfig):
         use_distillation_token=False,
         pooling="cls",
         pre_norm=False,
+        representation_size=None,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -132,6 +135,7 @@ class VitlmViTConfig(PretrainedConfig):
         self.use_distillation_token = use_distillation_token
         self.pooling = pooling
         self.pre_norm = pre_norm
+        self.representation_size = representation_size
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.check_values()
@@ -157,6 +161,8 @@ class VitlmViTConfig(PretrainedConfig):
         _require_choice(self, "position_embedding_type", POSITION_EMBEDDING_TYPES)
         _require_choice(self, "pooling", POOLING_TYPES)
         _require_probabilities(self, "drop_path_rate")
+        if self.representation_size is not None:
+            _require_positive_ints(self, "representation_size")
         for side in to_pair(self.image_size):
             if side % self.stem_stride:
                 raise ValueError(

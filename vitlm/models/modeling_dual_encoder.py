@@ -158,7 +158,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         super().__init__(config)
         self.vision_model = VISION_MODEL_CLASSES[config.vision_config.model_type](config.vision_config)
         self.text_model = VitlmTextModel(config.text_config)
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(self.vision_model.pooled_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.logit_bias = (

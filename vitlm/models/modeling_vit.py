@@ -62,7 +62,8 @@ class VitlmViTPreTrainedModel(VitlmPreTrainedModel):
 
 
 class VitlmViTModel(VitlmViTPreTrainedModel):
-    """Outputs the final hidden states and a pooled image representation ([CLS] or mean of patches)."""
+    """Outputs the final hidden states and a pooled image representation ([CLS] or mean of patches, then the
+    optional pre-logits layer)."""
 
     def __init__(self, config: VitlmViTConfig):
         super().__init__(config)
@@ -70,7 +71,16 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else None
         self.encoder = VitlmEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = (
+            nn.Sequential(nn.Linear(config.hidden_size, config.representation_size), nn.Tanh())
+            if config.representation_size
+            else None
+        )
         self.post_init()
+
+    @property
+    def pooled_size(self) -> int:
+        return self.config.representation_size or self.config.hidden_size
 
     @staticmethod
     def build_stem(config) -> nn.Module:
@@ -114,6 +124,8 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
             pooled_output = last_hidden_state[:, 0]
         else:
             pooled_output = last_hidden_state[:, self.config.num_prefix_tokens :].mean(dim=1)
+        if self.pooler is not None:
+            pooled_output = self.pooler(pooled_output)
 
         output = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
@@ -148,7 +160,8 @@ class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = self.base_model_class(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        pooled_size = self.vit.pooled_size
+        self.classifier = nn.Linear(pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.distillation_classifier = (
             nn.Linear(config.hidden_size, config.num_labels)
             if config.use_distillation_token and config.num_labels > 0
