@@ -1,0 +1,182 @@
+import importlib
+import inspect
+import json
+import pathlib
+
+import pytest
+import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from transformers import AutoConfig, AutoImageProcessor
+
+import vitlm
+from vitlm.cli import main
+from vitlm.presets import (
+    build_empty_model,
+    count_parameters,
+    load_preset_config,
+    model_class_for,
+    preset_names,
+    preset_path,
+)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+FAMILIES = {"vit-": "vitlm_vit", "hybrid-": "vitlm_hybrid", "clip-": "vitlm_dual_encoder"}
+PUBLISHED = [
+    "vit-tiny-patch16-224",
+    "vit-small-patch16-224",
+    "vit-base-patch16-224",
+    "vit-large-patch16-224",
+    "vit-base-patch32-384",
+    "hybrid-r50-vit-base-patch16-384",
+    "hybrid-r26-vit-small-patch32-224",
+    "clip-vit-base-patch32",
+    "clip-vit-base-patch16",
+    "clip-vit-large-patch14",
+]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test"]
+
+
+def expected_model_type(name):
+    return next(model_type for prefix, model_type in FAMILIES.items() if name.startswith(prefix))
+
+
+def accepted_fields(config_class) -> set[str]:
+    """Every keyword a config class (or one of its bases) takes."""
+    return {name for cls in config_class.__mro__ if cls is not object for name in inspect.signature(cls).parameters}
+
+
+def check_fields_are_known(fields: dict, config_class, where: str):
+    """A misspelt field would silently become an extra attribute and leave the default in place."""
+    unknown = set(fields) - accepted_fields(config_class) - {"model_type", "architectures", "num_labels"}
+    assert not unknown, f"{where}: fields that {config_class.__name__} does not take: {sorted(unknown)}"
+
+
+def test_every_expected_preset_exists():
+    assert set(PUBLISHED + TINY) <= set(preset_names())
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="vit-base-patch16-224"):
+        preset_path("vit-base-patch17-224")
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_loads_as_its_family(name):
+    folder = preset_path(name)
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == expected_model_type(name)
+    fields = json.loads((folder / "config.json").read_text())
+    check_fields_are_known(fields, type(config), name)
+    if config.model_type == "vitlm_dual_encoder":
+        for key in ("vision_config", "text_config"):
+            check_fields_are_known(fields[key], type(getattr(config, key)), f"{name}.{key}")
+            assert getattr(config, key).model_type == fields[key]["model_type"]
+    else:
+        assert config.num_labels == (1000 if name in PUBLISHED else fields.get("num_labels", 2))
+    for architecture in config.architectures:
+        assert hasattr(vitlm, architecture), architecture
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preprocessor_matches_the_model_resolution(name):
+    processor = AutoImageProcessor.from_pretrained(preset_path(name))
+    assert type(processor) is vitlm.VitlmImageProcessor
+    config = load_preset_config(name)
+    vision = getattr(config, "vision_config", config)
+    assert processor.do_center_crop and processor.crop_size == {
+        "height": vision.image_size,
+        "width": vision.image_size,
+    }
+    assert processor.size["shortest_edge"] >= vision.image_size
+    pixel_values = processor(torch.zeros(3, 40, 50, dtype=torch.uint8)).pixel_values
+    assert pixel_values.shape == (1, 3, vision.image_size, vision.image_size)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_presets_run(name):
+    config = load_preset_config(name)
+    model = model_class_for(config)(config).eval()
+    assert count_parameters(model) < 1_000_000
+    vision = getattr(config, "vision_config", config)
+    pixel_values = torch.randn(2, 3, vision.image_size, vision.image_size)
+    with torch.no_grad():
+        if hasattr(config, "text_config"):
+            input_ids = torch.tensor([[config.text_config.bos_token_id, 5, config.text_config.eos_token_id]] * 2)
+            assert model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image.shape == (2, 2)
+        else:
+            assert model(pixel_values).logits.shape == (2, config.num_labels)
+
+
+def reference_model(library, name):
+    """The original library's model with random weights, on the meta device."""
+    module = importlib.import_module(library)
+    with torch.device("meta"):
+        if library == "timm":
+            return module.create_model(name, pretrained=False)
+        return module.create_model(name, pretrained=None, device="meta")
+
+
+REFERENCES = [
+    ("vit-tiny-patch16-224", "timm", "vit_tiny_patch16_224"),
+    ("vit-small-patch16-224", "timm", "vit_small_patch16_224"),
+    ("vit-base-patch16-224", "timm", "vit_base_patch16_224"),
+    ("vit-large-patch16-224", "timm", "vit_large_patch16_224"),
+    ("vit-base-patch32-384", "timm", "vit_base_patch32_384"),
+    ("hybrid-r50-vit-base-patch16-384", "timm", "vit_base_r50_s16_384"),
+    ("hybrid-r26-vit-small-patch32-224", "timm", "vit_small_r26_s32_224"),
+    ("clip-vit-base-patch32", "open_clip", "ViT-B-32"),
+    ("clip-vit-base-patch16", "open_clip", "ViT-B-16"),
+    ("clip-vit-large-patch14", "open_clip", "ViT-L-14"),
+]
+
+
+def test_every_published_preset_has_a_reference():
+    assert sorted(preset for preset, _, _ in REFERENCES) == sorted(PUBLISHED)
+
+
+@pytest.mark.parametrize("preset,library,name", REFERENCES)
+def test_parameter_count_matches_the_original(preset, library, name):
+    """timm classifiers with their 1000-class head; open_clip models with both towers, projections and temperature."""
+    original = reference_model(library, name)
+    model = build_empty_model(load_preset_config(preset))
+    if library == "open_clip":  # the image tower first, so that a mismatch says where it is
+        vision = count_parameters(model.vision_model) + count_parameters(model.visual_projection)
+        assert vision == count_parameters(original.visual), f"{preset} image tower vs {library} {name}.visual"
+    ours, theirs = count_parameters(model), count_parameters(original)
+    assert ours == theirs, f"{preset}: {ours:,} parameters, {library} {name}: {theirs:,}"
+
+
+def test_cli_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    output = capsys.readouterr().out
+    lines = output.strip().splitlines()
+    assert lines[0].startswith("| preset") and set(lines[1]) <= set("|-: ")
+    for name in preset_names():
+        assert f"| {name} " in output
+    row = next(line for line in lines if line.startswith("| vit-base-patch16-224 "))
+    assert "86,567,656" in row  # timm's vit_base_patch16_224 with its 1000-class head
+
+
+def test_cli_rejects_an_unknown_preset(capsys):
+    assert main(["presets", "no-such-preset"]) == 2
+    assert "vit-base-patch16-224" in capsys.readouterr().err
+
+
+def test_packaging_ships_every_package_and_the_presets():
+    """`packages` is an explicit list (`packages.find` cannot see `vitlm.hub_configs`, mapped from hub_configs/)."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "vitlm").rglob("__init__.py")}
+    missing = on_disk - set(setuptools["packages"])
+    assert not missing, f"add {sorted(missing)} to [tool.setuptools] packages in pyproject.toml"
+    assert "vitlm.hub_configs" in setuptools["packages"]
+    assert setuptools["package-dir"]["vitlm.hub_configs"] == "hub_configs"
+    patterns = setuptools["package-data"]["vitlm.hub_configs"]
+    for name in preset_names():
+        for filename in ("config.json", "preprocessor_config.json"):
+            path = (REPO / "hub_configs" / name / filename).relative_to(REPO / "hub_configs")
+            assert any(path.match(pattern) for pattern in patterns), path

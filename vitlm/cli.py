@@ -1,0 +1,87 @@
+"""The `vitlm` command: one entry point, one subcommand per job.
+
+Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; `run(args)` returns an exit status
+(or None for 0). Heavy imports happen inside `run`, so `vitlm --help` stays instant.
+"""
+
+import argparse
+import sys
+
+
+def _add_presets_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("names", nargs="*", help="presets to list (default: all)")
+
+
+def _run_presets(args) -> int:
+    from .presets import build_empty_model, count_parameters, load_preset_config, preset_names
+
+    rows = []
+    for name in args.names or preset_names():
+        config = load_preset_config(name)
+        vision = getattr(config, "vision_config", config)
+        image_size = vision.image_size if isinstance(vision.image_size, int) else "x".join(map(str, vision.image_size))
+        # hybrids cut the backbone's feature map: report the input pixels per patch side
+        patch = vision.stem_stride
+        rows.append(
+            [
+                name,
+                config.model_type,
+                image_size,
+                patch,
+                vision.hidden_size,
+                vision.num_hidden_layers,
+                vision.num_attention_heads,
+                f"{count_parameters(build_empty_model(config)):,}",
+            ]
+        )
+    header = ["preset", "family", "image size", "patch", "hidden", "layers", "heads", "parameters"]
+    print(markdown_table(header, rows))
+    return 0
+
+
+SUBCOMMANDS = [
+    (
+        "presets",
+        "list the architectures in hub_configs/ (vision tower's shape; parameters of the published model)",
+        _add_presets_arguments,
+        _run_presets,
+    ),
+]
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; columns whose every cell starts with a digit are right-aligned."""
+    cells = [[str(value) for value in row] for row in rows]
+    columns = list(zip(*cells, strict=True)) or [() for _ in header]
+    widths = [max([len(title), *map(len, column)]) for title, column in zip(header, columns, strict=True)]
+    numeric = [bool(column) and all(cell[:1].isdigit() for cell in column) for column in columns]
+
+    def line(values):
+        aligned = [v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)]
+        return "| " + " | ".join(aligned) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if n else "-" * (w + 2) for w, n in zip(widths, numeric, strict=True))
+    return "\n".join([line(header), rule + "|", *(line(row) for row in cells)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitlm", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, add_arguments, run in SUBCOMMANDS:
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ValueError as error:  # bad input (e.g. an unknown preset): one line, no traceback
+        print(f"vitlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

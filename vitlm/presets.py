@@ -1,0 +1,84 @@
+"""Named architectures: the `hub_configs/<preset>/` folders (`config.json` + `preprocessor_config.json`).
+
+Every published architecture is data, not code: a preset folder loads with `AutoConfig.from_pretrained` and
+`AutoImageProcessor.from_pretrained` like any Hub repo without weights. In a source checkout the presets are the
+repository's top-level `hub_configs/` folder; an installed vitlm ships them as the `vitlm.hub_configs` package data.
+
+    >>> from transformers import AutoConfig
+    >>> config = AutoConfig.from_pretrained(preset_path("vit-base-patch16-224"))
+
+The `clip-*` presets are open_clip's `ViT-B-32`, `ViT-B-16` and `ViT-L-14` with GELU, as open_clip names them; OpenAI's
+original weights use QuickGELU (open_clip's `*-quickgelu` configs), i.e. `hidden_act="quick_gelu"` in both towers.
+"""
+
+import importlib.resources
+import pathlib
+
+CONFIG_NAME = "config.json"
+
+
+def _hub_configs_dir() -> pathlib.Path:
+    """The installed `vitlm.hub_configs` package data, else the source checkout's top-level `hub_configs/` (which
+    is also where an editable install finds them: its import hooks do not resolve the data-only package)."""
+    try:
+        installed = importlib.resources.files("vitlm.hub_configs")
+    except ModuleNotFoundError:
+        installed = None
+    if installed is not None:
+        for entry in installed.iterdir():
+            if isinstance(entry, pathlib.Path) and (entry / CONFIG_NAME).is_file():
+                return entry.parent
+    return pathlib.Path(__file__).resolve().parent.parent / "hub_configs"
+
+
+def preset_names() -> list[str]:
+    """The names of every preset, sorted."""
+    root = _hub_configs_dir()
+    return sorted(path.parent.name for path in root.glob(f"*/{CONFIG_NAME}"))
+
+
+def preset_path(name: str) -> pathlib.Path:
+    """The folder of preset `name`, ready for `from_pretrained`; a ValueError lists the known presets otherwise."""
+    names = preset_names()
+    if name not in names:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
+    return _hub_configs_dir() / name
+
+
+def load_preset_config(name: str):
+    """The preset's config, through `AutoConfig` (importing vitlm, as this module does, registers its model types)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(preset_path(name))
+
+
+def model_class_for(config):
+    """The vitlm class a preset is published as: its `config.architectures[0]`."""
+    import vitlm
+
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures or not hasattr(vitlm, architectures[0]):
+        raise ValueError(f"the config names no vitlm model class in `architectures` (got {architectures!r})")
+    return getattr(vitlm, architectures[0])
+
+
+def build_empty_model(config):
+    """The preset's model with its parameters on the `meta` device: its structure and sizes, instantly, no memory."""
+    import torch
+
+    with torch.device("meta"):
+        return model_class_for(config)(config)
+
+
+def count_parameters(model) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+__all__ = [
+    "preset_names",
+    "preset_path",
+    "load_preset_config",
+    "model_class_for",
+    "build_empty_model",
+    "count_parameters",
+]
