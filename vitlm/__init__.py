@@ -5,6 +5,8 @@ so that `save_pretrained` writes `auto_map` and the modeling files: saved repos 
 `trust_remote_code=True` where vitlm is not installed.
 """
 
+import inspect
+
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -15,6 +17,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from .convert import load
 from .models import (
     VitlmCLIPTokenizer,
     VitlmDualEncoderConfig,
@@ -53,8 +56,14 @@ def _register():
         # A class answers to several Auto classes; `_remote_auto_map` lists them all when saving.
         if model_class._auto_class is None:
             model_class.register_for_auto_class(auto_class.__name__)
+    if "image_processor_classes" in inspect.signature(AutoImageProcessor.register).parameters:
+        # newer transformers pick a backend per call (torchvision first); one PIL-based class serves both
+        backends = {"pil": VitlmImageProcessor, "torchvision": VitlmImageProcessor}
+        image_processors = {"image_processor_classes": backends}
+    else:
+        image_processors = {"slow_image_processor_class": VitlmImageProcessor}
     for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
-        AutoImageProcessor.register(config_class, slow_image_processor_class=VitlmImageProcessor, exist_ok=True)
+        AutoImageProcessor.register(config_class, **image_processors, exist_ok=True)
     VitlmImageProcessor.register_for_auto_class("AutoImageProcessor")
     AutoTokenizer.register(VitlmDualEncoderConfig, tokenizer_class=VitlmCLIPTokenizer, exist_ok=True)
     VitlmCLIPTokenizer.register_for_auto_class("AutoTokenizer")
@@ -65,6 +74,7 @@ def _register():
 _register()
 
 __all__ = [
+    "load",
     "VitlmViTConfig",
     "VitlmHybridConfig",
     "VitlmTextConfig",

@@ -39,12 +39,44 @@ def _run_presets(args) -> int:
     return 0
 
 
+def _add_convert_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("source", help="open_clip:<name>[/<tag>], hf:<repo id or folder> or timm:<name>[.<tag>]")
+    parser.add_argument("out_dir", help="folder to write (config, safetensors weights, processor files)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights before saving")
+    parser.add_argument(
+        "--checkpoint", help="a local weights file for the source library to load instead of downloading"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
+
+
+def _run_convert(args) -> int:
+    from .convert import convert
+
+    out_dir = convert(
+        args.source,
+        args.out_dir,
+        dtype=args.dtype,
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+    )
+    print(f"wrote {out_dir}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
 SUBCOMMANDS = [
     (
         "presets",
         "list the architectures in hub_configs/ (vision tower's shape; parameters of the published model)",
         _add_presets_arguments,
         _run_presets,
+    ),
+    (
+        "convert",
+        "convert pretrained weights from open_clip, transformers or timm into a vitlm model folder",
+        _add_convert_arguments,
+        _run_convert,
     ),
 ]
 
@@ -78,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except ValueError as error:  # bad input (e.g. an unknown preset): one line, no traceback
+    except (ValueError, FileExistsError) as error:  # bad input (e.g. an unknown preset): one line, no traceback
         print(f"vitlm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

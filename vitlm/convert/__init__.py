@@ -65,7 +65,8 @@ def load_converted_state_dict(model: PreTrainedModel, state_dict: dict[str, torc
 
 def save(converted: Converted, out_dir: str | Path, dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write config, safetensors weights and processor files to `out_dir` atomically: everything is written to a
-    sibling folder first, so an existing `out_dir` is either left untouched or replaced whole."""
+    sibling folder first, so an existing `out_dir` is either left untouched or replaced whole. `dtype` casts the
+    converted model in place before writing."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     if dtype is not None and dtype not in DTYPES:

@@ -1,0 +1,92 @@
+"""The converter framework: source parsing, strict state-dict loading, atomic saving, the CLI's error path."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import pixel_batch, tiny_config
+from vitlm import VitlmImageProcessor, VitlmViTModel
+from vitlm.cli import main
+from vitlm.convert import Converted, UnsupportedSourceError, load_converted_state_dict, parse_source, save
+
+
+def converted():
+    torch.manual_seed(0)
+    return Converted(VitlmViTModel(tiny_config("vit")).eval(), VitlmImageProcessor(size=32, crop_size=32))
+
+
+@pytest.mark.parametrize("source", ["open_clip", "onnx:model", "hf:", "ViT-B-32"])
+def test_bad_sources_name_the_known_prefixes(source):
+    with pytest.raises(ValueError, match="open_clip"):
+        parse_source(source)
+
+
+def test_parse_source_keeps_the_rest_whole():
+    assert parse_source("open_clip:hf-hub:laion/CLIP-ViT-B-32") == ("open_clip", "hf-hub:laion/CLIP-ViT-B-32")
+    assert parse_source("hf:/tmp/my:model") == ("hf", "/tmp/my:model")
+
+
+def test_partial_mappings_are_refused():
+    model = converted().model
+    state_dict = model.state_dict()
+    extra = {**state_dict, "head.weight": torch.zeros(1)}
+    with pytest.raises(UnsupportedSourceError, match="head.weight"):
+        load_converted_state_dict(model, extra, "test")
+    missing = {k: v for k, v in state_dict.items() if k != "layernorm.weight"}
+    with pytest.raises(UnsupportedSourceError, match="layernorm.weight"):
+        load_converted_state_dict(model, missing, "test")
+    wrong = {**state_dict, "layernorm.weight": torch.zeros(3)}
+    with pytest.raises(UnsupportedSourceError, match="layernorm.weight"):
+        load_converted_state_dict(model, wrong, "test")
+
+
+def test_save_writes_a_loadable_folder_in_the_requested_dtype(tmp_path):
+    out = save(converted(), tmp_path / "out", dtype="float16")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
+    assert VitlmViTModel.from_pretrained(out).dtype == torch.float16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folders left behind
+
+
+def test_an_existing_folder_is_kept_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save(converted(), out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    save(converted(), out, overwrite=True)
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_save_leaves_the_existing_folder_untouched(tmp_path):
+    out = tmp_path / "out"
+    first = save(converted(), out)
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+
+    class BrokenProcessor(VitlmImageProcessor):
+        def save_pretrained(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    model = VitlmViTModel(tiny_config("vit"))
+    with pytest.raises(OSError, match="disk full"):
+        save(Converted(model, BrokenProcessor()), out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    reloaded = VitlmViTModel.from_pretrained(out).eval()
+    pixel_values = pixel_batch(reloaded.config)
+    torch.testing.assert_close(reloaded(pixel_values).last_hidden_state, converted().model(pixel_values).last_hidden_state)
+
+
+def test_bad_dtype_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        save(converted(), tmp_path / "out", dtype="float8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["convert", "onnx:model", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "open_clip" in error
+    assert not (tmp_path / "out").exists()
