@@ -1,3 +1,5 @@
+import inspect
+
 import torch
 from transformers import AutoConfig
 
@@ -42,6 +44,10 @@ def text_batch(config, batch_size=2, length=8, seed=0):
 def model_inputs(model, batch_size=2, seed=0):
     """A forward-ready batch for any vitlm model."""
     config = model.config
+    if "noise" in inspect.signature(model.forward).parameters:  # masked image modeling: a fixed random mask
+        grid = config.grid_size
+        noise = torch.rand(batch_size, grid[0] * grid[1], generator=torch.Generator().manual_seed(seed))
+        return {"pixel_values": pixel_batch(config, batch_size, seed=seed), "noise": noise}
     if hasattr(config, "text_config"):
         input_ids, attention_mask = text_batch(config, batch_size, seed=seed)
         return {

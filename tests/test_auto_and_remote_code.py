@@ -11,7 +11,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForImageClassification, AutoModelForZeroShotImageClassification
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    AutoModelForZeroShotImageClassification,
+)
 
 from tests.conftest import main_output, model_inputs, tiny_config
 from vitlm import (
@@ -21,6 +26,7 @@ from vitlm import (
     VitlmHybridModel,
     VitlmImageProcessor,
     VitlmViTForImageClassification,
+    VitlmViTForMaskedImageModeling,
     VitlmViTModel,
 )
 from vitlm.clip_bpe import clip_tokenizer
@@ -32,6 +38,7 @@ CASES = [
     ("hybrid", VitlmHybridForImageClassification, AutoModelForImageClassification),
     ("dual", VitlmDualEncoderModel, AutoModel),
     ("dual", VitlmDualEncoderModel, AutoModelForZeroShotImageClassification),
+    ("vit", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

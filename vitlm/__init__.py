@@ -12,6 +12,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
@@ -31,6 +32,7 @@ from .models import (
     VitlmTextModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
+    VitlmViTForMaskedImageModeling,
     VitlmViTModel,
 )
 
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 _AUTO_MODELS = [
     (AutoModel, VitlmViTConfig, VitlmViTModel),
     (AutoModelForImageClassification, VitlmViTConfig, VitlmViTForImageClassification),
+    (AutoModelForMaskedImageModeling, VitlmViTConfig, VitlmViTForMaskedImageModeling),
     (AutoModel, VitlmHybridConfig, VitlmHybridModel),
     (AutoModelForImageClassification, VitlmHybridConfig, VitlmHybridForImageClassification),
     (AutoModel, VitlmTextConfig, VitlmTextModel),
@@ -81,6 +84,7 @@ __all__ = [
     "VitlmDualEncoderConfig",
     "VitlmViTModel",
     "VitlmViTForImageClassification",
+    "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",
     "VitlmTextModel",

@@ -76,7 +76,9 @@ def test_a_failed_save_leaves_the_existing_folder_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     reloaded = VitlmViTModel.from_pretrained(out).eval()
     pixel_values = pixel_batch(reloaded.config)
-    torch.testing.assert_close(reloaded(pixel_values).last_hidden_state, converted().model(pixel_values).last_hidden_state)
+    torch.testing.assert_close(
+        reloaded(pixel_values).last_hidden_state, converted().model(pixel_values).last_hidden_state
+    )
 
 
 def test_bad_dtype_is_refused_before_writing(tmp_path):

@@ -7,6 +7,7 @@ from vitlm import (
     VitlmHybridForImageClassification,
     VitlmHybridModel,
     VitlmViTForImageClassification,
+    VitlmViTForMaskedImageModeling,
     VitlmViTModel,
 )
 
@@ -17,6 +18,7 @@ FAMILY_MODELS = [
     ("hybrid", VitlmHybridModel),
     ("hybrid", VitlmHybridForImageClassification),
     ("dual", VitlmDualEncoderModel),
+    ("vit", VitlmViTForMaskedImageModeling),
 ]
 
 

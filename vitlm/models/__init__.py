@@ -7,6 +7,7 @@ from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, Vitl
 from .image_processing_vitlm import VitlmImageProcessor
 from .modeling_dual_encoder import VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
+from .modeling_inpainting import VitlmViTForMaskedImageModeling
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
@@ -18,6 +19,7 @@ __all__ = [
     "VitlmDualEncoderConfig",
     "VitlmViTModel",
     "VitlmViTForImageClassification",
+    "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",
     "VitlmTextModel",

@@ -84,6 +84,11 @@ class VitlmViTConfig(PretrainedConfig):
         pre_norm (`bool`): LayerNorm before the encoder, as in CLIP's vision tower.
         representation_size (`int`, *optional*): size of the ViT paper's pre-logits layer (linear + tanh on the
             pooled output; transformers' `ViTModel` pooler); `None` for none.
+        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
+            shape of the lightweight decoder of the masked-image-modeling (inpainting) head, as in MAE.
+        mask_ratio (`float`): fraction of patches the inpainting head masks at random while training.
+        norm_pix_loss (`bool`): train the inpainting head to predict per-patch normalized pixels (MAE's option);
+            such a model cannot inpaint, since a masked patch's mean and variance are unknown.
         initializer_range (`float`): std of the truncated-normal initialisation.
     """
 
@@ -112,6 +117,12 @@ class VitlmViTConfig(PretrainedConfig):
         pooling="cls",
         pre_norm=False,
         representation_size=None,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -136,6 +147,12 @@ class VitlmViTConfig(PretrainedConfig):
         self.pooling = pooling
         self.pre_norm = pre_norm
         self.representation_size = representation_size
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = decoder_intermediate_size
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.check_values()
@@ -163,6 +180,19 @@ class VitlmViTConfig(PretrainedConfig):
         _require_probabilities(self, "drop_path_rate")
         if self.representation_size is not None:
             _require_positive_ints(self, "representation_size")
+        _require_positive_ints(
+            self,
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+        )
+        if self.decoder_hidden_size % self.decoder_num_attention_heads or self.decoder_hidden_size % 4:
+            raise ValueError(
+                f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
+                f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
+            )
+        _require_probabilities(self, "mask_ratio")
         for side in to_pair(self.image_size):
             if side % self.stem_stride:
                 raise ValueError(

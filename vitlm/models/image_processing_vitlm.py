@@ -54,6 +54,10 @@ class VitlmImageProcessor(BaseImageProcessor):
             Whether to center crop the image to `crop_size`; an image smaller than the crop is padded with black.
         crop_size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 224, "width": 224}`):
             `{"height": H, "width": W}` of the crop. An int N means `{"height": N, "width": N}`.
+        crop_rounding (`str`, *optional*, defaults to `"round"`):
+            How a crop offset of half a pixel is settled: `"round"` (half to even, as torchvision's `CenterCrop` used
+            by open_clip and timm) or `"floor"` (as transformers' own image processors, e.g. `CLIPImageProcessor`).
+            The two differ by one pixel when the resized side exceeds the crop by 3 modulo 4.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply the 0..255 pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
@@ -78,6 +82,7 @@ class VitlmImageProcessor(BaseImageProcessor):
         resample: PIL.Image.Resampling | int = PIL.Image.Resampling.BICUBIC,
         do_center_crop: bool = True,
         crop_size: dict[str, int] | int | None = None,
+        crop_rounding: str = "round",
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
@@ -93,6 +98,7 @@ class VitlmImageProcessor(BaseImageProcessor):
             resample=resample,
             do_center_crop=do_center_crop,
             crop_size={"height": 224, "width": 224} if crop_size is None else crop_size,
+            crop_rounding=crop_rounding,
             do_rescale=do_rescale,
             rescale_factor=rescale_factor,
             do_normalize=do_normalize,
@@ -111,6 +117,7 @@ class VitlmImageProcessor(BaseImageProcessor):
         resample: PIL.Image.Resampling | int | None = None,
         do_center_crop: bool | None = None,
         crop_size: dict[str, int] | int | None = None,
+        crop_rounding: str | None = None,
         do_rescale: bool | None = None,
         rescale_factor: float | None = None,
         do_normalize: bool | None = None,
@@ -137,6 +144,7 @@ class VitlmImageProcessor(BaseImageProcessor):
             "resample": resample,
             "do_center_crop": do_center_crop,
             "crop_size": crop_size,
+            "crop_rounding": crop_rounding,
             "do_rescale": do_rescale,
             "rescale_factor": rescale_factor,
             "do_normalize": do_normalize,
@@ -163,7 +171,9 @@ class VitlmImageProcessor(BaseImageProcessor):
         return BatchFeature(data={"pixel_values": np.stack(pixel_values)}, tensor_type=return_tensors)
 
 
-def _validated_options(size, crop_size, resample, image_mean, image_std, **flags) -> dict:
+def _validated_options(size, crop_size, crop_rounding, resample, image_mean, image_std, **flags) -> dict:
+    if crop_rounding not in ("round", "floor"):
+        raise ValueError(f"`crop_rounding` must be 'round' or 'floor', got {crop_rounding!r}")
     try:
         resample = PIL.Image.Resampling(resample)
     except ValueError:
@@ -175,6 +185,7 @@ def _validated_options(size, crop_size, resample, image_mean, image_std, **flags
         **flags,
         "size": _size_dict(size, "size", int_key="shortest_edge"),
         "crop_size": _size_dict(crop_size, "crop_size", int_key=None),
+        "crop_rounding": crop_rounding,
         "resample": resample,
         "image_mean": _per_channel(image_mean, "image_mean"),
         "image_std": image_std,
@@ -218,6 +229,7 @@ def _preprocess_one(
     resample,
     do_center_crop,
     crop_size,
+    crop_rounding,
     do_rescale,
     rescale_factor,
     do_normalize,
@@ -233,8 +245,8 @@ def _preprocess_one(
     if do_resize:
         image = image.resize(_resized_size(image.width, image.height, size), resample=resample)
     if do_center_crop:
-        left = _crop_start(image.width, crop_size["width"])
-        top = _crop_start(image.height, crop_size["height"])
+        left = _crop_start(image.width, crop_size["width"], crop_rounding)
+        top = _crop_start(image.height, crop_size["height"], crop_rounding)
         # PIL fills the part of the box outside the image with 0, like torchvision's zero padding
         image = image.crop((left, top, left + crop_size["width"], top + crop_size["height"]))
 
@@ -363,9 +375,11 @@ def _resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, i
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def _crop_start(length: int, crop: int) -> int:
-    # torchvision's offsets: round half to even inside the image; (crop - length) // 2 of padding before it
-    return int(round((length - crop) / 2)) if crop <= length else -((crop - length) // 2)
+def _crop_start(length: int, crop: int, rounding: str) -> int:
+    # inside the image: torchvision rounds half to even, transformers floors; padding before it: (crop - length) // 2
+    if crop > length:
+        return -((crop - length) // 2)
+    return (length - crop) // 2 if rounding == "floor" else int(round((length - crop) / 2))
 
 
 __all__ = ["VitlmImageProcessor"]

@@ -323,12 +323,25 @@ class VitlmVisionEmbeddings(nn.Module):
         self.position_encoding = VitlmPositionEncoding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values, interpolate_pos_encoding=False):
+    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None):
+        """`keep_indices` (batch, kept) selects patch tokens after position encoding, as MAE's encoder sees only the
+        visible patches; prefix tokens are always kept."""
         patch_tokens = self.stem(pixel_values)
         batch_size, grid_size = patch_tokens.shape[0], tuple(patch_tokens.shape[1:3])
         prefix = [t.expand(batch_size, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
         embeddings = torch.cat([*prefix, patch_tokens.flatten(1, 2)], dim=1)
         embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
+        if keep_indices is not None:
+            token_indices = torch.cat(
+                [
+                    torch.arange(len(prefix), device=keep_indices.device).expand(batch_size, -1),
+                    keep_indices + len(prefix),
+                ],
+                dim=1,
+            )
+            embeddings = embeddings.gather(1, token_indices[..., None].expand(-1, -1, embeddings.shape[-1]))
+            if rotary_embeddings is not None:  # per-sample tables, broadcast over heads
+                rotary_embeddings = tuple(table[token_indices][:, None] for table in rotary_embeddings)
         return self.dropout(embeddings), rotary_embeddings
 
 

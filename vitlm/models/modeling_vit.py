@@ -97,11 +97,14 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        keep_indices: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         interpolate_pos_encoding (`bool`): resize learned position embeddings (or stretch fixed ones) to an input
             resolution other than `config.image_size`.
+        keep_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`, *optional*): encode only these patches
+            (row-major grid indices), as MAE's encoder does; prefix tokens are always kept.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -110,7 +113,7 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
         pixel_values = pixel_values.to(self.dtype) if torch.is_tensor(pixel_values) else pixel_values
-        hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding)
+        hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding, keep_indices)
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
         encoder_outputs = self.encoder(

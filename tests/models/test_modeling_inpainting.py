@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import pixel_batch, tiny_config
+from vitlm import VitlmImageProcessor, VitlmViTForMaskedImageModeling, VitlmViTModel
+from vitlm.models.modeling_inpainting import patchify, unpatchify
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    values = {"decoder_hidden_size": 16, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2}
+    values["decoder_intermediate_size"] = 32
+    return VitlmViTForMaskedImageModeling(tiny_config("vit", **{**values, **overrides})).eval()
+
+
+def processor_for(model):
+    size = model.config.image_size
+    return VitlmImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
+
+
+def test_patchify_round_trips():
+    pixel_values = torch.randn(2, 3, 16, 24)
+    patches = patchify(pixel_values, 8)
+    assert patches.shape == (2, 6, 8 * 8 * 3)
+    torch.testing.assert_close(patches[0, 1], pixel_values[0, :, 0:8, 8:16].permute(1, 2, 0).reshape(-1))
+    torch.testing.assert_close(unpatchify(patches, 8, (2, 3)), pixel_values)
+
+
+@pytest.mark.parametrize("position_type", ["learned", "sincos2d", "rope2d"])
+def test_kept_tokens_carry_their_positions(position_type):
+    """Encoding the patches in a shuffled order gives the same states, shuffled: each token keeps its position."""
+    torch.manual_seed(0)
+    model = VitlmViTModel(tiny_config("vit", position_embedding_type=position_type)).eval()
+    pixel_values = pixel_batch(model.config)
+    num_patches = model.config.grid_size[0] * model.config.grid_size[1]
+    order = torch.stack([torch.randperm(num_patches) for _ in range(2)])
+    with torch.no_grad():
+        plain = model(pixel_values).last_hidden_state
+        shuffled = model(pixel_values, keep_indices=order).last_hidden_state
+    torch.testing.assert_close(shuffled[:, 0], plain[:, 0], atol=1e-5, rtol=1e-5)
+    expected = plain[:, 1:].gather(1, order[..., None].expand(-1, -1, plain.shape[-1]))
+    torch.testing.assert_close(shuffled[:, 1:], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_head_trains():
+    model = build().train()
+    generator = torch.Generator().manual_seed(1)
+    # one colour per image: the masked patches are predictable from the visible ones
+    pixel_values = (torch.rand(4, 3, 1, 1, generator=generator) * 4 - 2).expand(4, 3, 32, 32).contiguous()
+    noise = torch.rand(4, 16, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(pixel_values, noise=noise).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_loss_is_the_mean_squared_error_on_masked_patches(norm_pix_loss):
+    model = build(norm_pix_loss=norm_pix_loss)
+    pixel_values = pixel_batch(model.config)
+    outputs = model(pixel_values)
+    assert outputs.mask.sum(1).tolist() == [12, 12]  # 75% of 16 patches
+    target = patchify(pixel_values, model.config.patch_size)
+    if norm_pix_loss:
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    per_patch = ((outputs.logits - target) ** 2).mean(-1)
+    torch.testing.assert_close(outputs.loss, per_patch[outputs.mask.bool()].mean())
+
+
+def test_bool_masked_pos_masks_exactly_those_patches():
+    model = build()
+    bool_masked_pos = torch.zeros(2, 16, dtype=torch.bool)
+    bool_masked_pos[0, [1, 5, 6]] = True
+    bool_masked_pos[1, [0, 2, 15]] = True
+    outputs = model(pixel_batch(model.config), bool_masked_pos=bool_masked_pos)
+    assert torch.equal(outputs.mask.bool(), bool_masked_pos)
+    with pytest.raises(ValueError, match="same number"):
+        bool_masked_pos[1, 3] = True
+        model(pixel_batch(model.config), bool_masked_pos=bool_masked_pos)
+    with pytest.raises(ValueError, match="shape"):
+        model(pixel_batch(model.config), bool_masked_pos=bool_masked_pos[:, :8])
+
+
+@pytest.fixture
+def picture():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+
+
+def test_inpaint_changes_only_the_masked_pixels(picture):
+    model = build()
+    mask = np.zeros(picture.shape[:2], dtype=bool)
+    mask[10:20, 30:41] = True
+    mask[40, 3] = True
+    result = np.asarray(model.inpaint(Image.fromarray(picture), mask, processor_for(model)))
+    assert result.shape == picture.shape and result.dtype == np.uint8
+    assert np.array_equal(result[~mask], picture[~mask])
+    assert not np.array_equal(result[mask], picture[mask])
+
+
+def test_inpaint_with_an_empty_mask_returns_the_input(picture):
+    model = build()
+    result = model.inpaint(picture, np.zeros(picture.shape[:2]), processor_for(model))
+    assert np.array_equal(np.asarray(result), picture)
+
+
+def test_inpaint_with_a_full_mask_predicts_every_pixel(picture):
+    model = build()
+    result = np.asarray(model.inpaint(picture, Image.new("L", (61, 45), 255), processor_for(model)))
+    assert result.shape == picture.shape
+    assert (result != picture).mean() > 0.9
+
+
+def test_inpaint_refuses_bad_input(picture):
+    model = build()
+    with pytest.raises(ValueError, match="must match"):
+        model.inpaint(picture, np.ones((45, 60)), processor_for(model))
+    with pytest.raises(ValueError, match="uint8"):
+        model.inpaint(picture.astype(np.float32), np.ones((45, 61)), processor_for(model))
+    with pytest.raises(ValueError, match="norm_pix_loss"):
+        build(norm_pix_loss=True).inpaint(picture, np.ones((45, 61)), processor_for(model))
+    with pytest.raises(ValueError, match="CLS"):
+        build(use_cls_token=False, pooling="mean")(
+            pixel_batch(model.config), bool_masked_pos=torch.ones(2, 16, dtype=torch.bool)
+        )
