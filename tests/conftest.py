@@ -19,6 +19,13 @@ def tiny_config(family: str, **overrides):
     return type(config)(**{k: v for k, v in values.items() if k != "model_type"})
 
 
+def tiny_clip_config(**overrides):
+    """The tiny dual encoder with CLIP's real vocabulary and context, for tests that tokenize text."""
+    text = tiny_config("dual").text_config.to_dict()
+    text.update(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+    return tiny_config("dual", text_config=text, **overrides)
+
+
 def pixel_batch(config, batch_size=2, height=None, width=None, seed=0):
     vision = getattr(config, "vision_config", config)
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]

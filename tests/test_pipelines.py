@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from tests.conftest import tiny_config
+from tests.conftest import tiny_clip_config, tiny_config
 from vitlm import (
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
@@ -52,15 +52,7 @@ def test_image_classification_pipeline(tmp_path, images, family, model_class):
 
 
 def test_zero_shot_image_classification_pipeline(tmp_path, images):
-    config = tiny_config("dual")
-    text = dict(
-        config.text_config.to_dict(),
-        vocab_size=49408,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-    )
-    config = tiny_config("dual", text_config=text)
+    config = tiny_clip_config()
     torch.manual_seed(0)
     model = VitlmDualEncoderModel(config).eval()
     processor = VitlmDualEncoderProcessor(image_processor_for(config.vision_config), clip_tokenizer())

@@ -22,6 +22,7 @@ from .convert import load
 from .models import (
     VitlmCLIPTokenizer,
     VitlmDualEncoderConfig,
+    VitlmDualEncoderForImageClassification,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridConfig,
@@ -47,6 +48,7 @@ _AUTO_MODELS = [
     (AutoModel, VitlmTextConfig, VitlmTextModel),
     (AutoModel, VitlmDualEncoderConfig, VitlmDualEncoderModel),
     (AutoModelForZeroShotImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderModel),
+    (AutoModelForImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderForImageClassification),
 ]
 
 
@@ -89,6 +91,7 @@ __all__ = [
     "VitlmHybridForImageClassification",
     "VitlmTextModel",
     "VitlmDualEncoderModel",
+    "VitlmDualEncoderForImageClassification",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
     "VitlmCLIPTokenizer",

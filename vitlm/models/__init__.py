@@ -5,7 +5,7 @@ Modules in this folder import only torch, transformers, numpy, PIL and each othe
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
 from .image_processing_vitlm import VitlmImageProcessor
-from .modeling_dual_encoder import VitlmDualEncoderModel, VitlmTextModel
+from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
@@ -24,6 +24,7 @@ __all__ = [
     "VitlmHybridForImageClassification",
     "VitlmTextModel",
     "VitlmDualEncoderModel",
+    "VitlmDualEncoderForImageClassification",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
     "VitlmCLIPTokenizer",

@@ -381,6 +381,8 @@ class VitlmDualEncoderConfig(PretrainedConfig):
         logit_bias_init_value (`float`): initial bias of the sigmoid loss's logits (SigLIP's -10); unused by softmax.
         loss_type (`str`): `"softmax"` (CLIP's symmetric cross-entropy) or `"sigmoid"` (SigLIP's pairwise loss,
             with a learnable bias).
+        prompt_templates (`list[str]`, *optional*): the prompts (with "{}" for the class name) whose embeddings a
+            zero-shot classifier built from this model averaged per class; its `id2label` holds the class names.
     """
 
     model_type = "vitlm_dual_encoder"
@@ -394,6 +396,7 @@ class VitlmDualEncoderConfig(PretrainedConfig):
         logit_scale_init_value=CLIP_LOGIT_SCALE,
         logit_bias_init_value=-10.0,
         loss_type="softmax",
+        prompt_templates=None,
         **kwargs,
     ):
         self.vision_config = vision_config_from(vision_config)
@@ -407,6 +410,7 @@ class VitlmDualEncoderConfig(PretrainedConfig):
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_bias_init_value = logit_bias_init_value
         self.loss_type = loss_type
+        self.prompt_templates = prompt_templates
         super().__init__(**kwargs)
         self.check_values()
 

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmTextConfig
@@ -152,6 +152,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
     _remote_auto_map = {
         "AutoModel": "modeling_dual_encoder.VitlmDualEncoderModel",
         "AutoModelForZeroShotImageClassification": "modeling_dual_encoder.VitlmDualEncoderModel",
+        "AutoModelForImageClassification": "modeling_dual_encoder.VitlmDualEncoderForImageClassification",
     }
 
     def __init__(self, config: VitlmDualEncoderConfig):
@@ -236,4 +237,109 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["VitlmTextModel", "VitlmDualEncoderModel"]
+class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
+    """Zero-shot classification compiled into an image classifier: the normalized class embeddings (CLIP's prompt
+    ensemble) are computed once by `from_dual_encoder` and stored as a buffer, so classifying runs only the image
+    tower and costs the same for 10 or 10,000 classes. Saved and reloaded like any classifier (`id2label` holds the
+    class names), it also serves `pipeline("image-classification")`."""
+
+    config_class = VitlmDualEncoderConfig
+    base_model_prefix = "dual_encoder"
+    main_input_name = "pixel_values"
+    _remote_auto_map = {
+        "AutoModelForImageClassification": "modeling_dual_encoder.VitlmDualEncoderForImageClassification"
+    }
+
+    def __init__(self, config: VitlmDualEncoderConfig):
+        super().__init__(config)
+        self.vision_model = VISION_MODEL_CLASSES[config.vision_config.model_type](config.vision_config)
+        self.visual_projection = nn.Linear(self.vision_model.pooled_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "sigmoid" else None
+        )
+        self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
+        self.post_init()
+
+    @classmethod
+    @torch.no_grad()
+    def from_dual_encoder(
+        cls, model: VitlmDualEncoderModel, tokenizer, class_names, templates=("a photo of a {}.",), batch_size=256
+    ) -> "VitlmDualEncoderForImageClassification":
+        """Build the classifier: each class embedding is the normalized mean of its normalized prompt embeddings."""
+        class_names, templates = list(class_names), list(templates)
+        if not class_names or any(not str(name).strip() for name in class_names):
+            raise ValueError("`class_names` must be a non-empty list of non-empty names")
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(
+                f"`class_names` has duplicates: {sorted({n for n in class_names if class_names.count(n) > 1})}"
+            )
+        if not templates or any("{}" not in template for template in templates):
+            raise ValueError("`templates` must be a non-empty list of prompts, each with a '{}' for the class name")
+        config = model.config.__class__.from_dict(
+            {
+                **model.config.to_dict(),
+                "id2label": dict(enumerate(class_names)),
+                "label2id": {name: i for i, name in enumerate(class_names)},
+                "prompt_templates": templates,
+                "problem_type": "multi_label_classification" if model.config.loss_type == "sigmoid" else None,
+            }
+        )
+        classifier = cls(config).to(model.device, model.dtype).eval()
+        classifier.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))},
+            strict=False,
+        )
+        classifier.class_embeddings.copy_(encode_class_names(model, tokenizer, class_names, templates, batch_size))
+        return classifier
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        if not self.class_embeddings.any():
+            raise ValueError(
+                "this classifier has no class embeddings; build it with "
+                "`VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, class_names)`"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vision_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        image_embeds = nn.functional.normalize(self.visual_projection(outputs.pooler_output), dim=-1)
+        logits = image_embeds @ self.class_embeddings.t() * self.logit_scale.exp()
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+@torch.no_grad()
+def encode_class_names(model: VitlmDualEncoderModel, tokenizer, class_names, templates, batch_size=256):
+    """(classes, projection_dim) normalized class embeddings: CLIP's ensemble over prompt templates."""
+    prompts = [template.format(name) for name in class_names for template in templates]
+    embeddings = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt").to(
+            model.device
+        )
+        features = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
+        embeddings.append(nn.functional.normalize(features.float(), dim=-1))
+    per_prompt = torch.cat(embeddings).view(len(class_names), len(templates), -1)
+    return nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+__all__ = ["VitlmTextModel", "VitlmDualEncoderModel", "VitlmDualEncoderForImageClassification", "encode_class_names"]
