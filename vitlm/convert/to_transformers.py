@@ -1,0 +1,278 @@
+"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`.
+
+The weight tables are `from_transformers`' read backwards, so a transformers model converted to vitlm and back has its
+original state dict. Whatever transformers' classes cannot represent is refused with `UnsupportedSourceError`, naming
+it, before anything is written: hybrid CNN stems, sin-cos or rotary positions, mean pooling, a distillation token,
+stochastic depth, a sigmoid loss with its logit bias; for CLIP also a missing `pre_norm`, a patch bias, attention
+without qkv bias, a pre-logits layer, hidden dropout, non-square images and an end-of-text id of 2 (which transformers
+reads as its legacy argmax pooling); for `ViTModel` a `pre_norm` or a patch projection without bias, and no pre-logits
+layer (transformers' `ViTModel` always has its dense + tanh pooler); for `ViTForImageClassification` a pre-logits
+layer (its classifier reads the [CLS] state).
+
+Processors become `CLIPProcessor` / `ViTImageProcessor` with the same options. Two differences are transformers':
+its image processors floor half-pixel crop offsets where torchvision (open_clip, timm) rounds them, so a model
+converted from those crops some images one pixel off after export (a warning says so); and its default torchvision
+backend resamples uint8 tensors, a level or two away from PIL. The tokenizer becomes a plain `CLIPTokenizer` on the
+same vocabulary and merges, padding with `<|endoftext|>` as transformers' CLIP does (open_clip pads with id 0; the text
+embedding reads the first end-of-text token, so padding never reaches it) and normalizing text without open_clip's
+ftfy-style cleaning.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    ViTModel,
+)
+from transformers.utils import logging
+
+from ..models import (
+    VitlmDualEncoderConfig,
+    VitlmDualEncoderModel,
+    VitlmImageProcessor,
+    VitlmViTConfig,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+from ..models.configuration_vitlm import to_pair
+from . import Converted, UnsupportedSourceError, check_out_dir, save
+from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, uninitialized, unmap_state_dict, vit_key_map
+
+logger = logging.get_logger(__name__)
+
+
+def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
+    """The dual encoder as a transformers `CLIPModel` computing the same embeddings and logits."""
+    config = model.config
+    problems = vision_problems(config.vision_config, "CLIP") + text_problems(config.text_config)
+    if config.loss_type == "sigmoid":
+        problems.append("a sigmoid loss with a logit bias (loss_type='sigmoid')")
+    refuse_if(problems, "CLIPModel")
+    clip_model = uninitialized(CLIPModel, clip_config(config))
+    key_map = clip_key_map(config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)
+    clip_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
+    return clip_model.to(model.dtype).eval()
+
+
+def to_vit_model(
+    model: VitlmViTModel | VitlmViTForImageClassification,
+) -> ViTModel | ViTForImageClassification:
+    """A vitlm ViT as transformers' `ViTModel` (which needs the pre-logits layer: its pooler) or a classifier as
+    `ViTForImageClassification`."""
+    config = model.config
+    classifier = isinstance(model, VitlmViTForImageClassification)
+    target = "ViTForImageClassification" if classifier else "ViTModel"
+    problems = vision_problems(config, "ViT")
+    if classifier and config.representation_size:
+        problems.append("a pre-logits layer before the classifier (representation_size)")
+    if not classifier and not config.representation_size:
+        problems.append("no pooler (representation_size=None; ViTModel's pooler is a dense + tanh layer)")
+    refuse_if(problems, target)
+    vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
+    prefix = "vit." if classifier else ""
+    key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, not classifier, config.qkv_bias)
+    if classifier and config.num_labels > 0:
+        key_map += _params("classifier", "classifier")
+    vit_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
+    return vit_model.to(model.dtype).eval()
+
+
+def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
+    """What of a vision tower transformers' CLIP or ViT (`family`) cannot represent."""
+    problems = []
+    if config.model_type != VitlmViTConfig.model_type:
+        problems.append("a hybrid CNN stem")
+    if config.position_embedding_type != "learned":
+        problems.append(f"{config.position_embedding_type} position embeddings")
+    if config.pooling != "cls":
+        problems.append(f"{config.pooling} pooling")
+    if config.use_distillation_token:
+        problems.append("a distillation token")
+    if config.drop_path_rate:
+        problems.append("stochastic depth (drop_path_rate)")
+    if family == "ViT":
+        if config.pre_norm:
+            problems.append("a LayerNorm before the encoder (pre_norm)")
+        if not config.patch_bias:
+            problems.append("a patch projection without bias (patch_bias=False)")
+        return problems
+    if not config.pre_norm:
+        problems.append("no LayerNorm before the encoder (pre_norm=False)")
+    if config.patch_bias:
+        problems.append("a patch projection bias (patch_bias)")
+    if not config.qkv_bias:
+        problems.append("image attention without qkv bias")
+    if config.representation_size:
+        problems.append("a pre-logits layer (representation_size)")
+    if config.hidden_dropout_prob:
+        problems.append("image hidden dropout")
+    if len(set(to_pair(config.image_size))) > 1:
+        problems.append(f"non-square images {config.image_size}")
+    return problems
+
+
+def text_problems(config) -> list[str]:
+    problems = []
+    if not config.qkv_bias:
+        problems.append("text attention without qkv bias")
+    if config.hidden_dropout_prob:
+        problems.append("text hidden dropout")
+    if config.eos_token_id == LEGACY_CLIP_EOS_ID:
+        problems.append("an end-of-text id of 2 (transformers' CLIP then pools at the highest token id)")
+    return problems
+
+
+def refuse_if(problems: list[str], target: str):
+    if problems:
+        raise UnsupportedSourceError(f"transformers' {target} cannot represent {'; '.join(problems)}")
+
+
+def clip_config(config: VitlmDualEncoderConfig) -> CLIPConfig:
+    vision, text = config.vision_config, config.text_config
+    return CLIPConfig(
+        vision_config={
+            "image_size": to_pair(vision.image_size)[0],
+            "patch_size": vision.patch_size,
+            "num_channels": vision.num_channels,
+            "attention_dropout": vision.attention_probs_dropout_prob,
+            "initializer_range": vision.initializer_range,
+            "projection_dim": config.projection_dim,
+            **_encoder_config(vision),
+        },
+        text_config={
+            "vocab_size": text.vocab_size,
+            "max_position_embeddings": text.max_position_embeddings,
+            "attention_dropout": text.attention_probs_dropout_prob,
+            "initializer_range": text.initializer_range,
+            "projection_dim": config.projection_dim,
+            "bos_token_id": text.bos_token_id,
+            "eos_token_id": text.eos_token_id,
+            "pad_token_id": text.pad_token_id,
+            **_encoder_config(text),
+        },
+        projection_dim=config.projection_dim,
+        logit_scale_init_value=config.logit_scale_init_value,
+    )
+
+
+def vit_config(config: VitlmViTConfig) -> ViTConfig:
+    return ViTConfig(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        qkv_bias=config.qkv_bias,
+        pooler_output_size=config.representation_size,
+        pooler_act="tanh",
+        initializer_range=config.initializer_range,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        **_encoder_config(config),
+    )
+
+
+def _encoder_config(config) -> dict:
+    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act")
+    return {name: getattr(config, name) for name in names} | {"layer_norm_eps": config.layer_norm_eps}
+
+
+def to_image_processor(image_processor: VitlmImageProcessor, processor_class=CLIPImageProcessor):
+    """The same preprocessing as a transformers `CLIPImageProcessor` or `ViTImageProcessor`."""
+    if image_processor.do_center_crop and image_processor.crop_rounding == "round":
+        logger.warning(
+            "transformers' image processors floor half-pixel crop offsets where this processor rounds them (as "
+            "torchvision does): images whose resized side exceeds the crop by 3 modulo 4 are cropped one pixel off"
+        )
+    return processor_class(
+        do_resize=image_processor.do_resize,
+        size=dict(image_processor.size),
+        resample=int(image_processor.resample),
+        do_center_crop=image_processor.do_center_crop,
+        crop_size=dict(image_processor.crop_size) if image_processor.do_center_crop else None,
+        do_rescale=image_processor.do_rescale,
+        rescale_factor=image_processor.rescale_factor,
+        do_normalize=image_processor.do_normalize,
+        image_mean=list(image_processor.image_mean),
+        image_std=list(image_processor.image_std),
+        do_convert_rgb=image_processor.do_convert_rgb,
+    )
+
+
+def to_clip_tokenizer(tokenizer) -> CLIPTokenizer:
+    """A plain transformers `CLIPTokenizer` on the tokenizer's BPE vocabulary and merges."""
+    if type(tokenizer) is CLIPTokenizer:
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    bpe = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if bpe.get("type") != "BPE":
+        raise UnsupportedSourceError(f"a {type(tokenizer).__name__} tokenizer (CLIPTokenizer needs a BPE vocabulary)")
+    return CLIPTokenizer(
+        vocab=bpe["vocab"],
+        merges=[tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in bpe["merges"]],
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        unk_token=tokenizer.unk_token,
+        model_max_length=tokenizer.model_max_length,
+    )
+
+
+def to_clip_processor(processor) -> CLIPProcessor:
+    return CLIPProcessor(to_image_processor(processor.image_processor), to_clip_tokenizer(processor.tokenizer))
+
+
+def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool = False) -> Path:
+    """Save a vitlm model as its transformers counterpart, with a matching transformers processor, to `out_dir`.
+
+    Args:
+        model_or_folder: a vitlm model (then pass `processor`), a `Converted`, or a folder saved by vitlm.
+        out_dir: written atomically (a sibling folder renamed into place); an existing non-empty folder is refused
+            unless `overwrite`.
+        processor: the model's `VitlmDualEncoderProcessor` or `VitlmImageProcessor`, unless `model_or_folder` has it.
+    """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite)
+    if isinstance(model_or_folder, Converted):
+        model_or_folder, processor = model_or_folder.model, processor or model_or_folder.processor
+    elif isinstance(model_or_folder, (str, os.PathLike)):
+        model_or_folder, processor = load_folder(model_or_folder, processor)
+    if processor is None:
+        raise ValueError("pass the model's `processor` to export it with the model")
+    if isinstance(model_or_folder, VitlmDualEncoderModel):
+        converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
+    elif isinstance(model_or_folder, (VitlmViTModel, VitlmViTForImageClassification)):
+        image_processor = getattr(processor, "image_processor", processor)
+        converted = Converted(to_vit_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
+    else:
+        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
+    return save(converted, out_dir, overwrite=overwrite)
+
+
+def load_folder(folder, processor=None):
+    """The vitlm model saved in `folder` and its processor (unless given)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+
+    from .. import models
+
+    architectures = AutoConfig.from_pretrained(folder).architectures or [""]
+    model_class = getattr(models, architectures[0], None)
+    if model_class is None or not architectures[0].startswith("Vitlm"):
+        raise UnsupportedSourceError(f"{folder} holds a {architectures[0] or 'model of no architecture'}, not vitlm's")
+    model = model_class.from_pretrained(folder)
+    if processor is None:
+        auto_class = AutoProcessor if isinstance(model, VitlmDualEncoderModel) else AutoImageProcessor
+        processor = auto_class.from_pretrained(folder)
+    return model, processor
+
+
+__all__ = ["export", "to_clip_model", "to_vit_model", "to_clip_processor", "to_image_processor", "to_clip_tokenizer"]
