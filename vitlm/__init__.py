@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
     AutoModelForZeroShotImageClassification,
+    AutoModelForZeroShotObjectDetection,
     AutoProcessor,
     AutoTokenizer,
 )
@@ -23,6 +24,7 @@ from .models import (
     VitlmCLIPTokenizer,
     VitlmDualEncoderConfig,
     VitlmDualEncoderForImageClassification,
+    VitlmDualEncoderForObjectDetection,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridConfig,
@@ -49,6 +51,7 @@ _AUTO_MODELS = [
     (AutoModel, VitlmDualEncoderConfig, VitlmDualEncoderModel),
     (AutoModelForZeroShotImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderModel),
     (AutoModelForImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderForImageClassification),
+    (AutoModelForZeroShotObjectDetection, VitlmDualEncoderConfig, VitlmDualEncoderForObjectDetection),
 ]
 
 
@@ -92,6 +95,7 @@ __all__ = [
     "VitlmTextModel",
     "VitlmDualEncoderModel",
     "VitlmDualEncoderForImageClassification",
+    "VitlmDualEncoderForObjectDetection",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
     "VitlmCLIPTokenizer",

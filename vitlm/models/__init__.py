@@ -5,6 +5,7 @@ Modules in this folder import only torch, transformers, numpy, PIL and each othe
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
 from .image_processing_vitlm import VitlmImageProcessor
+from .modeling_detection import VitlmDualEncoderForObjectDetection
 from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling
@@ -25,6 +26,7 @@ __all__ = [
     "VitlmTextModel",
     "VitlmDualEncoderModel",
     "VitlmDualEncoderForImageClassification",
+    "VitlmDualEncoderForObjectDetection",
     "VitlmImageProcessor",
     "VitlmDualEncoderProcessor",
     "VitlmCLIPTokenizer",

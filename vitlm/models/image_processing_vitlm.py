@@ -14,6 +14,8 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .loss_detection import center_to_corners, non_max_suppression
+
 CHANNEL_COUNTS = (1, 3, 4)  # gray, RGB, RGBA
 
 
@@ -169,6 +171,59 @@ class VitlmImageProcessor(BaseImageProcessor):
                 "`do_center_crop` or resize to a fixed `size={'height': H, 'width': W}`"
             )
         return BatchFeature(data={"pixel_values": np.stack(pixel_values)}, tensor_type=return_tensors)
+
+    def post_process_object_detection(self, outputs, threshold: float = 0.1, target_sizes=None, nms_threshold=None):
+        """Turn a detection model's `logits` and `pred_boxes` into scored, labelled boxes.
+
+        Args:
+            outputs: with `logits` (batch, tokens, queries) and `pred_boxes` (batch, tokens, 4) normalized (cx, cy, w,
+                h) on the processed image.
+            threshold (`float`): keep boxes whose score (sigmoid of the best query's logit) exceeds it.
+            target_sizes (`(batch, 2)` tensor or list of (height, width), *optional*): the original images' sizes.
+                Boxes are then mapped back through this processor's resize and crop into original-image pixels;
+                otherwise they stay normalized to the processed image.
+            nms_threshold (`float`, *optional*): apply class-wise non-maximum suppression at this IoU. Off by
+                default: the model's one-to-one matching makes it unnecessary.
+
+        Returns:
+            One dict per image with `scores`, `labels` (query indices) and `boxes` (x0, y0, x1, y1), best first.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in [0, 1], got {threshold!r}")
+        if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"`nms_threshold` must be in (0, 1], got {nms_threshold!r}")
+        logits, boxes = outputs["logits"], center_to_corners(outputs["pred_boxes"].float())
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"got {len(target_sizes)} target sizes for {len(logits)} images")
+        best = logits.float().max(dim=-1)
+        results = []
+        for index, (scores, labels, image_boxes) in enumerate(zip(best.values.sigmoid(), best.indices, boxes)):
+            if target_sizes is not None:
+                height, width = (int(v) for v in target_sizes[index])
+                image_boxes = self._boxes_in_original_pixels(image_boxes, height, width)
+            keep = (scores > threshold).nonzero()[:, 0]
+            if nms_threshold is not None:
+                kept = [keep[labels[keep] == label] for label in labels[keep].unique()]
+                kept = [group[non_max_suppression(image_boxes[group], scores[group], nms_threshold)] for group in kept]
+                keep = torch.cat(kept) if kept else keep
+            keep = keep[scores[keep].argsort(descending=True)]
+            results.append({"scores": scores[keep], "labels": labels[keep], "boxes": image_boxes[keep]})
+        return results
+
+    def _boxes_in_original_pixels(self, boxes, height: int, width: int):
+        """Undo this processor's geometry: normalized corners on the processed image -> original-image pixels."""
+        resized_width, resized_height = _resized_size(width, height, self.size) if self.do_resize else (width, height)
+        left = top = 0
+        processed_width, processed_height = resized_width, resized_height
+        if self.do_center_crop:
+            processed_width, processed_height = self.crop_size["width"], self.crop_size["height"]
+            left = _crop_start(resized_width, processed_width, self.crop_rounding)
+            top = _crop_start(resized_height, processed_height, self.crop_rounding)
+        scale = boxes.new_tensor([processed_width, processed_height] * 2)
+        offset = boxes.new_tensor([left, top] * 2)
+        ratio = boxes.new_tensor([width / resized_width, height / resized_height] * 2)
+        upper = boxes.new_tensor([width, height] * 2)
+        return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
 
 
 def _validated_options(size, crop_size, crop_rounding, resample, image_mean, image_std, **flags) -> dict:

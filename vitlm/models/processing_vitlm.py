@@ -14,5 +14,9 @@ class VitlmDualEncoderProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
 
+    def post_process_object_detection(self, outputs, threshold=0.1, target_sizes=None, nms_threshold=None):
+        """See `VitlmImageProcessor.post_process_object_detection`."""
+        return self.image_processor.post_process_object_detection(outputs, threshold, target_sizes, nms_threshold)
+
 
 __all__ = ["VitlmDualEncoderProcessor"]

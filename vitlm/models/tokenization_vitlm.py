@@ -150,4 +150,5 @@ class VitlmCLIPTokenizer(CLIPTokenizer):
     def _encode_plus(self, text, text_pair=None, *args, **kwargs):
         return super()._encode_plus(_clean_texts(text), _clean_texts(text_pair), *args, **kwargs)
 
+
 __all__ = ["VitlmCLIPTokenizer", "clean_text"]
