@@ -65,6 +65,19 @@ def _run_convert(args) -> int:
     return 0
 
 
+def _add_export_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT or ViT classifier)")
+    parser.add_argument("out_dir", help="folder to write the transformers CLIPModel / ViTModel and its processor to")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+
+
+def _run_export(args) -> int:
+    from .convert.to_transformers import export
+
+    print(f"wrote {export(args.folder, args.out_dir, overwrite=args.overwrite)}")
+    return 0
+
+
 SUBCOMMANDS = [
     (
         "presets",
@@ -77,6 +90,12 @@ SUBCOMMANDS = [
         "convert pretrained weights from open_clip, transformers or timm into a vitlm model folder",
         _add_convert_arguments,
         _run_convert,
+    ),
+    (
+        "export",
+        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification)",
+        _add_export_arguments,
+        _run_export,
     ),
 ]
 

@@ -92,3 +92,20 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "open_clip" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_exports_a_vitlm_folder_to_transformers(tmp_path, capsys):
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    model = VitlmViTModel(tiny_config("vit", representation_size=32)).eval()  # ViTModel always has a pooler
+    vitlm_folder = save(Converted(model, VitlmImageProcessor(size=32, crop_size=32)), tmp_path / "vitlm")
+    assert main(["export", str(vitlm_folder), str(tmp_path / "hf")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    exported = ViTModel.from_pretrained(tmp_path / "hf").eval()
+    pixel_values = pixel_batch(exported.config)
+    with torch.no_grad():
+        expected, outputs = model(pixel_values), exported(pixel_values)
+        torch.testing.assert_close(outputs.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
+        torch.testing.assert_close(outputs.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+    assert main(["export", str(vitlm_folder), str(tmp_path / "hf")]) == 2  # exists: refused in one line
