@@ -1,0 +1,317 @@
+"""timm -> vitlm: parity with timm's own models and eval transform, refusals, and the saved folder in pipelines.
+
+Reference models come from `timm.create_model(name, pretrained=False)` with perturbed random weights; their state
+dicts are saved to .safetensors files that `vitlm.convert.load` hands to timm's own pretrained-loading code.
+"""
+
+import re
+from functools import partial
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from timm.layers import HybridEmbed, StdConv2d, StdConv2dSame
+from timm.models.resnetv2 import ResNetV2
+from timm.models.vision_transformer import VisionTransformer
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+import vitlm  # noqa: F401  (registers the Auto classes)
+from vitlm import (
+    VitlmHybridConfig,
+    VitlmHybridForImageClassification,
+    VitlmImageProcessor,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+from vitlm.convert import UnsupportedSourceError, convert, load
+from vitlm.convert.from_timm import convert_model, image_processor, vitlm_config
+
+TOLERANCE = 1e-4
+
+
+def random_timm_model(name, **kwargs):
+    """timm's model with random weights, each perturbed so that norms and biases differ from their initial ones and
+    a swapped or dropped norm or bias shows in the outputs."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model
+
+
+def save_checkpoint(model, folder):
+    path = folder / "model.safetensors"
+    save_file(model.state_dict(), path)
+    return path
+
+
+def pixels(config, batch_size):
+    size = config.image_size
+    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def max_diff(actual, expected):
+    assert actual.shape == expected.shape
+    return (actual - expected).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random vit_tiny_patch16_224 and its weights as a local checkpoint."""
+    model = random_timm_model("vit_tiny_patch16_224")
+    return model, save_checkpoint(model, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    # (height, width): wide, tall, smaller than the crop, near-square
+    sizes = [(217, 301), (401, 150), (97, 97), (250, 248)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+def test_local_checkpoint_reproduces_timm(tiny):
+    reference, checkpoint = tiny
+    model, processor = load("timm:vit_tiny_patch16_224", checkpoint=checkpoint)
+    assert isinstance(model, VitlmViTForImageClassification) and isinstance(processor, VitlmImageProcessor)
+    assert model.config.num_labels == 1000 and model.config.id2label[0] == "tench, Tinca tinca"
+    x = pixels(model.config, 4)
+    with torch.no_grad():
+        expected, actual = reference(x), model(x).logits
+    assert max_diff(actual, expected) <= TOLERANCE
+    assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "spec,batch_size,hybrid",
+    [
+        ("vit_base_patch16_224", 4, False),
+        ("vit_base_r50_s16_384", 2, True),
+        # timm's own weights for this tag are a JAX .npz (custom_load); a local safetensors file goes through
+        # timm's state-dict loader instead
+        ("vit_small_r26_s32_224.augreg_in21k_ft_in1k", 2, True),
+        # norm_pre, a patch projection without bias, and a 512-way CLIP projection head without label names
+        ("vit_xsmall_patch16_clip_224", 4, False),
+    ],
+)
+def test_classifier_parity(tmp_path, spec, batch_size, hybrid):
+    reference = random_timm_model(spec)
+    model, _ = load(f"timm:{spec}", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is (VitlmHybridForImageClassification if hybrid else VitlmViTForImageClassification)
+    x = pixels(model.config, batch_size)
+    with torch.no_grad():
+        expected, actual = reference(x), model(x).logits
+    assert max_diff(actual, expected) <= TOLERANCE
+    assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("vit_xsmall_patch16_clip_224", {"pre_norm": True, "patch_bias": False, "layer_norm_eps": 1e-5}),
+        ("vit_base_patch16_clip_quickgelu_224", {"hidden_act": "quick_gelu", "pre_norm": True}),
+        (
+            "vit_base_patch16_siglip_gap_224",
+            {"use_cls_token": False, "pooling": "mean", "num_prefix_tokens": 0},
+        ),
+        ("deit_base_distilled_patch16_384", {"use_distillation_token": True, "image_size": 384, "num_labels": 1000}),
+        ("vit_large_r50_s32_384", {"backbone_depths": [3, 4, 6, 3], "image_size": 384, "hidden_size": 1024}),
+    ],
+)
+def test_registry_models_translate(spec, expected):
+    config = vitlm_config(timm.create_model(spec, pretrained=False, device="meta"), spec)
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+def test_unlabelled_head_keeps_default_label_names():
+    # a CLIP tower's 512-way projection head has no class names
+    config = vitlm_config(timm.create_model("vit_xsmall_patch16_clip_224", pretrained=False, device="meta"), "test")
+    assert config.num_labels == 512 and config.id2label[0] == "LABEL_0"
+
+
+def test_deit_distilled_parity(tmp_path):
+    reference = random_timm_model("deit_tiny_distilled_patch16_224")
+    model, _ = load("timm:deit_tiny_distilled_patch16_224", checkpoint=save_checkpoint(reference, tmp_path))
+    assert model.config.use_distillation_token
+    x = pixels(model.config, 4)
+    with torch.no_grad():
+        features = reference.forward_features(x)
+        expected = reference(x)  # in eval mode, timm averages the two heads as vitlm does
+        output = model(x)
+    assert max_diff(output.logits, expected) <= TOLERANCE
+    assert max_diff(output.cls_logits, reference.head(features[:, 0])) <= TOLERANCE
+    assert max_diff(output.distillation_logits, reference.head_dist(features[:, 1])) <= TOLERANCE
+    assert torch.equal(output.logits.argmax(-1), expected.argmax(-1))
+
+
+def test_base_model_parity(tmp_path):
+    # DINO's weights have no classifier (num_classes=0): the base model, whose pooled output is timm's features
+    reference = random_timm_model("vit_small_patch16_224.dino")
+    assert reference.num_classes == 0
+    model, _ = load("timm:vit_small_patch16_224.dino", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is VitlmViTModel
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        output = model(x)
+        assert max_diff(output.last_hidden_state, reference.forward_features(x)) <= TOLERANCE
+        assert max_diff(output.pooler_output, reference(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # average pooling after the final norm is vitlm's mean pooling, with or without a class token
+        {"class_token": False, "global_pool": "avg", "fc_norm": False},
+        {"global_pool": "avg", "fc_norm": False, "act_layer": "gelu_tanh", "qkv_bias": False},
+        {"act_layer": "quick_gelu", "pre_norm": True, "num_classes": 0},
+    ],
+)
+def test_variant_parity(kwargs):
+    """Options no registered model name combines, translated and mapped by the converter's own functions."""
+    reference = random_timm_model("vit_tiny_patch16_224", depth=2, **kwargs)
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+    actual = output.logits if reference.num_classes else output.pooler_output
+    assert max_diff(actual, expected) <= TOLERANCE
+
+
+def test_classification_folder_loads_and_runs_in_pipeline(tmp_path, tiny):
+    reference, checkpoint = tiny
+    out_dir = convert("timm:vit_tiny_patch16_224", tmp_path / "converted", checkpoint=checkpoint)
+
+    model = AutoModelForImageClassification.from_pretrained(out_dir)
+    processor = AutoImageProcessor.from_pretrained(out_dir)
+    assert isinstance(model, VitlmViTForImageClassification) and isinstance(processor, VitlmImageProcessor)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (180, 260, 3), dtype=np.uint8))
+    transform = create_transform(**resolve_data_config({}, model=reference))
+    with torch.no_grad():
+        expected = reference(transform(image)[None])
+        actual = model(**processor(image, return_tensors="pt")).logits
+    assert max_diff(actual, expected) <= TOLERANCE
+
+    result = pipeline("image-classification", model=str(out_dir))(image)
+    assert result[0]["label"] == ImageNetInfo().index_to_description(expected.argmax().item())
+
+
+@pytest.mark.parametrize(
+    "data_config",
+    [
+        resolve_data_config({}, model=timm.create_model(spec, pretrained=False, device="meta"))
+        for spec in (
+            "vit_base_patch16_224.augreg2_in21k_ft_in1k",  # bicubic, crop_pct 0.9, inception mean/std
+            "vit_base_r50_s16_384.orig_in21k_ft_in1k",  # crop_pct 1.0 at 384
+            "vit_base_patch16_224_miil.in21k_ft_in1k",  # bilinear, crop_pct 0.875, mean 0 / std 1
+        )
+    ]
+    + [
+        {
+            "input_size": (3, 224, 224),
+            "interpolation": "bicubic",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "crop_pct": 0.95,
+            "crop_mode": "squash",
+        }
+    ],
+)
+def test_processor_matches_timm_transform(images, data_config):
+    processor = image_processor(data_config)
+    transform = create_transform(**data_config)
+    actual = processor(images, return_tensors="pt")["pixel_values"]
+    expected = torch.stack([transform(image) for image in images])
+    assert max_diff(actual, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("input_size,crop_mode", [((3, 224, 224), "border"), ((3, 224, 320), "center")])
+def test_processor_refuses_crops_it_cannot_reproduce(input_size, crop_mode):
+    data_config = {
+        "input_size": input_size,
+        "interpolation": "bicubic",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "crop_pct": 0.9,
+        "crop_mode": crop_mode,
+    }
+    with pytest.raises(UnsupportedSourceError, match=f"crop_mode='{crop_mode}'"):
+        image_processor(data_config)
+
+
+@pytest.mark.parametrize(
+    "spec,feature",
+    [
+        ("vit_base_patch16_reg4_gap_256", "register tokens (reg_tokens=4)"),
+        ("vit_medium_patch16_gap_256", "layer scale"),
+        ("deit3_small_patch16_224", "no_embed_class=True"),
+        ("vit_base_patch16_siglip_224", "global_pool='map'"),
+        ("vit_small_resnet26d_224", "FeatureListNet hybrid backbone"),
+        ("vit_tiny_r_s16_p8_224", "Sequential hybrid backbone"),
+        ("vit_relpos_small_patch16_224", "VisionTransformerRelPos"),
+        ("eva02_tiny_patch14_224", "Eva"),
+    ],
+)
+def test_unsupported_registry_models_are_refused_before_loading_weights(spec, feature):
+    # no checkpoint and no network: a refusal must come from the architecture alone
+    with pytest.raises(UnsupportedSourceError, match=re.escape(feature)):
+        load(f"timm:{spec}")
+
+
+def tiny_hybrid(**backbone_kwargs):
+    """A small hybrid on the meta device; by default the `vit_*_r50_*` backbone: non-preact, 'same' padding."""
+    options = {"preact": False, "stem_type": "same", "conv_layer": partial(StdConv2dSame, eps=1e-8), **backbone_kwargs}
+    backbone = ResNetV2(layers=(1, 1), num_classes=0, global_pool="", device="meta", **options)
+    embed = partial(HybridEmbed, backbone=backbone)
+    return VisionTransformer(
+        img_size=64, patch_size=1, embed_layer=embed, embed_dim=64, depth=1, num_heads=2, device="meta"
+    )
+
+
+@pytest.mark.parametrize(
+    "build,feature",
+    [
+        (lambda: timm.create_model("vit_tiny_patch16_224", init_values=1e-5, device="meta"), "layer scale"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", qk_norm=True, device="meta"), "qk_norm"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", norm_layer="rmsnorm", device="meta"), "RmsNorm norms"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", act_layer="silu", device="meta"), "SiLU activation"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", global_pool="avg", device="meta"), "(fc_norm)"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", global_pool="avgmax", device="meta"), "'avgmax'"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", final_norm=False, device="meta"), "final_norm=False"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", proj_bias=False, device="meta"), "proj_bias=False"),
+        (
+            lambda: timm.create_model("deit_tiny_distilled_patch16_224", num_classes=0, device="meta"),
+            "DeiT distilled model without classifiers",
+        ),
+        (lambda: tiny_hybrid(preact=True), "pre-activation ResNetV2 (preact=True)"),
+        (lambda: tiny_hybrid(stem_type="", conv_layer=partial(StdConv2d, eps=1e-8)), "'SAME' padding"),
+        (lambda: tiny_hybrid(avg_down=True), "avg_down=True"),
+    ],
+)
+def test_unsupported_options_are_refused(build, feature):
+    with pytest.raises(UnsupportedSourceError, match=re.escape(feature)):
+        vitlm_config(build(), "test")
+
+
+def test_tiny_hybrid_control_case_maps():
+    config = vitlm_config(tiny_hybrid(), "test")
+    assert isinstance(config, VitlmHybridConfig) and config.backbone_depths == [1, 1]
+    assert config.backbone_std_conv_eps == 1e-8 and config.backbone_num_groups == 32
+
+
+def test_refused_conversion_leaves_no_folder(tmp_path):
+    # a layer-scale model (DINOv2), with a real checkpoint to load
+    checkpoint = save_checkpoint(timm.create_model("vit_small_patch14_dinov2", pretrained=False), tmp_path)
+    with pytest.raises(UnsupportedSourceError, match=re.escape("layer scale (ls1/ls2, init_values)")):
+        convert("timm:vit_small_patch14_dinov2", tmp_path / "converted", checkpoint=checkpoint)
+    assert [path.name for path in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_checkpoint_must_be_safetensors(tmp_path):
+    with pytest.raises(ValueError, match="safetensors"):
+        load("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "model.pth")

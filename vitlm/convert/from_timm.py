@@ -1,0 +1,353 @@
+"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids) as vitlm models.
+
+`timm:<name>[.<pretrained_tag>]` is built by `timm.create_model(..., pretrained=True)`, so timm's own download and
+checkpoint filtering produce the weights. The architecture is first translated on the meta device, so that a model
+vitlm cannot represent exactly is refused before anything is downloaded.
+
+Supported: class-token or average pooling (the final LayerNorm before pooling), learned absolute position embeddings
+(covering the prefix tokens), `norm_pre`, any qkv / patch-projection bias, and the GELU / tanh-GELU / QuickGELU
+activations. Register tokens, layer scale, qk-norm, attention pooling, `fc_norm`, other norms, blocks or backbones
+are refused with an `UnsupportedSourceError` naming them.
+"""
+
+import math
+import re
+from pathlib import Path
+
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.initialization import no_init_weights
+
+from ..models import (
+    VitlmHybridConfig,
+    VitlmHybridForImageClassification,
+    VitlmHybridModel,
+    VitlmImageProcessor,
+    VitlmViTConfig,
+    VitlmViTForImageClassification,
+    VitlmViTModel,
+)
+from . import Converted, UnsupportedSourceError, load_converted_state_dict
+
+MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
+    (VitlmViTConfig, True): VitlmViTForImageClassification,
+    (VitlmViTConfig, False): VitlmViTModel,
+    (VitlmHybridConfig, True): VitlmHybridForImageClassification,
+    (VitlmHybridConfig, False): VitlmHybridModel,
+}
+
+# timm name pattern -> vitlm name, for the parts of the model below the classifier
+_RESNET, _BACKBONE = r"^patch_embed\.backbone\.", "embeddings.stem.backbone."
+BACKBONE_RULES = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^dist_token$", "embeddings.distillation_token"),
+    (r"^pos_embed$", "embeddings.position_encoding.position_embeddings"),
+    (r"^patch_embed\.proj\.", "embeddings.stem.projection."),
+    (_RESNET + r"stem\.conv\.", _BACKBONE + "stem_conv."),
+    (_RESNET + r"stem\.norm\.", _BACKBONE + "stem_norm."),
+    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.downsample\.conv\.", _BACKBONE + r"stages.\1.\2.downsample."),
+    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.downsample\.norm\.", _BACKBONE + r"stages.\1.\2.downsample_norm."),
+    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.", _BACKBONE + r"stages.\1.\2."),
+    (r"^norm_pre\.", "pre_layernorm."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
+    (r"^blocks\.(\d+)\.attn\.", r"encoder.layers.\1.attention."),
+    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
+    (r"^norm\.", "layernorm."),
+]
+HEAD_RULES = [(r"^head\.", "classifier."), (r"^head_dist\.", "distillation_classifier.")]
+
+# timm's interpolation names -> PIL filters (torchvision resizes PIL images with these)
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
+    """Convert `timm:<spec>`; `checkpoint` is a local .safetensors file that timm loads instead of downloading."""
+    import timm
+
+    source = f"timm:{spec}"
+    skeleton = timm.create_model(spec, pretrained=False, device="meta")
+    config = vitlm_config(skeleton, source)
+    processor = image_processor(timm.data.resolve_data_config({}, model=skeleton), source)
+
+    overlay = None
+    if checkpoint is not None:
+        if Path(checkpoint).suffix != ".safetensors":
+            raise ValueError(f"checkpoint must be a .safetensors file, got {str(checkpoint)!r}")
+        overlay = {"file": str(checkpoint)}
+    timm_model = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
+    return Converted(convert_model(timm_model, config, source), processor)
+
+
+def convert_model(timm_model, config: VitlmViTConfig, source: str):
+    """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
+    has_classifier = timm_model.num_classes > 0
+    with no_init_weights():  # every weight is overwritten, and the strict loader makes sure of it
+        model = MODEL_CLASSES[type(config), has_classifier](config)
+    state_dict = convert_state_dict(timm_model.state_dict(), prefix="vit." if has_classifier else "")
+    return load_converted_state_dict(model, state_dict, source)
+
+
+def convert_state_dict(state_dict: dict, prefix: str = "") -> dict:
+    """Rename timm weights to vitlm's. `prefix` ("vit.") places the transformer inside a classification model. A key
+    no rule knows keeps its name, so that the strict loader refuses it rather than dropping it."""
+    return {rename(key, prefix): value for key, value in tqdm(state_dict.items(), desc="timm -> vitlm", unit="tensor")}
+
+
+def rename(key: str, prefix: str) -> str:
+    for rules, key_prefix in ((HEAD_RULES, ""), (BACKBONE_RULES, prefix)):
+        for pattern, replacement in rules:
+            if re.match(pattern, key):
+                return key_prefix + re.sub(pattern, replacement, key)
+    return key
+
+
+def vitlm_config(model, source: str) -> VitlmViTConfig:
+    """The vitlm config of a timm model (meta-device models work), or UnsupportedSourceError naming every feature
+    vitlm cannot reproduce exactly."""
+    problems = unsupported_features(model)
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
+
+    block, embed = model.blocks[0], model.patch_embed
+    height, width = embed.img_size
+    kwargs = dict(
+        image_size=height if height == width else [height, width],
+        patch_size=embed.proj.kernel_size[0],
+        num_channels=model.in_chans,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads,
+        intermediate_size=block.mlp.fc1.out_features,
+        hidden_act=activation_name(block.mlp.act),
+        layer_norm_eps=block.norm1.eps,
+        qkv_bias=block.attn.qkv.bias is not None,
+        use_cls_token=model.cls_token is not None,
+        use_distillation_token=hasattr(model, "dist_token"),
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        pooling="cls" if model.global_pool == "token" else "mean",
+    )
+    if model.num_classes > 0:
+        kwargs["num_labels"] = model.num_classes
+        labels = label_names(model)
+        if labels is not None:
+            kwargs["id2label"] = dict(enumerate(labels))
+            kwargs["label2id"] = {label: index for index, label in enumerate(labels)}
+    if is_hybrid(model):
+        backbone = embed.backbone
+        stages = [stage.blocks for stage in backbone.stages]
+        kwargs.update(
+            backbone_depths=[len(blocks) for blocks in stages],
+            backbone_stem_width=backbone.stem.conv.out_channels,
+            backbone_width_factor=max(stages[0][0].conv3.out_channels // 256, 1),
+            backbone_num_groups=backbone.stem.norm.num_groups,
+            backbone_std_conv_eps=backbone.stem.conv.eps,
+        )
+        config_class = VitlmHybridConfig
+    else:
+        kwargs["patch_bias"] = embed.proj.bias is not None
+        config_class = VitlmViTConfig
+    try:
+        config = config_class(**kwargs)
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    if is_hybrid(model) and [blocks[-1].conv3.out_channels for blocks in stages] != config.backbone_widths:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent ResNetV2 stage widths other than 256 x 2^i")
+    return config
+
+
+def is_hybrid(model) -> bool:
+    return hasattr(model.patch_embed, "backbone")
+
+
+def unsupported_features(model) -> list[str]:
+    from timm.layers import Attention, HybridEmbed, Mlp, PatchEmbed
+    from timm.models.vision_transformer import Block
+
+    name = type(model).__name__
+    if name not in ("VisionTransformer", "VisionTransformerDistilled"):
+        return [f"timm's {name} (only VisionTransformer and DeiT's VisionTransformerDistilled map onto vitlm)"]
+    problems = []
+    if model.reg_token is not None:
+        problems.append(f"register tokens (reg_tokens={model.num_reg_tokens})")
+    if model.pos_embed is None:
+        problems.append("no position embedding (pos_embed='none')")
+    if model.no_embed_class and model.num_prefix_tokens:
+        problems.append("position embeddings that skip the class token (no_embed_class=True)")
+    if model.global_pool not in ("token", "avg"):
+        problems.append(
+            f"global_pool={model.global_pool!r} (vitlm pools the class token or averages the patch tokens)"
+        )
+    if model.global_pool == "avg" and model.pool_include_prefix and model.num_prefix_tokens:
+        problems.append("average pooling over the class token too (pool_include_prefix=True)")
+    if not isinstance(model.fc_norm, nn.Identity):
+        problems.append("the final norm after pooling (fc_norm)")
+    elif isinstance(model.norm, nn.Identity):
+        problems.append("no final norm (final_norm=False)")
+    if hasattr(model, "dist_token") and model.num_classes == 0:
+        # timm's features then average the class and distillation tokens; vitlm's base model pools the class token
+        problems.append("a DeiT distilled model without classifiers (num_classes=0)")
+
+    norms = [norm for norm in (model.norm_pre, model.norm) if not isinstance(norm, nn.Identity)]
+    for block in model.blocks:
+        if type(block) is not Block:
+            problems.append(f"{type(block).__name__} blocks")
+            continue
+        norms += [block.norm1, block.norm2]
+        if not (isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)):
+            problems.append("layer scale (ls1/ls2, init_values)")
+        attn, mlp = block.attn, block.mlp
+        if type(attn) is not Attention:
+            problems.append(f"{type(attn).__name__} attention")
+        else:
+            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+                problems.append("qk_norm")
+            if not isinstance(attn.norm, nn.Identity):
+                problems.append("a norm inside attention (scale_attn_norm)")
+            if getattr(attn, "gate", None) is not None:
+                problems.append("gated attention")
+            if attn.attn_dim != model.embed_dim:
+                problems.append("an attention width other than embed_dim (attn_head_dim)")
+            if attn.proj.bias is None:
+                problems.append("projections without bias (proj_bias=False)")
+        if type(mlp) is not Mlp:
+            problems.append(f"{type(mlp).__name__} MLP")
+        else:
+            if not isinstance(mlp.norm, nn.Identity):
+                problems.append("a norm inside the MLP (scale_mlp_norm)")
+            if mlp.fc1.bias is None or mlp.fc2.bias is None:
+                problems.append("projections without bias (proj_bias=False)")
+            if activation_name(mlp.act) is None:
+                problems.append(f"the {type(mlp.act).__name__} activation")
+    shapes = {
+        (b.attn.num_heads, b.mlp.fc1.out_features, b.attn.qkv.bias is not None, activation_name(b.mlp.act))
+        for b in model.blocks
+        if type(b) is Block and type(b.attn) is Attention and type(b.mlp) is Mlp
+    }
+    if len(shapes) > 1:
+        problems.append("blocks of different shapes or activations")
+
+    for norm in norms:
+        if not (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None):
+            problems.append(f"{type(norm).__name__} norms (vitlm uses affine LayerNorm)")
+    if len({norm.eps for norm in norms if isinstance(norm, nn.LayerNorm)}) > 1:
+        problems.append("LayerNorms with different eps")
+
+    embed = model.patch_embed
+    if type(embed) is PatchEmbed:
+        if not isinstance(embed.norm, nn.Identity):
+            problems.append("a norm in the patch embedding (embed_norm_layer)")
+        problems += patch_projection_problems(embed.proj)
+    elif type(embed) is HybridEmbed:
+        problems += hybrid_backbone_problems(embed)
+    else:
+        problems.append(f"a {type(embed).__name__} patch embedding")
+    return list(dict.fromkeys(problems))
+
+
+def patch_projection_problems(proj) -> list[str]:
+    if not isinstance(proj, nn.Conv2d):
+        return ["a patch embedding without projection (proj=False)"]
+    kernel = proj.kernel_size
+    if kernel[0] != kernel[1] or proj.stride != kernel or proj.padding != (0, 0) or proj.dilation != (1, 1):
+        return ["non-square or overlapping patches"]
+    return []
+
+
+def hybrid_backbone_problems(embed) -> list[str]:
+    """vitlm's hybrid stem is timm's `_resnetv2` backbone of `vit_*_r26_*` / `vit_*_r50_*`: a non-pre-activation
+    ResNetV2 of bottlenecks with 'same'-padded weight-standardized convs, GroupNorm and a 7x7 conv + max-pool stem."""
+    from timm.layers import GroupNormAct, StdConv2dSame
+    from timm.layers.pool2d_same import MaxPool2dSame
+    from timm.models.resnetv2 import Bottleneck, DownsampleConv, ResNetV2
+
+    backbone = embed.backbone
+    if type(backbone) is not ResNetV2:
+        return [f"a {type(backbone).__name__} hybrid backbone (vitlm's hybrids use a ResNetV2)"]
+    problems = patch_projection_problems(embed.proj)
+    if not problems and embed.proj.bias is None:
+        problems.append("a hybrid patch projection without bias")
+    stem = backbone.stem
+    if "norm" not in stem._modules and "conv" in stem._modules:
+        problems.append("a pre-activation ResNetV2 (preact=True)")
+    elif list(stem._modules) != ["conv", "norm", "pool"]:
+        problems.append("a ResNetV2 stem other than conv-norm-pool (stem_type 'deep', 'tiered' or 'fixed')")
+    elif type(stem.conv) is not StdConv2dSame or type(stem.pool) is not MaxPool2dSame:
+        problems.append("a ResNetV2 stem without TensorFlow 'SAME' padding (stem_type other than 'same')")
+    elif stem.conv.kernel_size != (7, 7) or stem.conv.stride != (2, 2):
+        problems.append("a ResNetV2 stem other than a 7x7 stride-2 convolution")
+    if not isinstance(backbone.norm, nn.Identity):
+        problems.append("a pre-activation ResNetV2 (preact=True)")
+
+    blocks = [stage.blocks for stage in backbone.stages]
+    if not blocks:
+        problems.append("a ResNetV2 backbone without stages")
+    if any(type(block) is not Bottleneck for stage in blocks for block in stage):
+        problems.append("pre-activation or basic ResNetV2 blocks (preact=True)")
+    elif blocks:
+        if any(type(stage[0].downsample) is not DownsampleConv for stage in blocks):
+            problems.append("ResNetV2 average-pool downsampling (avg_down=True)")
+        if [stage[0].conv2.stride[0] for stage in blocks] != [1] + [2] * (len(blocks) - 1):
+            problems.append("ResNetV2 stage strides other than 1, 2, 2, ... (output_stride)")
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if any(type(conv) is not StdConv2dSame for conv in convs):
+        problems.append("ResNetV2 convolutions other than StdConv2dSame (padding other than 'same')")
+    elif any(conv.dilation != (1, 1) or conv.groups != 1 for conv in convs) or len({c.eps for c in convs}) > 1:
+        problems.append("dilated, grouped or differently standardized ResNetV2 convolutions")
+    norms = [m for m in backbone.modules() if isinstance(m, nn.GroupNorm)]
+    if any(type(norm) is not GroupNormAct for norm in norms) or len(norms) != len(convs):
+        problems.append("ResNetV2 norms other than GroupNorm")
+    elif len({norm.num_groups for norm in norms}) > 1 or any(norm.eps != 1e-5 or not norm.affine for norm in norms):
+        problems.append("ResNetV2 GroupNorms with other groups or eps than vitlm's (one group count, eps 1e-5)")
+    elif any(type(norm.act) not in (nn.ReLU, nn.Identity) for norm in norms):
+        problems.append("ResNetV2 activations other than ReLU")
+    return problems
+
+
+def activation_name(act) -> str | None:
+    """transformers' name for the same activation function, or None."""
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
+
+    if type(act) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_pytorch_tanh"}[act.approximate]
+    return {GELU: "gelu", GELUTanh: "gelu_pytorch_tanh", QuickGELU: "quick_gelu"}.get(type(act))
+
+
+def label_names(model) -> list[str] | None:
+    """Class names timm knows without a download: the pretrained config's, or ImageNet's (guessed from the class
+    count, as timm's own inference script does)."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    names = getattr(model, "pretrained_cfg", {}).get("label_names")
+    if names is None and (subset := infer_imagenet_subset(model)):
+        names = ImageNetInfo(subset).label_descriptions()
+    if not isinstance(names, (list, tuple)) or len(names) != model.num_classes:
+        return None
+    return [str(name) for name in names]
+
+
+def image_processor(data_config: dict, source: str = "timm") -> VitlmImageProcessor:
+    """The processor reproducing `timm.data.create_transform(**data_config)` (timm's eval transform) exactly."""
+    height, width = data_config["input_size"][-2:]
+    crop_mode = data_config.get("crop_mode") or "center"
+    # timm's rule: resize to floor(size / crop_pct), then center crop to size
+    scale = [math.floor(side / data_config["crop_pct"]) for side in (height, width)]
+    if crop_mode == "squash":
+        size = {"height": scale[0], "width": scale[1]}
+    elif crop_mode == "center" and scale[0] == scale[1]:
+        size = {"shortest_edge": scale[0]}
+    else:
+        raise UnsupportedSourceError(
+            f"{source}: vitlm's image processor cannot reproduce timm's crop_mode={crop_mode!r} at input size "
+            f"{height}x{width} (only 'center' with a square input and 'squash')"
+        )
+    interpolation = data_config["interpolation"]
+    if interpolation not in PIL_RESAMPLE:
+        raise UnsupportedSourceError(f"{source}: vitlm's image processor has no {interpolation!r} interpolation")
+    return VitlmImageProcessor(
+        size=size,
+        resample=PIL_RESAMPLE[interpolation],
+        crop_size={"height": height, "width": width},
+        image_mean=list(data_config["mean"]),
+        image_std=list(data_config["std"]),
+    )
