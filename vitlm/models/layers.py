@@ -156,6 +156,7 @@ class VitlmBlock(GradientCheckpointingLayer):
             self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, output_attentions
         )
         hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        del attn_output  # not alive through the MLP, where memory peaks
         hidden_states = hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
         return hidden_states, attn_weights
 
@@ -195,7 +196,8 @@ class VitlmEncoder(nn.Module):
 class VitlmPatchEmbeddings(nn.Module):
     """Cuts an image into non-overlapping patches and projects each to `hidden_size` with one strided conv.
 
-    Like every stem, returns the patch tokens on their grid: (batch, grid_height, grid_width, hidden_size)."""
+    Like every stem, returns the patch embeddings on their grid, channels first: (batch, hidden_size, grid_height,
+    grid_width)."""
 
     def __init__(self, config):
         super().__init__()
@@ -211,7 +213,7 @@ class VitlmPatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values):
         check_pixel_values(pixel_values, self.num_channels, self.patch_size)
-        return self.projection(pixel_values).permute(0, 2, 3, 1)
+        return self.projection(pixel_values)
 
 
 def check_pixel_values(pixel_values, num_channels: int, stride: int):
@@ -326,10 +328,11 @@ class VitlmVisionEmbeddings(nn.Module):
     def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None):
         """`keep_indices` (batch, kept) selects patch tokens after position encoding, as MAE's encoder sees only the
         visible patches; prefix tokens are always kept."""
-        patch_tokens = self.stem(pixel_values)
-        batch_size, grid_size = patch_tokens.shape[0], tuple(patch_tokens.shape[1:3])
+        patch_embeddings = self.stem(pixel_values)
+        batch_size, grid_size = patch_embeddings.shape[0], tuple(patch_embeddings.shape[2:])
         prefix = [t.expand(batch_size, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
-        embeddings = torch.cat([*prefix, patch_tokens.flatten(1, 2)], dim=1)
+        # a view until the concatenation: one copy of the tokens, not two
+        embeddings = torch.cat([*prefix, patch_embeddings.flatten(2).transpose(1, 2)], dim=1)
         embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
         if keep_indices is not None:
             token_indices = torch.cat(

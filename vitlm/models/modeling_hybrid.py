@@ -106,7 +106,7 @@ class VitlmHybridStem(nn.Module):
 
     def forward(self, pixel_values):
         check_pixel_values(pixel_values, self.num_channels, self.stride)
-        return self.projection(self.backbone(pixel_values)).permute(0, 2, 3, 1)
+        return self.projection(self.backbone(pixel_values))
 
 
 _HYBRID_AUTO_MAP = {

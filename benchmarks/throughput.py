@@ -1,0 +1,209 @@
+"""Throughput and peak memory of vitlm against the libraries its weights come from: same weights, one run.
+
+Rows: ViT-B/16 at 224 (vitlm vs transformers' ViT with sdpa vs timm), the CLIP ViT-B/32 image and text towers (vitlm
+vs open_clip) and the R50+ViT-B/16 hybrid at 384 (vitlm vs timm). vitlm's models are converted from the timm and
+open_clip ones and exported to transformers, so every contender computes the same function (checked before timing).
+CPU fp32 with batch 8 by default, bf16 on a GPU when one is present. Contenders run in turn, round after round, and the
+median is reported, so a drift of the machine's speed hits all of them alike. Peak memory is measured for each
+contender in a fresh process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.
+
+    python benchmarks/throughput.py [--rounds 10] [--batch-size 8] [--device cpu|cuda]
+
+Prints a markdown table and writes benchmarks/results/throughput.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = {
+    "ViT-B/16 @224": ("vit", ["vitlm", "transformers", "timm"]),
+    "CLIP ViT-B/32 image tower": ("clip_image", ["vitlm", "open_clip"]),
+    "CLIP ViT-B/32 text tower": ("clip_text", ["vitlm", "open_clip"]),
+    "R50+ViT-B/16 hybrid @384": ("hybrid", ["vitlm", "timm"]),
+}
+ROWS_BY_KEY = {key: contenders for key, contenders in ROWS.values()}
+# glibc keeps freed heap memory for reuse, hiding it from the resident set; a fixed mmap threshold makes every large
+# block its own mapping, returned on free, so the resident set follows the live tensors
+MEMORY_WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
+    """{contender: a no-argument callable running one batch}, built from one set of weights, checked equal."""
+    import open_clip
+    import timm
+
+    from vitlm.convert import from_open_clip, from_timm
+    from vitlm.convert.to_transformers import to_vit_model
+
+    torch.manual_seed(0)
+    if row in ("vit", "hybrid"):
+        name = "vit_base_patch16_224" if row == "vit" else "vit_base_r50_s16_384"
+        source = timm.create_model(name, pretrained=False).eval()
+        ours = from_timm.convert_model(source, from_timm.vitlm_config(source, f"timm:{name}"), f"timm:{name}")
+        ours.set_attn_implementation("sdpa")
+        models = {"vitlm": ours, "timm": source}
+        if row == "vit":
+            models["transformers"] = to_vit_model(ours)
+            models["transformers"].set_attn_implementation("sdpa")
+        size = source.pretrained_cfg["input_size"][-1]
+        inputs = torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)
+        models = {k: m.to(device, dtype).eval() for k, m in models.items()}
+        calls = {"vitlm": lambda: models["vitlm"](inputs).logits, "timm": lambda: models["timm"](inputs)}
+        if row == "vit":
+            calls["transformers"] = lambda: models["transformers"](inputs).logits
+    else:
+        source, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        ours = from_open_clip.convert_model(source, tokenizer).model
+        ours.set_attn_implementation("sdpa")
+        source, ours = source.to(device, dtype).eval(), ours.to(device, dtype).eval()
+        if row == "clip_image":
+            inputs = torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)
+            calls = {
+                "vitlm": lambda: ours.get_image_features(inputs).pooler_output,
+                "open_clip": lambda: source.encode_image(inputs),
+            }
+        else:
+            things = ["cat", "dog", "red car", "bowl of soup", "mountain at dawn", "city street", "bird", "chair"]
+            inputs = tokenizer([f"a photo of a {things[i % len(things)]}." for i in range(batch_size)]).to(device)
+            calls = {
+                "vitlm": lambda: ours.get_text_features(inputs).pooler_output,
+                "open_clip": lambda: source.encode_text(inputs),
+            }
+    with torch.inference_mode():
+        outputs = {name: call().float() for name, call in calls.items()}
+    max_diff = max((out - outputs["vitlm"]).abs().max().item() for out in outputs.values())
+    return calls, max_diff
+
+
+def synchronize(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_row(calls: dict, rounds: int, batch_size: int, device: str, progress) -> dict:
+    """Median images (or texts) per second of each contender over `rounds` interleaved rounds, after two warm-ups."""
+    seconds = {name: [] for name in calls}
+    with torch.inference_mode():
+        for round_index in range(rounds + 2):
+            for name, call in calls.items():
+                synchronize(device)
+                start = time.perf_counter()
+                call()
+                synchronize(device)
+                if round_index >= 2:
+                    seconds[name].append(time.perf_counter() - start)
+            progress.update(1)
+    return {name: batch_size / statistics.median(times) for name, times in seconds.items()}
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(row: str, contender: str, batch_size: int, device: str, dtype: torch.dtype) -> float:
+    """MiB of extra memory one forward pass of `contender` needs at its peak (run in this fresh process)."""
+    calls, _ = build_row(row, batch_size, device, dtype)
+    call = calls[contender]
+    with torch.inference_mode():
+        if device == "cuda":
+            call()  # warm-up: lazy initialization, then the allocator's peak over one pass
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            baseline = torch.cuda.memory_allocated()
+            call()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+        # on a CPU: the resident set's growth over the first pass (see MEMORY_WORKER_ENV)
+        baseline, peak, running = resident_bytes(), [0], [True]
+
+        def sample():
+            while running[0]:
+                peak[0] = max(peak[0], resident_bytes())
+                time.sleep(0.0005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        call()
+        running[0] = False
+        sampler.join()
+        return max(peak[0] - baseline, 0) / 2**20
+
+
+def markdown(results: dict, device_name: str) -> str:
+    lines = [
+        f"| model ({device_name}) | contender | items/s | ratio vitlm / this | peak extra MiB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row, result in results.items():
+        vitlm_speed = result["throughput"]["vitlm"]
+        for contender, speed in result["throughput"].items():
+            ratio = "—" if contender == "vitlm" else f"{vitlm_speed / speed:.2f}x"
+            memory = result["peak_memory_mib"][contender]
+            lines.append(f"| {row} | {contender} | {speed:.2f} | {ratio} | {memory:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 64 on a GPU")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", nargs="*", choices=sorted(ROWS_BY_KEY), default=list(ROWS_BY_KEY))
+    parser.add_argument("--memory-worker", nargs=2, metavar=("ROW", "CONTENDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batch_size = args.batch_size or (8 if args.device == "cpu" else 64)
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+
+    if args.memory_worker:
+        print(json.dumps(peak_memory(*args.memory_worker, batch_size, args.device, dtype)))
+        return
+
+    results = {}
+    names = {key: row for row, (key, _) in ROWS.items()}
+    progress = tqdm(total=sum((args.rounds + 2) for _ in args.rows), desc="timing", unit="round")
+    for key in args.rows:
+        calls, max_diff = build_row(key, batch_size, args.device, dtype)
+        results[names[key]] = {"throughput": time_row(calls, args.rounds, batch_size, args.device, progress)}
+        results[names[key]]["max_abs_diff_vs_vitlm"] = max_diff
+    progress.close()
+    for key in tqdm(args.rows, desc="peak memory", unit="row"):
+        memory = {}
+        for contender in ROWS_BY_KEY[key]:
+            command = [sys.executable, __file__, "--memory-worker", key, contender, "--device", args.device]
+            command += ["--batch-size", str(batch_size)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True, env=MEMORY_WORKER_ENV).stdout
+            memory[contender] = json.loads(output.strip().splitlines()[-1])
+        results[names[key]]["peak_memory_mib"] = memory
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'CPU'}"
+    cores = os.cpu_count()
+    header = (
+        f"{date.today()}, {device_name} ({cores} cores), torch {torch.__version__}, "
+        f"{'bf16' if args.device == 'cuda' else 'fp32'}, batch {batch_size}, median of {args.rounds} rounds"
+    )
+    table = markdown(results, args.device)
+    print(header)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(
+        json.dumps({"setup": header, "batch_size": batch_size, "device": args.device, "rows": results}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
