@@ -26,6 +26,11 @@ def box_bias(grid_height: int, grid_width: int) -> torch.Tensor:
     return torch.log(boxes + 1e-4) - torch.log1p(-boxes + 1e-4)
 
 
+def unit(embeddings: torch.Tensor) -> torch.Tensor:
+    """OWL-ViT's normalization of class and query embeddings (with an epsilon, unlike `F.normalize`)."""
+    return embeddings / (embeddings.norm(dim=-1, keepdim=True) + 1e-6)
+
+
 @dataclass
 class VitlmObjectDetectionOutput(ModelOutput):
     r"""
@@ -77,11 +82,10 @@ class VitlmClassHead(nn.Module):
         self.logit_scale = nn.Linear(width, 1)
 
     def forward(self, features, query_embeds=None, query_mask=None):
-        class_embeds = self.dense0(features)
-        class_embeds = class_embeds / (class_embeds.norm(dim=-1, keepdim=True) + 1e-6)
+        class_embeds = unit(self.dense0(features))
         if query_embeds is None:
             return None, class_embeds
-        query_embeds = query_embeds / (query_embeds.norm(dim=-1, keepdim=True) + 1e-6)
+        query_embeds = unit(query_embeds)
         logits = torch.einsum("bpd,bqd->bpq", class_embeds, query_embeds)
         logits = (logits + self.logit_shift(features)) * (nn.functional.elu(self.logit_scale(features)) + 1)
         if query_mask is not None:
@@ -138,16 +142,19 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         the query image best (among boxes within 80% of the best IoU with the whole image, the least typical one),
         as OWL-ViT's image-guided detection chooses it."""
         features, _ = self.image_features(query_pixel_values, interpolate_pos_encoding)
-        _, class_embeds = self.class_head(features.flatten(1, 2))
+        # OWL-ViT ranks the candidates by their unnormalized class embeddings
+        raw_class_embeds = self.class_head.dense0(features.flatten(1, 2))
+        class_embeds = unit(raw_class_embeds)
         boxes = center_to_corners(self.predict_boxes(features))
         whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=boxes.device, dtype=boxes.dtype)
         queries = []
-        for image_boxes, image_embeds in zip(boxes, class_embeds):
+        for image_boxes, image_embeds, raw_embeds in zip(boxes, class_embeds, raw_class_embeds):
             ious = box_iou(whole, image_boxes)[0][0]
             if (ious == 0).all():
                 ious = generalized_box_iou(whole, image_boxes)[0]
-            candidates = (ious >= ious.max() * 0.8).nonzero()[:, 0]
-            similarity = image_embeds[candidates] @ image_embeds.mean(dim=0)
+            # within 80% of the best overlap; written so that a negative best (generalized IoU) still qualifies
+            candidates = (ious >= ious.max() - 0.2 * ious.max().abs()).nonzero()[:, 0]
+            similarity = raw_embeds[candidates] @ raw_embeds.mean(dim=0)
             queries.append(image_embeds[candidates[similarity.argmin()]])
         return torch.stack(queries)
 

@@ -15,13 +15,16 @@ from .layers import check_pixel_values
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 
 
+def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one side: the output has ceil(size / stride) positions, an odd pad going
+    right / bottom."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0.0) -> torch.Tensor:
-    """TensorFlow's "SAME" padding: the output has ceil(input / stride) positions, any odd pad going right/bottom."""
-    pads = []
-    for size in reversed(x.shape[-2:]):
-        total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads, value=value) if any(pads) else x
+    (top, bottom), (left, right) = (same_padding(size, kernel_size, stride) for size in x.shape[-2:])
+    return F.pad(x, (left, right, top, bottom), value=value) if top or bottom or left or right else x
 
 
 class VitlmStdConv2d(nn.Conv2d):
@@ -32,11 +35,16 @@ class VitlmStdConv2d(nn.Conv2d):
         self.eps = eps
 
     def forward(self, x):
-        weight = self.weight
-        mean = weight.mean(dim=(1, 2, 3), keepdim=True)
-        var = weight.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        weight = (weight - mean) / torch.sqrt(var + self.eps)
-        return F.conv2d(pad_same(x, self.kernel_size[0], self.stride[0]), weight, None, self.stride)
+        # batch_norm over a (1, out_channels, fan_in) view standardizes every filter in one fused kernel
+        weight = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
+        ).reshape_as(self.weight)
+        (top, bottom), (left, right) = (
+            same_padding(size, self.kernel_size[0], self.stride[0]) for size in x.shape[-2:]
+        )
+        if top == bottom and left == right:  # symmetric: the convolution pads, without copying the input
+            return F.conv2d(x, weight, None, self.stride, padding=(top, left))
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, None, self.stride)
 
 
 class VitlmBottleneck(nn.Module):
@@ -59,10 +67,11 @@ class VitlmBottleneck(nn.Module):
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample_norm(self.downsample(x))
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = F.relu(self.norm2(self.conv2(x)))
+        # in place: each ReLU's input is a fresh tensor that nothing else reads, as in timm's GroupNormAct
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
         x = self.norm3(self.conv3(x))
-        return F.relu(x + shortcut)
+        return F.relu(x + shortcut, inplace=True)
 
 
 class VitlmResNetV2Backbone(nn.Module):
@@ -85,7 +94,7 @@ class VitlmResNetV2Backbone(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
 
     def forward(self, pixel_values):
-        x = F.relu(self.stem_norm(self.stem_conv(pixel_values)))
+        x = F.relu(self.stem_norm(self.stem_conv(pixel_values)), inplace=True)
         x = F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), kernel_size=3, stride=2)
         for stage in self.stages:
             x = stage(x)
