@@ -20,15 +20,29 @@ Converted exactly:
 - `ViTModel` -> `VitlmViTModel`, its dense + tanh pooler as the pre-logits layer (`representation_size`); a repo saved
   without pooler converts without one (vitlm's `pooler_output` is then the [CLS] state, transformers' None).
 - `ViTForImageClassification` -> `VitlmViTForImageClassification`, labels kept.
+- `OwlViTForObjectDetection` -> `VitlmDualEncoderForObjectDetection`: the CLIP towers as for `CLIPModel` (OWL-ViT's
+  `post_layernorm` applied to every token is vitlm's final LayerNorm), the LayerNorm after merging the [CLS] token, and
+  the class and box heads. transformers' OWL-ViT text tower always pools at the highest token id, so it converts like a
+  legacy CLIP config (the tokenizer's end-of-text id must be the vocabulary's last). transformers masks the queries
+  whose first token id is 0 (all-padding rows, `input_ids[..., 0] > 0`); vitlm rejects text without an end-of-text
+  token and takes the mask as `query_mask` instead. (`OwlViTProcessor` pads missing queries with the text " ", which
+  neither masks.) Image queries pick the same token as transformers' `image_guided_detection`.
+- `ViTMAEForPreTraining` -> `VitlmViTForMaskedImageModeling`: the same masking for the same `noise`, and the same
+  logits and loss. transformers stores MAE's fixed 2D sin-cos tables (encoder and decoder) as frozen weights, vitlm
+  computes them: a model converts only when both tables are that formula's, with zeros for [CLS]. At other resolutions
+  (`interpolate_pos_encoding=True`) vitlm evaluates the formula at stretched positions where transformers resizes its
+  stored tables (the decoder's along the flattened sequence), so outputs there differ.
 - The image processor (`CLIPImageProcessor`, `ViTImageProcessor`) -> `VitlmImageProcessor`, equal to transformers'
   PIL backend; its default torchvision backend resamples uint8 tensors instead of PIL images, which moves some
   values (a sixth on smooth test images) by one or two levels out of 255, up to four when shrinking pixel noise.
   A crop larger than the resized image pads as the torchvision backend does (the PIL backend pads a pixel further).
 
-Refused with `UnsupportedSourceError`, naming what: other model types and architectures (masked image modeling,
-CLIP's projection-only or classification variants, ...), pooler activations other than tanh, non-square patches,
-a `head_dim` other than `hidden_size / num_attention_heads`, weights left unloaded or unused by transformers, image
-processors that pad or resize to other size specs, and weights that are not safetensors.
+Refused with `UnsupportedSourceError`, naming what: other model types and architectures (ViT's masked image
+modeling, CLIP's projection-only or classification variants, OWLv2 with its objectness head and pad-to-square
+preprocessing, ...), an OWL-ViT class head whose width (the text hidden size) is not `projection_dim`, MAE position
+tables other than the fixed sin-cos formula's (trained, altered or left at zero), pooler activations other than tanh,
+non-square patches, a `head_dim` other than `hidden_size / num_attention_heads`, weights left unloaded or unused by
+transformers, image processors that pad or resize to other size specs, and weights that are not safetensors.
 """
 
 from pathlib import Path
@@ -40,14 +54,17 @@ from transformers.initialization import no_init_weights
 
 from ..models import (
     VitlmDualEncoderConfig,
+    VitlmDualEncoderForObjectDetection,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmImageProcessor,
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTForImageClassification,
+    VitlmViTForMaskedImageModeling,
     VitlmViTModel,
 )
+from ..models.layers import grid_positions, sincos_2d_position_embeddings
 from . import Converted, UnsupportedSourceError, load_converted_state_dict
 
 # architecture -> the model_type its config must have
@@ -56,10 +73,25 @@ ARCHITECTURES = {
     "CLIPVisionModel": "clip_vision_model",
     "ViTModel": "vit",
     "ViTForImageClassification": "vit",
+    "OwlViTForObjectDetection": "owlvit",
+    "ViTMAEForPreTraining": "vit_mae",
 }
-DEFAULT_ARCHITECTURES = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModel", "vit": "ViTModel"}
-IMAGE_PROCESSORS = ("CLIPImageProcessor", "ViTImageProcessor")
+DEFAULT_ARCHITECTURES = {
+    "clip": "CLIPModel",
+    "clip_vision_model": "CLIPVisionModel",
+    "vit": "ViTModel",
+    "owlvit": "OwlViTForObjectDetection",
+    "vit_mae": "ViTMAEForPreTraining",
+}
+# model types refused whatever the architecture, with the reason
+UNSUPPORTED_MODEL_TYPES = {
+    "owlv2": "OWLv2's objectness head and its preprocessing (padding to a square, anti-aliased resizing) have no "
+    "vitlm counterpart",
+}
+IMAGE_PROCESSORS = ("CLIPImageProcessor", "ViTImageProcessor", "OwlViTImageProcessor")
 LEGACY_CLIP_EOS_ID = 2  # transformers then pools at argmax(input_ids)
+# float32 (vitlm) against float64 (MAE, transformers) evaluation of the sin-cos tables: 4e-6 on a 64x64 grid
+SINCOS_TOLERANCE = 1e-4
 
 # A weight table lists (vitlm name, transformers names, leading dims): the transformers tensors, concatenated along
 # dim 0 (q, k, v into vitlm's fused qkv), gain `leading dims` singleton dimensions in front to become vitlm's.
@@ -97,13 +129,23 @@ def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
         tokenizer = AutoTokenizer.from_pretrained(spec)
         model = convert_clip(load_source_model(architecture, spec, source), tokenizer, source)
         return Converted(model, VitlmDualEncoderProcessor(image_processor, tokenizer))
+    if architecture == "OwlViTForObjectDetection":
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        model = convert_owlvit(load_source_model(architecture, spec, source), tokenizer, source)
+        return Converted(model, VitlmDualEncoderProcessor(image_processor, tokenizer))
     if architecture == "CLIPVisionModel":
         return Converted(convert_clip_vision(load_source_model(architecture, spec, source), source), image_processor)
+    if architecture == "ViTMAEForPreTraining":
+        return Converted(convert_vit_mae(load_source_model(architecture, spec, source), source), image_processor)
     return Converted(convert_vit(load_source_model(architecture, spec, source), source), image_processor)
 
 
 def source_architecture(config, source: str) -> str:
     """The supported transformers class that `config` describes, or an `UnsupportedSourceError`."""
+    if config.model_type in UNSUPPORTED_MODEL_TYPES:
+        raise UnsupportedSourceError(
+            f"{source} is a {config.model_type!r} model: {UNSUPPORTED_MODEL_TYPES[config.model_type]}"
+        )
     architectures = getattr(config, "architectures", None) or [DEFAULT_ARCHITECTURES.get(config.model_type)]
     architecture = architectures[0] if len(architectures) == 1 else None
     if ARCHITECTURES.get(architecture) != config.model_type:
@@ -156,6 +198,107 @@ def convert_clip(model, tokenizer, source: str = "transformers CLIPModel") -> Vi
     return load_converted_state_dict(uninitialized(VitlmDualEncoderModel, config), state_dict, source)
 
 
+def convert_owlvit(
+    model, tokenizer, source: str = "transformers OwlViTForObjectDetection"
+) -> VitlmDualEncoderForObjectDetection:
+    """A transformers `OwlViTForObjectDetection` as a vitlm detection model; `tokenizer` is the repo's."""
+    config = model.config
+    if config.text_config.hidden_size != config.projection_dim:
+        # the class head embeds image tokens at the text width, compared with projected text: equal in OWL-ViT's models
+        raise UnsupportedSourceError(
+            f"{source}: a class head of width {config.text_config.hidden_size} (the text hidden size) while queries "
+            f"are projected to {config.projection_dim} (vitlm's class head outputs projection_dim)"
+        )
+    vitlm_config = VitlmDualEncoderConfig(
+        vision_config=clip_vision_config(config.vision_config, source),
+        text_config=clip_text_config(
+            config.text_config, tokenizer, source, argmax_pooling="OWL-ViT's text pooling at the highest token id"
+        ),
+        projection_dim=config.projection_dim,
+        logit_scale_init_value=config.logit_scale_init_value,
+    )
+    key_map = [
+        *clip_key_map(
+            config.vision_config.num_hidden_layers,
+            config.text_config.num_hidden_layers,
+            ours="dual_encoder.",
+            theirs="owlvit.",
+            pre_layernorm="pre_layernorm",
+        ),
+        *_params("layer_norm", "layer_norm"),
+    ]
+    for head, layers in (
+        ("class_head", ("dense0", "logit_shift", "logit_scale")),
+        ("box_head", ("dense0", "dense1", "dense2")),
+    ):
+        key_map += [entry for layer in layers for entry in _params(f"{head}.{layer}", f"{head}.{layer}")]
+    state_dict = map_state_dict(model.state_dict(), key_map, source)
+    return load_converted_state_dict(
+        uninitialized(VitlmDualEncoderForObjectDetection, vitlm_config), state_dict, source
+    )
+
+
+def convert_vit_mae(model, source: str = "transformers ViTMAEForPreTraining") -> VitlmViTForMaskedImageModeling:
+    """A transformers `ViTMAEForPreTraining` as a vitlm masked-image-modeling model."""
+    config = model.config
+    decoder_shape = {
+        "decoder_hidden_size": config.decoder_hidden_size,
+        "decoder_num_hidden_layers": config.decoder_num_hidden_layers,
+        "decoder_num_attention_heads": config.decoder_num_attention_heads,
+        "decoder_intermediate_size": config.decoder_intermediate_size,
+    }
+    # transformers' decoder copies the encoder's config, head_dim included
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is not None and head_dim * config.decoder_num_attention_heads != config.decoder_hidden_size:
+        raise UnsupportedSourceError(
+            f"{source}: a head_dim of {head_dim} with {config.decoder_num_attention_heads} decoder heads and "
+            f"decoder_hidden_size {config.decoder_hidden_size} (vitlm splits it evenly among the heads)"
+        )
+    vitlm_config = vit_config(
+        config,
+        pooler=False,
+        source=source,
+        position_embedding_type="sincos2d",
+        mask_ratio=config.mask_ratio,
+        norm_pix_loss=config.norm_pix_loss,
+        **decoder_shape,
+    )
+    state_dict = dict(model.state_dict())
+    grid_size = vitlm_config.grid_size
+    check_sincos_table(state_dict.pop("vit.embeddings.position_embeddings"), grid_size, "position_embeddings", source)
+    check_sincos_table(state_dict.pop("decoder.decoder_pos_embed"), grid_size, "decoder_pos_embed", source)
+    key_map = [
+        *vit_key_map(vitlm_config.num_hidden_layers, "vit.", "vit.", False, vitlm_config.qkv_bias, learned=False),
+        *_params("decoder_embed", "decoder.decoder_embed"),
+        ("mask_token", ("decoder.mask_token",), 0),
+        *encoder_key_map(
+            "decoder.layers.",
+            "decoder.decoder_layers.",
+            config.decoder_num_hidden_layers,
+            VIT_BLOCK,
+            VIT_QKV,
+            vitlm_config.qkv_bias,
+        ),
+        *_params("decoder_norm", "decoder.decoder_norm"),
+        *_params("decoder_pred", "decoder.decoder_pred"),
+    ]
+    state_dict = map_state_dict(state_dict, key_map, source)
+    return load_converted_state_dict(uninitialized(VitlmViTForMaskedImageModeling, vitlm_config), state_dict, source)
+
+
+def check_sincos_table(table: torch.Tensor, grid_size: tuple[int, int], name: str, source: str):
+    """Refuse a stored MAE position table unless it is what vitlm computes: zeros for [CLS], then the 2D sin-cos
+    table of the patch grid."""
+    width = table.shape[-1]
+    ys, xs = (grid_positions(length, None, table.device) for length in grid_size)
+    expected = torch.cat([table.new_zeros(1, width), sincos_2d_position_embeddings(width, ys, xs)])[None]
+    if table.shape != expected.shape or (table.float() - expected).abs().max() > SINCOS_TOLERANCE:
+        raise UnsupportedSourceError(
+            f"{source}: `{name}` is not MAE's fixed 2D sin-cos table (with zeros for [CLS]), which vitlm computes "
+            "instead of storing; a trained, altered or zero table has no vitlm counterpart"
+        )
+
+
 def convert_clip_vision(model, source: str = "transformers CLIPVisionModel") -> VitlmViTModel:
     """A transformers `CLIPVisionModel` as a vitlm ViT (see the module docstring on `last_hidden_state`)."""
     config = clip_vision_config(model.config, source)
@@ -199,21 +342,23 @@ def clip_vision_config(config, source: str) -> VitlmViTConfig:
     )
 
 
-def clip_text_config(config, tokenizer, source: str) -> VitlmTextConfig:
+def clip_text_config(config, tokenizer, source: str, argmax_pooling: str | None = None) -> VitlmTextConfig:
+    """`argmax_pooling` names a text tower that pools at the highest token id whatever the config says (OWL-ViT)."""
     special_ids = {name: getattr(config, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    if not isinstance(special_ids["eos_token_id"], int):
-        raise UnsupportedSourceError(
-            f"{source}: text pooling at several end-of-text ids {special_ids['eos_token_id']}"
-        )
-    if special_ids["eos_token_id"] == LEGACY_CLIP_EOS_ID:
+    if argmax_pooling is None and special_ids["eos_token_id"] == LEGACY_CLIP_EOS_ID:
+        argmax_pooling = "legacy text pooling at the highest token id (config eos_token_id 2)"
+    if argmax_pooling is not None:
         # transformers pools at argmax(input_ids): the first end-of-text token only if that is the vocabulary's last
         if tokenizer.eos_token_id != config.vocab_size - 1:
             raise UnsupportedSourceError(
-                f"{source}: legacy text pooling at the highest token id (config eos_token_id 2), while the "
-                f"tokenizer's end-of-text id {tokenizer.eos_token_id} is not the vocabulary's last "
-                f"({config.vocab_size - 1})"
+                f"{source}: {argmax_pooling}, while the tokenizer's end-of-text id {tokenizer.eos_token_id} is not "
+                f"the vocabulary's last ({config.vocab_size - 1})"
             )
         special_ids = {name: getattr(tokenizer, name) for name in special_ids}
+    elif not isinstance(special_ids["eos_token_id"], int):
+        raise UnsupportedSourceError(
+            f"{source}: text pooling at several end-of-text ids {special_ids['eos_token_id']}"
+        )
     return VitlmTextConfig(
         vocab_size=config.vocab_size,
         max_position_embeddings=config.max_position_embeddings,
@@ -224,7 +369,8 @@ def clip_text_config(config, tokenizer, source: str) -> VitlmTextConfig:
     )
 
 
-def vit_config(config, pooler: bool, source: str) -> VitlmViTConfig:
+def vit_config(config, pooler: bool, source: str, **extra) -> VitlmViTConfig:
+    """`extra`: further VitlmViTConfig fields (MAE's)."""
     patch_size = config.patch_size
     if not isinstance(patch_size, int):
         if len(set(patch_size)) != 1:
@@ -244,6 +390,7 @@ def vit_config(config, pooler: bool, source: str) -> VitlmViTConfig:
         label2id=config.label2id,
         problem_type=config.problem_type,
         **_encoder_config(config, source, qkv_bias=config.qkv_bias),
+        **extra,
     )
 
 
@@ -310,7 +457,9 @@ def encoder_key_map(ours: str, theirs: str, num_layers: int, block: dict, qkv: t
     return key_map
 
 
-def clip_vision_key_map(num_layers: int, ours: str = "vision_model.", theirs: str = "vision_model.") -> KeyMap:
+def clip_vision_key_map(
+    num_layers: int, ours: str = "vision_model.", theirs: str = "vision_model.", pre_layernorm: str = "pre_layrnorm"
+) -> KeyMap:
     return [
         (f"{ours}embeddings.cls_token", (f"{theirs}embeddings.class_embedding",), 2),
         (f"{ours}embeddings.stem.projection.weight", (f"{theirs}embeddings.patch_embedding.weight",), 0),
@@ -319,31 +468,44 @@ def clip_vision_key_map(num_layers: int, ours: str = "vision_model.", theirs: st
             (f"{theirs}embeddings.position_embedding.weight",),
             1,
         ),
-        *_params(f"{ours}pre_layernorm", f"{theirs}pre_layrnorm"),
+        *_params(f"{ours}pre_layernorm", f"{theirs}{pre_layernorm}"),
         *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}encoder.layers.", num_layers, CLIP_BLOCK, CLIP_QKV, True),
         *_params(f"{ours}layernorm", f"{theirs}post_layernorm"),
     ]
 
 
-def clip_key_map(vision_layers: int, text_layers: int) -> KeyMap:
+def clip_key_map(
+    vision_layers: int, text_layers: int, ours: str = "", theirs: str = "", pre_layernorm: str = "pre_layrnorm"
+) -> KeyMap:
+    """CLIP's weights, under `ours` and `theirs` prefixes (OWL-ViT nests them; its pre-LayerNorm name is spelled
+    right)."""
+    text_ours, text_theirs = f"{ours}text_model.", f"{theirs}text_model."
     return [
-        *clip_vision_key_map(vision_layers),
-        ("text_model.token_embedding.weight", ("text_model.embeddings.token_embedding.weight",), 0),
-        ("text_model.position_embedding.weight", ("text_model.embeddings.position_embedding.weight",), 0),
+        *clip_vision_key_map(vision_layers, f"{ours}vision_model.", f"{theirs}vision_model.", pre_layernorm),
+        (f"{text_ours}token_embedding.weight", (f"{text_theirs}embeddings.token_embedding.weight",), 0),
+        (f"{text_ours}position_embedding.weight", (f"{text_theirs}embeddings.position_embedding.weight",), 0),
         *encoder_key_map(
-            "text_model.encoder.layers.", "text_model.encoder.layers.", text_layers, CLIP_BLOCK, CLIP_QKV, True
+            f"{text_ours}encoder.layers.", f"{text_theirs}encoder.layers.", text_layers, CLIP_BLOCK, CLIP_QKV, True
         ),
-        *_params("text_model.final_layer_norm", "text_model.final_layer_norm"),
-        ("visual_projection.weight", ("visual_projection.weight",), 0),
-        ("text_projection.weight", ("text_projection.weight",), 0),
-        ("logit_scale", ("logit_scale",), 0),
+        *_params(f"{text_ours}final_layer_norm", f"{text_theirs}final_layer_norm"),
+        (f"{ours}visual_projection.weight", (f"{theirs}visual_projection.weight",), 0),
+        (f"{ours}text_projection.weight", (f"{theirs}text_projection.weight",), 0),
+        (f"{ours}logit_scale", (f"{theirs}logit_scale",), 0),
     ]
 
 
-def vit_key_map(num_layers: int, ours: str, theirs: str, pooler: bool, qkv_bias: bool = True) -> KeyMap:
+def vit_key_map(
+    num_layers: int, ours: str, theirs: str, pooler: bool, qkv_bias: bool = True, learned: bool = True
+) -> KeyMap:
+    """`learned=False` leaves out the position table (MAE's fixed one, which vitlm computes)."""
+    position = (
+        f"{ours}embeddings.position_encoding.position_embeddings",
+        (f"{theirs}embeddings.position_embeddings",),
+        0,
+    )
     return [
         (f"{ours}embeddings.cls_token", (f"{theirs}embeddings.cls_token",), 0),
-        (f"{ours}embeddings.position_encoding.position_embeddings", (f"{theirs}embeddings.position_embeddings",), 0),
+        *([position] if learned else []),
         *_params(f"{ours}embeddings.stem.projection", f"{theirs}embeddings.patch_embeddings.projection"),
         *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}layers.", num_layers, VIT_BLOCK, VIT_QKV, qkv_bias),
         *_params(f"{ours}layernorm", f"{theirs}layernorm"),
