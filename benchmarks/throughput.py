@@ -94,8 +94,9 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
-def time_row(calls: dict, rounds: int, batch_size: int, device: str, progress) -> dict:
-    """Median images (or texts) per second of each contender over `rounds` interleaved rounds, after two warm-ups."""
+def time_row(calls: dict, rounds: int, batch_size: int, device: str, progress) -> tuple[dict, dict]:
+    """Median items per second of each contender over `rounds` interleaved rounds (after two warm-ups), and the
+    speed ratio vitlm / contender as the median of the rounds' own ratios, which a drifting machine disturbs least."""
     seconds = {name: [] for name in calls}
     with torch.inference_mode():
         for round_index in range(rounds + 2):
@@ -107,7 +108,13 @@ def time_row(calls: dict, rounds: int, batch_size: int, device: str, progress) -
                 if round_index >= 2:
                     seconds[name].append(time.perf_counter() - start)
             progress.update(1)
-    return {name: batch_size / statistics.median(times) for name, times in seconds.items()}
+    speeds = {name: batch_size / statistics.median(times) for name, times in seconds.items()}
+    ratios = {
+        name: statistics.median(theirs / ours for theirs, ours in zip(times, seconds["vitlm"]))
+        for name, times in seconds.items()
+        if name != "vitlm"
+    }
+    return speeds, ratios
 
 
 def resident_bytes() -> int:
@@ -146,13 +153,12 @@ def peak_memory(row: str, contender: str, batch_size: int, device: str, dtype: t
 
 def markdown(results: dict, device_name: str) -> str:
     lines = [
-        f"| model ({device_name}) | contender | items/s | ratio vitlm / this | peak extra MiB |",
+        f"| model ({device_name}) | contender | items/s | speed vitlm / this (paired median) | peak extra MiB |",
         "|---|---|---:|---:|---:|",
     ]
     for row, result in results.items():
-        vitlm_speed = result["throughput"]["vitlm"]
         for contender, speed in result["throughput"].items():
-            ratio = "—" if contender == "vitlm" else f"{vitlm_speed / speed:.2f}x"
+            ratio = "—" if contender == "vitlm" else f"{result['speed_ratio_vitlm_over'][contender]:.2f}x"
             memory = result["peak_memory_mib"][contender]
             lines.append(f"| {row} | {contender} | {speed:.2f} | {ratio} | {memory:.0f} |")
     return "\n".join(lines)
@@ -178,7 +184,8 @@ def main():
     progress = tqdm(total=sum((args.rounds + 2) for _ in args.rows), desc="timing", unit="round")
     for key in args.rows:
         calls, max_diff = build_row(key, batch_size, args.device, dtype)
-        results[names[key]] = {"throughput": time_row(calls, args.rounds, batch_size, args.device, progress)}
+        speeds, ratios = time_row(calls, args.rounds, batch_size, args.device, progress)
+        results[names[key]] = {"throughput": speeds, "speed_ratio_vitlm_over": ratios}
         results[names[key]]["max_abs_diff_vs_vitlm"] = max_diff
     progress.close()
     for key in tqdm(args.rows, desc="peak memory", unit="row"):

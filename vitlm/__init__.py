@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from . import models
 from .convert import load
 from .models import (
     VitlmCLIPTokenizer,
@@ -81,22 +82,4 @@ def _register():
 
 _register()
 
-__all__ = [
-    "load",
-    "VitlmViTConfig",
-    "VitlmHybridConfig",
-    "VitlmTextConfig",
-    "VitlmDualEncoderConfig",
-    "VitlmViTModel",
-    "VitlmViTForImageClassification",
-    "VitlmViTForMaskedImageModeling",
-    "VitlmHybridModel",
-    "VitlmHybridForImageClassification",
-    "VitlmTextModel",
-    "VitlmDualEncoderModel",
-    "VitlmDualEncoderForImageClassification",
-    "VitlmDualEncoderForObjectDetection",
-    "VitlmImageProcessor",
-    "VitlmDualEncoderProcessor",
-    "VitlmCLIPTokenizer",
-]
+__all__ = ["load", *models.__all__]
