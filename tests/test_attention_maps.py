@@ -72,3 +72,15 @@ def test_bad_arguments_are_refused():
         attention_heatmaps(model, pixel_batch(model.config), "gradcam")
     with pytest.raises(ValueError, match="alpha"):
         attention_map(model, Image.new("RGB", (8, 8)), VitlmImageProcessor(size=32, crop_size=32), alpha=2)
+
+
+def test_mean_pooled_models_read_the_patch_queries_and_detectors_their_tower():
+    from vitlm import VitlmDualEncoderForObjectDetection
+
+    model = build("vit", VitlmViTModel, {"pooling": "mean"})  # a [CLS] token, but pooling over the patches
+    pixel_values = pixel_batch(model.config)
+    attention = model(pixel_values, output_attentions=True).attentions[-1].mean(1)
+    expected = upsampled(attention[:, 1:, 1:].mean(1).reshape(2, 4, 4))
+    torch.testing.assert_close(attention_heatmaps(model, pixel_values, "cls"), expected)
+    detector = build("dual", VitlmDualEncoderForObjectDetection, {})
+    assert attention_heatmaps(detector, pixel_values, "rollout").shape == (2, 32, 32)

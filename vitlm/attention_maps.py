@@ -28,7 +28,9 @@ class AttentionMap:
 
 
 def vision_tower(model: nn.Module) -> nn.Module:
-    """The module computing image tokens: the model itself, its `vit` (heads) or its `vision_model` (dual encoder)."""
+    """The module computing image tokens: the model itself, its `vit` (heads) or its `vision_model` (dual encoder,
+    also inside the detection head)."""
+    model = getattr(model, "dual_encoder", model)  # the detection head wraps a dual encoder
     for name in ("vision_model", "vit"):
         if hasattr(model, name):
             return getattr(model, name)
@@ -59,7 +61,7 @@ def attention_heatmaps(model: nn.Module, pixel_values: torch.Tensor, method: str
     else:
         flow = layers[-1]
     prefix = config.num_prefix_tokens
-    query = flow[:, 0] if config.use_cls_token else flow[:, prefix:].mean(dim=1)
+    query = flow[:, 0] if config.pooling == "cls" else flow[:, prefix:].mean(dim=1)
     grid = (pixel_values.shape[-2] // config.stem_stride, pixel_values.shape[-1] // config.stem_stride)
     patches = query[:, prefix:].reshape(-1, 1, *grid)
     heat = nn.functional.interpolate(

@@ -132,3 +132,9 @@ def test_the_pipeline_returns_boxes_in_original_pixels(tmp_path, tokenizer):
     box = [best["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
     assert box == corners[index].int().tolist()
     assert all(0 <= r["box"]["xmax"] <= 80 and 0 <= r["box"]["ymax"] <= 48 for r in results)
+
+
+def test_query_embeddings_must_match_the_image_batch():
+    model = build()
+    with pytest.raises(ValueError, match="query_embeds"):
+        model(pixel_values=pixel_batch(model.config), query_embeds=torch.randn(3, 1, model.config.projection_dim))

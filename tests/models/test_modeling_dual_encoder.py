@@ -111,3 +111,15 @@ def test_contrastive_training_lowers_the_loss():
         losses.append(loss.item())
     # below chance (every pairing equally likely) by a margin: images and texts have been aligned
     assert losses[-1] < 0.75 * math.log(6) < losses[0], losses
+
+
+def test_the_loss_needs_matching_pairs():
+    model = build()
+    input_ids, attention_mask = text_batch(model.config, batch_size=3)
+    with pytest.raises(ValueError, match="one text per image"):
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_batch(model.config),
+            return_loss=True,
+        )

@@ -130,3 +130,34 @@ def test_inpaint_refuses_bad_input(picture):
         build(use_cls_token=False, pooling="mean")(
             pixel_batch(model.config), bool_masked_pos=torch.ones(2, 16, dtype=torch.bool)
         )
+
+
+def test_the_filled_area_reaches_past_the_resampling_kernel():
+    model = build()  # 32x32 input, 8-pixel patches
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[30, 30] = True  # at the model's size: pixel (15, 15), widened by 2 -> rows/columns 13..17 -> patches 1..2
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1:3, 1:3] = True
+    assert torch.equal(model.patches_to_fill(mask), expected)
+
+
+def test_no_original_pixel_bleeds_into_the_filled_area(picture):
+    """A model predicting one flat colour must fill every masked pixel with exactly that colour."""
+    model = build()
+    torch.nn.init.zeros_(model.decoder_pred.weight)
+    torch.nn.init.zeros_(model.decoder_pred.bias)  # 0 in normalized space = the processor's mean colour
+    processor = processor_for(model)
+    mask = np.zeros(picture.shape[:2], dtype=bool)
+    mask[5:30, 12:50] = True
+    result = np.asarray(model.inpaint(picture, mask, processor))
+    mean_colour = np.round(np.array(processor.image_mean) * 255).astype(np.uint8)
+    assert (result[mask] == mean_colour).all()
+    assert np.array_equal(result[~mask], picture[~mask])
+
+
+def test_masking_inputs_are_checked():
+    model = build()
+    with pytest.raises(ValueError, match="noise"):
+        model(pixel_batch(model.config), noise=torch.rand(2, 15))
+    with pytest.raises(ValueError, match="VitlmViTConfig"):
+        VitlmViTForMaskedImageModeling(tiny_config("hybrid"))

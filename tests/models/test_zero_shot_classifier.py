@@ -134,3 +134,11 @@ def test_a_classifier_without_class_embeddings_refuses_to_guess():
     classifier = VitlmDualEncoderForImageClassification(tiny_clip_config(num_labels=3))
     with pytest.raises(ValueError, match="from_dual_encoder"):
         classifier(pixel_batch(classifier.config))
+
+
+def test_a_dual_encoder_repo_loaded_as_a_classifier_refuses_to_guess(tmp_path):
+    dual_encoder().save_pretrained(tmp_path)
+    classifier = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert type(classifier) is VitlmDualEncoderForImageClassification
+    with pytest.raises(ValueError, match="from_dual_encoder"):
+        classifier(pixel_batch(classifier.config))

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.initialization import no_init_weights
 
 SOURCES = {
     "open_clip": "vitlm.convert.from_open_clip",
@@ -46,6 +47,13 @@ def load(source: str, checkpoint: str | Path | None = None) -> Converted:
     downloading (open_clip and timm), which is also how the tests exercise the real loading code offline."""
     prefix, spec = parse_source(source)
     return importlib.import_module(SOURCES[prefix]).load(spec, checkpoint=checkpoint)
+
+
+def uninitialized(model_class, config):
+    """`model_class(config)` without the random initialisation: converters overwrite every weight, and the strict
+    loaders make sure of it."""
+    with no_init_weights():
+        return model_class(config)
 
 
 def load_converted_state_dict(model: PreTrainedModel, state_dict: dict[str, torch.Tensor], source: str):
@@ -117,4 +125,4 @@ def convert(
     return out_dir
 
 
-__all__ = ["Converted", "UnsupportedSourceError", "SOURCES", "convert", "load", "save"]
+__all__ = ["Converted", "UnsupportedSourceError", "SOURCES", "convert", "load", "save", "uninitialized"]

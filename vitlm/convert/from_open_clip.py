@@ -38,7 +38,7 @@ from ..models import (
     VitlmViTConfig,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, load_converted_state_dict
+from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 CLIP_VOCAB_SIZE, CLIP_BOS_ID, CLIP_EOS_ID, CLIP_PAD_ID = 49408, 49406, 49407, 0
@@ -124,9 +124,9 @@ def convert_model(model: nn.Module, tokenizer, source: str = "open_clip model") 
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent {'; '.join(features)}; nothing was converted")
     config = convert_config(model)
     state_dict = {key.removeprefix("text."): tensor for key, tensor in model.state_dict().items()}
-    with torch.device("meta"):  # every weight comes from the source (the mapping is checked complete): skip the init
-        skeleton = VitlmDualEncoderModel(config)
-    vitlm_model = load_converted_state_dict(skeleton.to_empty(device="cpu"), convert_state_dict(state_dict), source)
+    vitlm_model = load_converted_state_dict(
+        uninitialized(VitlmDualEncoderModel, config), convert_state_dict(state_dict), source
+    )
     processor = VitlmDualEncoderProcessor(
         convert_image_processor(open_clip.get_model_preprocess_cfg(model)),
         clip_tokenizer(context_length=config.text_config.max_position_embeddings),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from torch import nn
 from tqdm.auto import tqdm
-from transformers.initialization import no_init_weights
 
 from ..models import (
     VitlmHybridConfig,
@@ -27,7 +26,7 @@ from ..models import (
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
-from . import Converted, UnsupportedSourceError, load_converted_state_dict
+from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
 
 MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmViTConfig, True): VitlmViTForImageClassification,
@@ -82,8 +81,7 @@ def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
 def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
-    with no_init_weights():  # every weight is overwritten, and the strict loader makes sure of it
-        model = MODEL_CLASSES[type(config), has_classifier](config)
+    model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
     state_dict = convert_state_dict(timm_model.state_dict(), prefix="vit." if has_classifier else "")
     return load_converted_state_dict(model, state_dict, source)
 

@@ -50,7 +50,6 @@ from pathlib import Path
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
-from transformers.initialization import no_init_weights
 
 from ..models import (
     VitlmDualEncoderConfig,
@@ -65,7 +64,7 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.layers import grid_positions, sincos_2d_position_embeddings
-from . import Converted, UnsupportedSourceError, load_converted_state_dict
+from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
 
 # architecture -> the model_type its config must have
 ARCHITECTURES = {
@@ -317,11 +316,6 @@ def convert_vit(model, source: str = "transformers ViT") -> VitlmViTModel | Vitl
         key_map += _params("classifier", "classifier")
     vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, config)
     return load_converted_state_dict(vitlm_model, map_state_dict(model.state_dict(), key_map, source), source)
-
-
-def uninitialized(model_class, config):
-    with no_init_weights():  # every weight is overwritten, and the strict loaders make sure of it
-        return model_class(config)
 
 
 def clip_vision_config(config, source: str) -> VitlmViTConfig:

@@ -44,8 +44,8 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, check_out_dir, save
-from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, uninitialized, unmap_state_dict, vit_key_map
+from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
+from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
 
 logger = logging.get_logger(__name__)
 

@@ -87,7 +87,8 @@ class VitlmAttention(nn.Module):
             logger.warning_once(f"`output_attentions=True` runs eager attention instead of {implementation!r}.")
             implementation = "eager"
         if self.is_causal and attention_mask is None and implementation not in _NATIVE_CAUSAL_IMPLEMENTATIONS:
-            attention_mask = causal_mask(length, query.dtype, query.device)
+            # one (broadcast) mask per sample: flex attention indexes the mask by batch
+            attention_mask = causal_mask(length, query.dtype, query.device).expand(batch_size, 1, -1, -1)
         attention_interface = (
             eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
         )
@@ -164,10 +165,11 @@ class VitlmBlock(GradientCheckpointingLayer):
 class VitlmEncoder(nn.Module):
     """A stack of [`VitlmBlock`]s, with stochastic depth growing linearly over the depth."""
 
-    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None):
+    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None, drop_path_rate=None):
         super().__init__()
         shape = shape or EncoderShape.of(config)
-        drop_path_rate, depth = getattr(config, "drop_path_rate", 0.0), shape.num_hidden_layers
+        drop_path_rate = getattr(config, "drop_path_rate", 0.0) if drop_path_rate is None else drop_path_rate
+        depth = shape.num_hidden_layers
         # plain Python: models may be built under a meta-device context, where tensors hold no values
         rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
         self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal, shape) for rate in rates)

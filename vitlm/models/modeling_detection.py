@@ -14,14 +14,14 @@ from .modeling_dual_encoder import VitlmDualEncoderModel
 from .modeling_vit import VitlmPreTrainedModel
 
 
-def box_bias(grid_height: int, grid_width: int) -> torch.Tensor:
+def box_bias(grid_height: int, grid_width: int, device=None) -> torch.Tensor:
     """Inverse-sigmoid prior putting each token's box at its patch (OWL-ViT's: the patch's bottom-right corner, one
     patch in size), so the box head predicts offsets relative to the token's position."""
-    xs = torch.arange(1, grid_width + 1, dtype=torch.float32) / grid_width
-    ys = torch.arange(1, grid_height + 1, dtype=torch.float32) / grid_height
+    xs = torch.arange(1, grid_width + 1, dtype=torch.float32, device=device) / grid_width
+    ys = torch.arange(1, grid_height + 1, dtype=torch.float32, device=device) / grid_height
     y, x = torch.meshgrid(ys, xs, indexing="ij")
     corners = torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1).clip(0.0, 1.0)
-    sizes = torch.tensor([1.0 / grid_width, 1.0 / grid_height]).expand_as(corners)
+    sizes = torch.tensor([1.0 / grid_width, 1.0 / grid_height], device=device).expand_as(corners)
     boxes = torch.cat([corners, sizes], dim=-1)
     return torch.log(boxes + 1e-4) - torch.log1p(-boxes + 1e-4)
 
@@ -134,7 +134,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
     def predict_boxes(self, features: torch.Tensor) -> torch.Tensor:
         grid_height, grid_width = features.shape[1:3]
         offsets = self.box_head(features.flatten(1, 2))
-        return (offsets + box_bias(grid_height, grid_width).to(offsets.device, offsets.dtype)).sigmoid()
+        return (offsets + box_bias(grid_height, grid_width, offsets.device).to(offsets.dtype)).sigmoid()
 
     @torch.no_grad()
     def image_query_embeddings(self, query_pixel_values, interpolate_pos_encoding=False) -> torch.Tensor:
@@ -203,6 +203,10 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
                 batch_size, -1, query_embeds.shape[-1]
             )
 
+        if query_embeds.shape[0] != batch_size:
+            raise ValueError(
+                f"`query_embeds` holds queries for {query_embeds.shape[0]} images, the batch has {batch_size}"
+            )
         token_features = features.flatten(1, 2)
         logits, class_embeds = self.class_head(token_features, query_embeds, query_mask)
         pred_boxes = self.predict_boxes(features)

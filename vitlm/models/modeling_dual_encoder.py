@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput
 
@@ -223,6 +224,11 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
         if self.logit_bias is not None:
             logits_per_text = logits_per_text + self.logit_bias
+        if return_loss and logits_per_text.shape[0] != logits_per_text.shape[1]:
+            raise ValueError(
+                f"`return_loss=True` needs one text per image (matching pairs), got {logits_per_text.shape[0]} texts "
+                f"for {logits_per_text.shape[1]} images"
+            )
         loss = contrastive_loss(logits_per_text, self.config.loss_type) if return_loss else None
 
         output = VitlmDualEncoderOutput(
@@ -261,6 +267,15 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.post_init()
 
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:  # a dual encoder's checkpoint has no class embeddings: zeros make `forward` refuse
+            init.zeros_(self.class_embeddings)
+            init.constant_(self.logit_scale, self.config.logit_scale_init_value)
+            if self.logit_bias is not None:
+                init.constant_(self.logit_bias, self.config.logit_bias_init_value)
+
     @classmethod
     @torch.no_grad()
     def from_dual_encoder(
@@ -285,11 +300,14 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
                 "problem_type": "multi_label_classification" if model.config.loss_type == "sigmoid" else None,
             }
         )
-        classifier = cls(config).to(model.device, model.dtype).eval()
-        classifier.load_state_dict(
-            {k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))},
-            strict=False,
-        )
+        with no_init_weights():  # every weight but the class embeddings comes from `model`
+            classifier = cls(config).to(model.device, model.dtype).eval()
+        image_side = {
+            k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))
+        }
+        result = classifier.load_state_dict(image_side, strict=False)
+        if result.missing_keys != ["class_embeddings"] or result.unexpected_keys:
+            raise ValueError(f"the dual encoder's weights do not fit the classifier: {result}")
         classifier.class_embeddings.copy_(encode_class_names(model, tokenizer, class_names, templates, batch_size))
         return classifier
 

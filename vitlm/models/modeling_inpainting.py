@@ -1,5 +1,6 @@
 """The inpainting head: MAE-style masked patch reconstruction on a ViT encoder, and `inpaint(image, mask)`."""
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         )
         self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.decoder = VitlmEncoder(config, shape=shape)
+        self.decoder = VitlmEncoder(config, shape=shape, drop_path_rate=0.0)  # MAE's decoder has no stochastic depth
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
         self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
         self.post_init()
@@ -95,10 +96,16 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
             if (counts != counts[0]).any():
                 raise ValueError("every image of a batch must mask the same number of patches; pass them one by one")
             num_keep = num_patches - int(counts[0])
-            order = torch.argsort(bool_masked_pos.int(), dim=1, stable=True)  # visible patches first, in grid order
+            # visible patches first, in grid order
+            order = torch.argsort(bool_masked_pos.to(device).int(), dim=1, stable=True)
         else:
             if noise is None:
                 noise = torch.rand(batch_size, num_patches, device=device)
+            elif noise.shape != (batch_size, num_patches):
+                raise ValueError(
+                    f"`noise` must have shape {(batch_size, num_patches)} (batch, patches), got {tuple(noise.shape)}"
+                )
+            noise = noise.to(device)
             num_keep = int(num_patches * (1 - self.config.mask_ratio))
             order = torch.argsort(noise, dim=1)
         if num_keep == 0 and self.config.num_prefix_tokens == 0:
@@ -172,6 +179,17 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def patches_to_fill(self, mask: np.ndarray) -> torch.Tensor:
+        """(grid_height, grid_width) bool: the patches `mask` (at the image's own size) covers once the image is
+        resized to the model's, widened by the reach of the resampling kernel that brings the prediction back
+        (2 pixels for bicubic, more when shrinking), so that no visible pixel bleeds into the filled area."""
+        height, width = to_pair(self.config.image_size)
+        coverage = PIL.Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), PIL.Image.Resampling.BOX)
+        reach = (math.ceil(2 * max(1.0, height / mask.shape[0])), math.ceil(2 * max(1.0, width / mask.shape[1])))
+        covered = torch.from_numpy(np.asarray(coverage) > 0)[None, None].float()
+        covered = nn.functional.max_pool2d(covered, [2 * r + 1 for r in reach], stride=1, padding=reach)
+        return nn.functional.max_pool2d(covered, self.config.patch_size)[0, 0] > 0
+
     @torch.no_grad()
     def inpaint(self, image, mask, image_processor) -> PIL.Image.Image:
         """Fill the pixels where `mask` is set and return every other pixel unchanged.
@@ -185,6 +203,8 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         reconstructed, and the predicted pixels are resized back and composited inside the mask only: outside it
         the result equals the input (as RGB) bit for bit. Returns an RGB image of the input's size.
         """
+        if not (image_processor.do_rescale and image_processor.do_normalize):
+            raise ValueError("`inpaint` maps predictions back to pixels through the processor's rescale and normalize")
         if self.config.norm_pix_loss:
             raise ValueError(
                 "this model predicts per-patch normalized pixels (norm_pix_loss=True), whose mean and variance are "
@@ -208,11 +228,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
             do_center_crop=False,
             return_tensors="pt",
         )["pixel_values"].to(self.device, self.dtype)
-        # a mask pixel at (y, x) of the original lies in patch (y * rows // H, x * columns // W) after resizing
-        rows, columns = np.nonzero(mask)
-        patch_mask = np.zeros(grid_size, dtype=bool)
-        patch_mask[rows * grid_size[0] // mask.shape[0], columns * grid_size[1] // mask.shape[1]] = True
-        bool_masked_pos = torch.from_numpy(patch_mask.reshape(1, -1)).to(self.device)
+        bool_masked_pos = self.patches_to_fill(mask).reshape(1, -1).to(self.device)
 
         logits = self(pixel_values, bool_masked_pos=bool_masked_pos).logits
         patches = torch.where(bool_masked_pos[..., None], logits, patchify(pixel_values, patch_size))

@@ -67,6 +67,11 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
 
     def __init__(self, config: VitlmViTConfig):
         super().__init__(config)
+        if config.model_type != self.config_class.model_type:
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.config_class.__name__} ({self.config_class.model_type!r}), got "
+                f"{config.model_type!r}: use the class of that family"
+            )
         self.embeddings = VitlmVisionEmbeddings(config, self.build_stem(config))
         self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else None
         self.encoder = VitlmEncoder(config)
