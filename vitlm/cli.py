@@ -78,6 +78,60 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("task", choices=["classify", "contrastive", "detect", "inpaint"])
+    parser.add_argument("--model", required=True, help="a preset (random weights), folder, Hub id or timm:/hf:/...")
+    parser.add_argument("--dataset", required=True, help="a Hub id, an image folder, or 'shapes' (generated)")
+    parser.add_argument("--output-dir", default="vitlm-trained", help="checkpoints, then the final model folder")
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides epochs)")
+    parser.add_argument("--batch-size", type=int, default=32, help="per device")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-steps", type=int, help="evaluate and checkpoint every N steps (default: per epoch)")
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
+    parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (classify)")
+    parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (classify)")
+    parser.add_argument("--bbox-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes (pixels)")
+    parser.add_argument("--config-overrides", help="comma-separated key=value model config changes")
+    parser.add_argument("--shapes-train", type=int, default=512, help="generated training images (--dataset shapes)")
+    parser.add_argument("--shapes-test", type=int, default=128, help="generated test images (--dataset shapes)")
+    parser.add_argument("--shapes-size", type=int, default=64, help="generated image side (--dataset shapes)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
+
+
+def _run_train(args) -> int:
+    from .training.run import train
+
+    trainer = train(
+        args.task,
+        args.model,
+        args.dataset,
+        args.output_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        push_to_hub=args.push_to_hub,
+        shapes_train=args.shapes_train,
+        shapes_test=args.shapes_test,
+        shapes_size=args.shapes_size,
+        config_overrides=args.config_overrides,
+        layer_decay=args.layer_decay,
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        bbox_format=args.bbox_format,
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+    )
+    print(f"wrote {args.output_dir} ({trainer.state.global_step} steps)")
+    return 0
+
+
 SUBCOMMANDS = [
     (
         "presets",
@@ -96,6 +150,12 @@ SUBCOMMANDS = [
         "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification)",
         _add_export_arguments,
         _run_export,
+    ),
+    (
+        "train",
+        "train a classifier, dual encoder, open-vocabulary detector or inpainting model with transformers' Trainer",
+        _add_train_arguments,
+        _run_train,
     ),
 ]
 

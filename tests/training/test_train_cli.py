@@ -1,0 +1,114 @@
+"""`vitlm train` end to end on tiny presets and a tiny shapes world: the loss falls, the task's metrics are
+computed, and the output folder reloads through the Auto classes with the trained weights and a model card."""
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    AutoModelForZeroShotObjectDetection,
+    AutoProcessor,
+)
+
+from vitlm.cli import main
+from vitlm.data.shapes import CATEGORIES, generate
+
+SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--shapes-size", "32"]
+TINY_DECODER = (
+    "decoder_hidden_size=32,decoder_num_hidden_layers=1,decoder_num_attention_heads=4,decoder_intermediate_size=64"
+)
+CASES = {
+    # task: (preset, extra arguments, Auto model class, processor class, metrics)
+    "classify": (
+        "vit-tiny-test",
+        ["--lr", "2e-3"],
+        AutoModelForImageClassification,
+        AutoImageProcessor,
+        ["accuracy", "top5_accuracy"],
+    ),
+    "contrastive": (
+        "clip-tiny-test",
+        ["--lr", "1e-3"],
+        AutoModel,
+        AutoProcessor,
+        ["zero_shot_accuracy", "zero_shot_top5_accuracy"],
+    ),
+    "detect": (
+        "clip-tiny-test",
+        ["--lr", "1e-3"],
+        AutoModelForZeroShotObjectDetection,
+        AutoProcessor,
+        ["map", "map_50", "map_75"],
+    ),
+    "inpaint": (
+        "vit-tiny-test",
+        ["--lr", "2e-3", "--config-overrides", TINY_DECODER],
+        AutoModelForMaskedImageModeling,
+        AutoImageProcessor,
+        ["masked_psnr"],
+    ),
+}
+PIPELINE_TAGS = {
+    "classify": "image-classification",
+    "contrastive": "zero-shot-image-classification",
+    "detect": "zero-shot-object-detection",
+    "inpaint": "image-to-image",
+}
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_train_end_to_end(task, tmp_path):
+    preset, extra, auto_model, auto_processor, metric_names = CASES[task]
+    out = tmp_path / task
+    argv = ["train", task, "--model", preset, *SHAPES, "--output-dir", str(out), "--epochs", "3"]
+    argv += ["--batch-size", "16", "--logging-steps", "1", "--seed", "0", *extra]
+    assert main(argv) == 0
+
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 12  # 64 images / 16 per step, 3 epochs
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    evaluations = [entry for entry in history if "eval_loss" in entry]
+    assert len(evaluations) == 4  # each epoch, then the final evaluation
+    for name in metric_names:
+        values = [entry[f"eval_{name}"] for entry in evaluations]
+        assert all(isinstance(v, float) and v == v for v in values), (name, values)  # computed, not NaN
+
+    # the folder reloads through the Auto classes, with the last checkpoint's weights
+    model = auto_model.from_pretrained(out).eval()
+    processor = auto_processor.from_pretrained(out)
+    trained = load_file(out / "checkpoint-12" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        if name in trained:
+            torch.testing.assert_close(value, trained[name], rtol=0, atol=0)
+    assert set(trained) <= set(model.state_dict())
+    image = generate(1, seed=5, image_size=32)[0]["image"]
+    inputs = processor(images=[image], return_tensors="pt")
+    if task == "classify":
+        assert model.config.id2label[3] == CATEGORIES[3]
+        assert model(**inputs).logits.shape == (1, len(CATEGORIES))
+    elif task == "detect":
+        text = processor(
+            text=["a photo of a red circle.", "a photo of a blue star."], return_tensors="pt", padding=True
+        )
+        outputs = model(pixel_values=inputs["pixel_values"], **text)
+        assert outputs.logits.shape == (1, 16, 2)
+    elif task == "inpaint":
+        assert model(**inputs).loss > 0
+
+    assert (out / "training_curves.png").stat().st_size > 1000
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "vitlm"
+    assert card.data.pipeline_tag == PIPELINE_TAGS[task]
+    assert card.data.datasets == ["vitlm-shapes"]
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    final = evaluations[-1]
+    for name in [*metric_names, "loss"]:
+        assert reported[name] == pytest.approx(final[f"eval_{name}"])
+    assert "learning_rate" in card.text and "Intended use" in card.text

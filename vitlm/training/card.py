@@ -1,0 +1,107 @@
+"""The model card written next to a trained model: YAML front matter for the Hub (library, pipeline, tags, dataset,
+last evaluation as a model-index) and a body with the hyper-parameters, intended use and limits."""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+PIPELINE_TAGS = {
+    "classify": "image-classification",
+    "contrastive": "zero-shot-image-classification",
+    "detect": "zero-shot-object-detection",
+    "inpaint": "image-to-image",
+}
+DESCRIPTIONS = {
+    "classify": "an image classifier",
+    "contrastive": "a CLIP-style dual encoder trained with a contrastive image-text loss",
+    "detect": "an open-vocabulary (OWL-ViT style) object detector queried with class names",
+    "inpaint": "a masked-autoencoder (MAE) inpainting model",
+}
+HYPERPARAMETERS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "optim",
+    "bf16",
+    "seed",
+)
+
+
+def last_evaluation(log_history: list[dict]) -> dict[str, float]:
+    """The metrics of the last evaluation, without the `eval_` prefix and the timing entries."""
+    for entry in reversed(log_history):
+        if any(key.startswith("eval_") for key in entry):
+            return {
+                key.removeprefix("eval_"): value
+                for key, value in entry.items()
+                if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
+            }
+    return {}
+
+
+def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, trainer) -> Path:
+    output_dir = Path(output_dir)
+    metrics = last_evaluation(trainer.state.log_history)
+    pipeline_tag = PIPELINE_TAGS[task]
+    dataset_id = "vitlm-shapes" if dataset_name == "shapes" else dataset_name
+    card_data = ModelCardData(
+        library_name="vitlm",
+        pipeline_tag=pipeline_tag,
+        tags=["vitlm", "vision", trainer.model.config.model_type, task],
+        datasets=[dataset_id],
+        metrics=sorted(metrics),
+        model_name=output_dir.name,
+        eval_results=[
+            EvalResult(
+                task_type=pipeline_tag,
+                dataset_type=dataset_id,
+                dataset_name=dataset_id,
+                metric_type=name,
+                metric_value=float(value),
+            )
+            for name, value in sorted(metrics.items())
+        ]
+        or None,
+    )
+    args = trainer.args
+    rows = "\n".join(f"| {name} | {getattr(args, name)} |" for name in HYPERPARAMETERS)
+    results = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items())) or "| - | - |"
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {output_dir.name}
+
+{DESCRIPTIONS[task].capitalize()}, trained with `vitlm train {task}` from `{model_name}` on `{dataset_name}`
+({trainer.state.global_step} optimizer steps, {trainer.state.epoch or 0:.2f} epochs).
+
+## Evaluation (last evaluation)
+
+| metric | value |
+| --- | --- |
+{results}
+
+## Training hyper-parameters
+
+| name | value |
+| --- | --- |
+{rows}
+
+## Intended use and limits
+
+Load with `import vitlm` and the transformers Auto classes (or `trust_remote_code=True` without vitlm), with the
+processor saved alongside. The model is only as general as its training data: evaluate it on your own images before
+relying on it. Models trained on the synthetic shapes world recognise coloured shapes on plain backgrounds and are
+meant for testing and teaching, not for natural images.
+"""
+    card = ModelCard(content)
+    card.save(output_dir / "README.md")
+    return output_dir / "README.md"
+
+
+__all__ = ["PIPELINE_TAGS", "last_evaluation", "write_model_card"]

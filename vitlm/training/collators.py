@@ -1,0 +1,118 @@
+"""Batch collators for the four tasks. They read the columns the transforms in `vitlm.training.transforms` produce
+and return keyword arguments of the matching model's `forward`."""
+
+from dataclasses import dataclass, field
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass
+class ClassificationCollator:
+    """`pixel_values` and `labels`. With `mixup_alpha` or `cutmix_alpha` > 0, each batch is mixed (one of the two,
+    chosen at random, as timm does) and `labels` become soft targets of shape (batch, num_labels): use it for the
+    training loader only, with a loss that accepts soft targets (`soft_target_cross_entropy`)."""
+
+    num_labels: int | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix: v2.Transform | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        mixes = []
+        if self.mixup_alpha > 0:
+            mixes.append(v2.MixUp(alpha=self.mixup_alpha, num_classes=self.num_labels))
+        if self.cutmix_alpha > 0:
+            mixes.append(v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_labels))
+        if mixes and self.num_labels is None:
+            raise ValueError("mixup / cutmix need `num_labels` to build soft targets")
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+
+    def __call__(self, examples):
+        pixel_values = torch.stack([example["pixel_values"] for example in examples])
+        labels = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
+        if self.mix is not None:
+            pixel_values, labels = self.mix(pixel_values, labels)
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+@dataclass
+class ContrastiveCollator:
+    """`pixel_values` with their tokenized captions (padded to the longest, CLIP's right padding); `return_loss`
+    makes the dual encoder return its contrastive loss, in training and evaluation alike."""
+
+    tokenizer: object
+    max_length: int | None = None
+
+    def __call__(self, examples):
+        text = self.tokenizer(
+            [example["caption"] for example in examples],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "return_loss": True,
+        }
+
+
+@dataclass
+class DetectionCollator:
+    """`pixel_values`, per-image `labels` ({"class_labels", "boxes"} in normalized cx, cy, w, h) and the text
+    queries: every candidate class name as a prompt, the same `num_queries` for each image, flattened in
+    `input_ids` (batch * num_queries, length) as the detection model expects. The queries are tokenized once."""
+
+    tokenizer: object
+    class_names: list[str]
+    template: str = "a photo of a {}."
+    max_length: int | None = None
+    queries: dict = field(init=False)
+
+    def __post_init__(self):
+        self.queries = self.tokenizer(
+            [self.template.format(name) for name in self.class_names],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.class_names)
+
+    def __call__(self, examples):
+        batch_size = len(examples)
+        labels = [{"class_labels": example["class_labels"], "boxes": example["boxes"]} for example in examples]
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "input_ids": self.queries["input_ids"].repeat(batch_size, 1),
+            "attention_mask": self.queries["attention_mask"].repeat(batch_size, 1),
+            "labels": labels,
+        }
+
+
+def inpainting_collator(examples):
+    """`pixel_values` only: the masked image model draws its random patch mask itself (`config.mask_ratio`)."""
+    return {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+
+
+def soft_target_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy against class indices or soft targets (mixup / cutmix), for Trainer's `compute_loss_func`."""
+    logits = outputs["logits"]
+    if labels.dtype == torch.long:
+        return torch.nn.functional.cross_entropy(logits, labels)
+    return -(labels * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+__all__ = [
+    "ClassificationCollator",
+    "ContrastiveCollator",
+    "DetectionCollator",
+    "inpainting_collator",
+    "soft_target_cross_entropy",
+]

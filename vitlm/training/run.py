@@ -1,0 +1,236 @@
+"""`vitlm train`: model, processor and datasets from names, then Trainer, then a folder that reloads through the
+Auto classes (model, processor, loss curves, model card)."""
+
+import json
+import tempfile
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    AutoModelForZeroShotObjectDetection,
+    AutoProcessor,
+)
+from transformers.trainer_utils import get_last_checkpoint, set_seed
+
+from . import transforms
+from .card import write_model_card
+from .trainer import build_trainer, plot_log_history, training_arguments
+
+AUTO_CLASSES = {
+    "classify": AutoModelForImageClassification,
+    "contrastive": AutoModel,
+    "detect": AutoModelForZeroShotObjectDetection,
+    "inpaint": AutoModelForMaskedImageModeling,
+}
+DUAL_TASKS = ("contrastive", "detect")
+CLIP_VOCAB = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0}
+EVAL_SPLITS = ("validation", "valid", "val", "test")
+
+
+def parse_overrides(text: str | None) -> dict:
+    """`"decoder_hidden_size=32,mask_ratio=0.5"` -> a dict of JSON values (strings where not JSON)."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config override {item!r} is not key=value")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def load_model(task: str, name: str, class_names=None, config_overrides=None, work_dir=None):
+    """(model, processor) for `task` from a preset (random weights), a converter source (`timm:...`, ...), a folder
+    or a Hub id. Classification gets a new head when `class_names` differ from the checkpoint's."""
+    from ..clip_bpe import clip_tokenizer
+    from ..convert import SOURCES, load, save
+    from ..models import VitlmDualEncoderProcessor
+    from ..presets import preset_names, preset_path
+
+    overrides = dict(config_overrides or {})
+    if class_names is not None and task == "classify":
+        overrides.update(
+            num_labels=len(class_names),
+            id2label=dict(enumerate(class_names)),
+            label2id={n: i for i, n in enumerate(class_names)},
+        )
+    if name.partition(":")[0] in SOURCES:  # convert once, then load like any folder
+        name = str(save(load(name), Path(work_dir or tempfile.mkdtemp()) / "converted", overwrite=True))
+    is_preset = name in preset_names()
+    source = preset_path(name) if is_preset else name
+    config = AutoConfig.from_pretrained(source)
+    if (task in DUAL_TASKS) != hasattr(config, "text_config"):
+        raise ValueError(f"task {task!r} needs {'a' if task in DUAL_TASKS else 'an image-only'} dual encoder model")
+    if task in DUAL_TASKS and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
+        # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
+        config.text_config.update(CLIP_VOCAB)
+    config.update(overrides)
+    if is_preset:
+        model = AUTO_CLASSES[task].from_config(config)
+    else:
+        model = AUTO_CLASSES[task].from_pretrained(name, config=config, ignore_mismatched_sizes=task == "classify")
+    if task in DUAL_TASKS:
+        if is_preset:
+            image_processor = AutoImageProcessor.from_pretrained(source)
+            context = config.text_config.max_position_embeddings
+            processor = VitlmDualEncoderProcessor(image_processor, clip_tokenizer(context_length=context))
+        else:
+            processor = AutoProcessor.from_pretrained(source)
+    else:
+        processor = AutoImageProcessor.from_pretrained(source)
+    return model, processor
+
+
+def load_datasets(name: str, seed: int = 0, shapes_train: int = 512, shapes_test: int = 128, shapes_size: int = 64):
+    """(train, eval) datasets: `shapes` (the synthetic world, generated), an image folder, or a Hub dataset. Without
+    an evaluation split, 10% of the training set is held out."""
+    from datasets import DatasetDict, load_dataset
+
+    if name == "shapes":
+        from ..data.shapes import generate
+
+        train = generate(shapes_train, seed=seed, split="train", image_size=shapes_size)
+        return train, generate(shapes_test, seed=seed + 1, split="test", image_size=shapes_size)
+    splits = load_dataset("imagefolder", data_dir=name) if Path(name).is_dir() else load_dataset(name)
+    if not isinstance(splits, DatasetDict) or "train" not in splits:
+        raise ValueError(f"dataset {name!r} has no 'train' split")
+    for split in EVAL_SPLITS:
+        if split in splits:
+            return splits["train"], splits[split]
+    held_out = splits["train"].train_test_split(test_size=0.1, seed=seed)
+    return held_out["train"], held_out["test"]
+
+
+def find_column(dataset, candidates, kind: str) -> str:
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise ValueError(f"the dataset has no {kind} column (looked for {candidates}; it has {dataset.column_names})")
+
+
+def image_column(dataset) -> str:
+    from datasets import Image
+
+    images = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
+    return images[0] if images else find_column(dataset, ("image", "img"), "image")
+
+
+def class_names_of(task: str, dataset) -> list[str] | None:
+    if task == "detect":
+        category = dataset.features[find_column(dataset, ("objects",), "objects")]["category"]
+        return list(getattr(category, "feature", category).names)
+    label = next((c for c in ("label", "labels") if c in dataset.column_names), None)
+    names = getattr(dataset.features[label], "names", None) if label else None
+    if task == "classify" and names is None:
+        raise ValueError("classification needs a ClassLabel column named 'label' or 'labels'")
+    return names
+
+
+def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format="xyxy"):
+    image = image_column(train)
+    make = {
+        "classify": lambda is_train: transforms.classification_transform(
+            image_processor, is_train, image, find_column(train, ("label", "labels"), "label")
+        ),
+        "contrastive": lambda is_train: transforms.contrastive_transform(
+            image_processor, is_train, image, find_column(train, ("caption", "text"), "caption")
+        ),
+        "detect": lambda is_train: transforms.detection_transform(
+            image_processor, is_train, image, find_column(train, ("objects",), "objects"), bbox_format
+        ),
+        "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train, image),
+    }[task]
+    return train.with_transform(make(True)), eval_dataset.with_transform(make(False))
+
+
+def train(
+    task: str,
+    model_name: str,
+    dataset_name: str,
+    output_dir,
+    epochs: float = 3,
+    max_steps: int = -1,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    seed: int = 42,
+    resume: bool = False,
+    push_to_hub: str | None = None,
+    shapes_train: int = 512,
+    shapes_test: int = 128,
+    shapes_size: int = 64,
+    config_overrides: str | None = None,
+    layer_decay: float | None = None,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    bbox_format: str = "xyxy",
+    eval_steps: int | None = None,
+    logging_steps: int = 10,
+    callbacks=None,
+    **training_kwargs,
+):
+    """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics)."""
+    output_dir = Path(output_dir)
+    train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size)
+    class_names = class_names_of(task, train_set)
+    set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
+    model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
+    image_processor = getattr(processor, "image_processor", processor)
+    eval_labels = None
+    if task == "contrastive" and class_names is not None:
+        eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
+    train_set, eval_set = with_transforms(task, train_set, eval_set, image_processor, bbox_format)
+
+    args = training_arguments(
+        output_dir,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_strategy="steps" if eval_steps else "epoch",
+        eval_steps=eval_steps,
+        logging_steps=logging_steps,
+        **training_kwargs,
+    )
+    trainer = build_trainer(
+        task,
+        model,
+        train_set,
+        eval_set,
+        processor,
+        args,
+        class_names=class_names,
+        eval_labels=eval_labels,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        layer_decay=layer_decay,
+        callbacks=callbacks,
+    )
+    checkpoint = get_last_checkpoint(output_dir) if resume and output_dir.is_dir() else None
+    if resume and checkpoint is None:
+        print(f"no checkpoint in {output_dir}: training from the start")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.evaluate()
+    trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
+    trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
+    if trainer.is_world_process_zero():
+        plot_log_history(trainer.state.log_history, output_dir / "training_curves.png")
+        write_model_card(output_dir, task, model_name, dataset_name, trainer)
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(
+                repo_id=push_to_hub, folder_path=output_dir, ignore_patterns=["checkpoint-*", "converted/*"]
+            )
+    return trainer
+
+
+__all__ = ["class_names_of", "load_datasets", "load_model", "parse_overrides", "train"]

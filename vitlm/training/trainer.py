@@ -1,0 +1,269 @@
+"""Trainer set-up for the four tasks: `training_arguments` (the recipe), `build_trainer` (collator, metrics, loss,
+optimizer) and `save_for_hub` (model + processor + loss curves + model card, reloadable through the Auto classes).
+
+Everything distributed (DDP through `torchrun` / `accelerate launch`, mixed precision, gradient accumulation,
+checkpoint and RNG-state resumption) is Trainer's own; nothing here touches devices or process groups.
+"""
+
+import re
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .collators import (
+    ClassificationCollator,
+    ContrastiveCollator,
+    DetectionCollator,
+    inpainting_collator,
+    soft_target_cross_entropy,
+)
+from .metrics import classification_metrics, detection_metrics, inpainting_metrics, zero_shot_metrics
+
+TASKS = ("classify", "contrastive", "detect", "inpaint")
+# model outputs Trainer drops before gathering predictions (the rest reach `compute_metrics`, in field order)
+IGNORED_OUTPUTS = {
+    "classify": ["hidden_states", "attentions"],
+    "contrastive": ["logits_per_image", "logits_per_text", "text_embeds", "text_model_output", "vision_model_output"],
+    "detect": [
+        *("loss_dict", "class_embeds", "image_embeds", "query_embeds", "vision_model_output", "text_model_output")
+    ],
+    "inpaint": ["ids_restore", "hidden_states", "attentions"],
+}
+
+
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_arguments(
+    output_dir,
+    epochs: float = 3,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    weight_decay: float = 0.05,
+    warmup_ratio: float = 0.1,
+    max_steps: int = -1,
+    eval_strategy: str = "epoch",
+    eval_steps: int | None = None,
+    save_total_limit: int | None = 2,
+    gradient_checkpointing: bool = False,
+    seed: int = 42,
+    data_seed: int | None = None,
+    bf16: bool | None = None,
+    **kwargs,
+) -> TrainingArguments:
+    """TrainingArguments for a ViT recipe: AdamW, linear warm-up then cosine decay, decoupled weight decay, bf16 when
+    the hardware has it, evaluation and checkpoints at the same cadence (`"epoch"` or `"steps"` every `eval_steps`).
+    `remove_unused_columns=False` because the transforms produce the model inputs lazily; `kwargs` go to
+    TrainingArguments unchanged."""
+    every = {"eval_steps": eval_steps, "save_steps": eval_steps} if eval_strategy == "steps" else {}
+    values = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_ratio,  # a float below 1 is a fraction of the total steps (transformers 5)
+        lr_scheduler_type="cosine",
+        eval_strategy=eval_strategy,
+        save_strategy=eval_strategy,
+        logging_strategy="steps",
+        logging_steps=10,
+        save_total_limit=save_total_limit,
+        activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=bf16_available() if bf16 is None else bf16,
+        seed=seed,
+        data_seed=data_seed,
+        remove_unused_columns=False,
+        report_to="none",
+        **every,
+    )
+    values.update(kwargs)
+    return TrainingArguments(**values)
+
+
+def block_depth(name: str, num_layers: int) -> int:
+    """0 for embeddings (patch, position, [CLS] tokens), i + 1 for encoder block i, num_layers + 1 for what follows
+    the encoder (final norm, pooler, heads)."""
+    match = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    if re.search(r"embed|cls_token|dist_token|position|stem|backbone", name):
+        return 0
+    return num_layers + 1
+
+
+def layerwise_lr_decay_groups(model, lr: float, decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups for layer-wise LR decay (BEiT / MAE fine-tuning): the learning rate of depth d is
+    `lr * decay ** (num_layers + 1 - d)`, so the head trains at `lr` and the embeddings the slowest. Biases and
+    norms get no weight decay (Trainer's own rule)."""
+    num_layers = getattr(model.config, "vision_config", model.config).num_hidden_layers
+    decay_names = set(Trainer.get_decay_parameter_names(None, model))  # does not read `self`
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        depth = block_depth(name, num_layers)
+        decayed = name in decay_names
+        group_lr = lr * decay ** (num_layers + 1 - depth)
+        group = groups.setdefault(
+            (depth, decayed), {"params": [], "lr": group_lr, "weight_decay": weight_decay if decayed else 0.0}
+        )
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
+
+
+class VitlmTrainer(Trainer):
+    """Trainer with a separate training collator (mixup / cutmix must not touch evaluation batches) and the
+    prediction outputs each task's metrics read."""
+
+    def __init__(self, *args, train_data_collator=None, ignored_outputs=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_data_collator = train_data_collator
+        self.ignored_outputs = ignored_outputs
+        # vitlm losses are per-batch means that ignore `num_items_in_batch`: let Trainer scale them for gradient
+        # accumulation (it skips that for models whose forward takes **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+    def get_train_dataloader(self):
+        if self.train_data_collator is None:
+            return super().get_train_dataloader()
+        collator, self.data_collator = self.data_collator, self.train_data_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        ignore_keys = self.ignored_outputs if ignore_keys is None else ignore_keys
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def build_trainer(
+    task: str,
+    model,
+    train_dataset,
+    eval_dataset,
+    processor,
+    args: TrainingArguments,
+    class_names: list[str] | None = None,
+    eval_labels=None,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    layer_decay: float | None = None,
+    templates=("a photo of a {}.",),
+    callbacks=None,
+) -> Trainer:
+    """A Trainer for `task` on datasets already carrying the task's transform (`vitlm.training.transforms`).
+
+    Args:
+        processor: the image processor (classify, inpaint) or the dual encoder's processor with its tokenizer.
+        class_names: classify: for top-5 accuracy; contrastive: zero-shot evaluation classes; detect: the queries.
+        eval_labels: contrastive: the evaluation set's class indices, for zero-shot accuracy.
+        layer_decay: layer-wise learning-rate decay factor (e.g. 0.75) for fine-tuning; None for one rate.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    tokenizer = getattr(processor, "tokenizer", None)
+    image_processor = getattr(processor, "image_processor", processor)
+    extra = {}
+    train_collator = None
+    if task == "classify":
+        num_labels = model.config.num_labels
+        collator = ClassificationCollator(num_labels)
+        if mixup_alpha or cutmix_alpha:
+            train_collator = ClassificationCollator(num_labels, mixup_alpha, cutmix_alpha)
+            extra["compute_loss_func"] = soft_target_cross_entropy
+        compute_metrics = classification_metrics(num_labels)
+    elif task == "contrastive":
+        context = model.config.text_config.max_position_embeddings
+        collator = ContrastiveCollator(tokenizer, max_length=context)
+        compute_metrics = None
+        if class_names is not None and eval_labels is not None:
+            compute_metrics = zero_shot_metrics(model, tokenizer, class_names, eval_labels, templates)
+    elif task == "detect":
+        context = model.config.text_config.max_position_embeddings
+        collator = DetectionCollator(tokenizer, class_names, template=templates[0], max_length=context)
+        compute_metrics = detection_metrics()
+        # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
+        args.eval_do_concat_batches = False
+    else:
+        collator = inpainting_collator
+        # the image is its own target: naming it the label makes evaluation compute the loss and hand the
+        # original pixels to the metric
+        args.label_names = ["pixel_values"]
+        compute_metrics = None
+        if not model.config.norm_pix_loss:
+            compute_metrics = inpainting_metrics(
+                model.config.patch_size, image_processor.image_mean, image_processor.image_std
+            )
+    optimizers = (None, None)
+    if layer_decay is not None:
+        groups = layerwise_lr_decay_groups(model, args.learning_rate, layer_decay, args.weight_decay)
+        optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+        optimizers = (optimizer, None)  # Trainer still builds the warm-up + cosine schedule on it
+    return VitlmTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        train_data_collator=train_collator,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        optimizers=optimizers,
+        callbacks=callbacks,
+        ignored_outputs=IGNORED_OUTPUTS[task],
+        **extra,
+    )
+
+
+def plot_log_history(log_history: list[dict], path) -> Path:
+    """A PNG of the training loss and every evaluation metric against the global step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evaluated = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
+    timings = ("runtime", "per_second", "eval_loss")
+    metric_names = sorted({k for e in evaluated for k in e if k.startswith("eval_") and not k.endswith(timings)})
+    figure, axes = plt.subplots(1, 1 + bool(metric_names), figsize=(5 * (1 + bool(metric_names)), 4), squeeze=False)
+    losses = axes[0][0]
+    if train:
+        losses.plot(*zip(*train), label="train loss")
+    eval_losses = [(entry["step"], entry["eval_loss"]) for entry in evaluated if "eval_loss" in entry]
+    if eval_losses:
+        losses.plot(*zip(*eval_losses), marker="o", label="eval loss")
+    losses.set_xlabel("step")
+    losses.set_title("loss")
+    losses.legend()
+    if metric_names:
+        metrics = axes[0][1]
+        for name in metric_names:
+            points = [(entry["step"], entry[name]) for entry in evaluated if name in entry]
+            metrics.plot(*zip(*points), marker="o", label=name.removeprefix("eval_"))
+        metrics.set_xlabel("step")
+        metrics.set_title("evaluation")
+        metrics.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+__all__ = [
+    "IGNORED_OUTPUTS",
+    "TASKS",
+    "VitlmTrainer",
+    "block_depth",
+    "build_trainer",
+    "layerwise_lr_decay_groups",
+    "plot_log_history",
+    "training_arguments",
+]

@@ -1,0 +1,137 @@
+"""Per-example preprocessing for `datasets.Dataset.with_transform`: augmentation on PIL images, then the model's
+image processor for the final resize / crop / normalization, so training sees exactly the processor's statistics.
+
+Each `*_transform` returns a function from a batch of examples (a dict of columns) to the columns a collator in
+`vitlm.training.collators` reads. The transforms run lazily in the data loader, so every epoch draws new
+augmentations from torch's global generator, which Trainer seeds and checkpoints (resumed runs replay it).
+"""
+
+import torch
+from torchvision.transforms import v2
+
+from ..models.image_processing_vitlm import _crop_start, _resized_size
+
+
+def crop_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the processor's output."""
+    if image_processor.do_center_crop:
+        return image_processor.crop_size["height"], image_processor.crop_size["width"]
+    size = image_processor.size
+    return size["height"], size["width"]
+
+
+def augmentation(image_processor, scale=(0.35, 1.0), flip: bool = True, jitter: float = 0.2):
+    """Inception-style training augmentation to the processor's output size: random resized crop, horizontal flip,
+    colour jitter (PIL in, PIL out)."""
+    steps = [v2.RandomResizedCrop(crop_size(image_processor), scale=scale, antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    return v2.Compose(steps)
+
+
+def pixel_values(images, image_processor, augment=None) -> list[torch.Tensor]:
+    images = [image.convert("RGB") for image in images]
+    if augment is None:  # evaluation: the processor's own resize and crop
+        return list(image_processor(images, return_tensors="pt")["pixel_values"])
+    # already at the output size: the processor only rescales and normalizes
+    images = [augment(image) for image in images]
+    return list(image_processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"])
+
+
+def classification_transform(image_processor, train: bool, image_column="image", label_column="label", **augment):
+    augment = augmentation(image_processor, **augment) if train else None
+
+    def transform(examples):
+        return {
+            "pixel_values": pixel_values(examples[image_column], image_processor, augment),
+            "labels": examples[label_column],
+        }
+
+    return transform
+
+
+def contrastive_transform(image_processor, train: bool, image_column="image", caption_column="caption", **augment):
+    """Images and their captions."""
+    # no flip: captions may say "left" or "right"
+    augment = augmentation(image_processor, **{"flip": False, **augment}) if train else None
+
+    def transform(examples):
+        return {
+            "pixel_values": pixel_values(examples[image_column], image_processor, augment),
+            "caption": examples[caption_column],
+        }
+
+    return transform
+
+
+def inpainting_transform(image_processor, train: bool, image_column="image", **augment):
+    augment = augmentation(image_processor, **augment) if train else None
+    return lambda examples: {"pixel_values": pixel_values(examples[image_column], image_processor, augment)}
+
+
+def boxes_to_processed(boxes: torch.Tensor, width: int, height: int, image_processor) -> torch.Tensor:
+    """Pixel (x0, y0, x1, y1) boxes on an original image -> normalized (cx, cy, w, h) on the processor's output
+    (the inverse of `VitlmImageProcessor.post_process_object_detection`'s mapping), clipped to the crop."""
+    processor = image_processor
+    resized_width, resized_height = (width, height)
+    if processor.do_resize:
+        resized_width, resized_height = _resized_size(width, height, processor.size)
+    out_height, out_width, left, top = resized_height, resized_width, 0, 0
+    if processor.do_center_crop:
+        out_height, out_width = crop_size(processor)
+        left = _crop_start(resized_width, out_width, processor.crop_rounding)
+        top = _crop_start(resized_height, out_height, processor.crop_rounding)
+    scale = boxes.new_tensor([resized_width / width, resized_height / height] * 2)
+    boxes = boxes * scale - boxes.new_tensor([left, top] * 2)
+    boxes = (boxes / boxes.new_tensor([out_width, out_height] * 2)).clamp(0, 1)
+    (x0, y0, x1, y1) = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+def detection_transform(
+    image_processor, train: bool, image_column="image", objects_column="objects", bbox_format="xyxy", jitter=0.2
+):
+    """Images with their objects' boxes (normalized cx, cy, w, h on the processed image) and category indices.
+    Training flips image and boxes together and jitters colours; the geometry is the processor's, so training
+    and evaluation boxes live in the same frame. `bbox_format`: "xyxy" (corners, the shapes world) or "xywh"
+    (COCO's corner + size), in pixels."""
+    if bbox_format not in ("xyxy", "xywh"):
+        raise ValueError(f"bbox_format must be 'xyxy' or 'xywh', got {bbox_format!r}")
+    colour = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if train and jitter else None
+
+    def transform(examples):
+        images, boxes, labels = [], [], []
+        for image, objects in zip(examples[image_column], examples[objects_column]):
+            image = image.convert("RGB")
+            width, height = image.size
+            pixel_boxes = torch.tensor(objects["bbox"], dtype=torch.float32).reshape(-1, 4)
+            if bbox_format == "xywh":
+                pixel_boxes[:, 2:] += pixel_boxes[:, :2]
+            if train and torch.rand(()) < 0.5:
+                image = v2.functional.horizontal_flip(image)
+                pixel_boxes = torch.stack(
+                    [width - pixel_boxes[:, 2], pixel_boxes[:, 1], width - pixel_boxes[:, 0], pixel_boxes[:, 3]], -1
+                )
+            if colour is not None:
+                image = colour(image)
+            image_boxes = boxes_to_processed(pixel_boxes, width, height, image_processor)
+            keep = (image_boxes[:, 2] > 0) & (image_boxes[:, 3] > 0)  # objects the crop cut away entirely
+            images.append(image)
+            boxes.append(image_boxes[keep])
+            labels.append(torch.tensor(objects["category"], dtype=torch.long)[keep])
+        return {"pixel_values": pixel_values(images, image_processor), "boxes": boxes, "class_labels": labels}
+
+    return transform
+
+
+__all__ = [
+    "augmentation",
+    "boxes_to_processed",
+    "classification_transform",
+    "contrastive_transform",
+    "crop_size",
+    "detection_transform",
+    "inpainting_transform",
+]
