@@ -1,30 +1,49 @@
-"""A run killed right after a checkpoint and resumed with `--resume` ends with the weights of an uninterrupted run.
+"""A run killed right after a mid-epoch checkpoint and resumed with `--resume` ends with the weights of an
+uninterrupted run, with random crops / flips / colour jitter, mixup / cutmix, dropout and stochastic depth all on.
 
-The kill falls at an epoch boundary: resuming mid-epoch, Trainer restores the RNG state only after drawing the first
-resumed batch (to keep the shuffle order), so that batch's random augmentation / mixup differ from the uninterrupted
-run's (measured max abs weight difference 2e-3 after 3 more steps); at an epoch boundary the RNG state is restored
-before any batch is drawn and the runs agree exactly."""
+Resuming mid-epoch, Trainer draws the first resumed batch before it restores the RNG state (to keep the shuffle
+order), so this only holds because the data pipeline's draws are a pure function of (data seed, epoch, example index)
+and never touch the global generator, which is left to the model's dropout."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
+from vitlm.data.shapes import generate
+from vitlm.models import VitlmImageProcessor
+from vitlm.training.collators import ClassificationCollator
 from vitlm.training.run import train
+from vitlm.training.transforms import classification_transform, with_example_index
+
+
+class Killed(Exception):
+    pass
 
 
 class KillAfterCheckpoint(TrainerCallback):
-    """Stops training as soon as the checkpoint of `step` is written, as if the process had been killed."""
+    """Ends the process's training as soon as the checkpoint of `step` is written, as a kill would: nothing after it
+    (more steps, final evaluation, final save) runs."""
 
     def __init__(self, step):
         self.step = step
 
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            control.should_training_stop = True
+            raise Killed
+
+
+class RecordSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
 
 
 def run(output_dir, resume=False, callbacks=None):
-    # mixup + random crops / flips / jitter: every source of randomness that a resume must replay
+    # 24 examples in batches of 8: 3 steps an epoch; checkpoints every 2 steps, so step 4 is one step into epoch 1
     return train(
         "classify",
         "vit-tiny-test",
@@ -37,21 +56,29 @@ def run(output_dir, resume=False, callbacks=None):
         shapes_train=24,
         shapes_test=8,
         shapes_size=32,
-        eval_steps=3,
+        eval_steps=2,
         logging_steps=1,
         mixup_alpha=0.4,
+        cutmix_alpha=1.0,
+        config_overrides="hidden_dropout_prob=0.1,attention_probs_dropout_prob=0.1,drop_path_rate=0.2",
         resume=resume,
         callbacks=callbacks,
     )
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_run_resumed_mid_epoch_equals_uninterrupted_run(tmp_path):
     run(tmp_path / "straight")
-    interrupted = run(tmp_path / "resumed", callbacks=[KillAfterCheckpoint(step=3)])  # end of epoch 1 (3 steps)
-    assert interrupted.state.global_step == 3
-    at_kill = {name: value.clone() for name, value in interrupted.model.state_dict().items()}
-    resumed = run(tmp_path / "resumed", resume=True)
-    assert resumed.state.global_step == 7
+    with pytest.raises(Killed):
+        run(tmp_path / "resumed", callbacks=[KillAfterCheckpoint(step=4)])
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # the kill left only checkpoints behind
+    at_kill = load_file(tmp_path / "resumed" / "checkpoint-4" / "model.safetensors")
+    steps = RecordSteps()
+    resumed = run(tmp_path / "resumed", resume=True, callbacks=[steps])
+    assert steps.steps == [5, 6, 7]  # resumed from step 4, one step into epoch 1
+    # the transform and the mixing collator were told the seed and epoch: step 7 is in epoch 2
+    transform = resumed.train_dataset.format["format_kwargs"]["transform"]
+    assert transform.epoch_seed.state.tolist() == [3, 2]
+    assert resumed.train_data_collator.epoch_seed.state.tolist() == [3, 2]
 
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     again = load_file(tmp_path / "resumed" / "model.safetensors")
@@ -59,3 +86,40 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert any((at_kill[k] - again[k]).abs().max() > 1e-4 for k in again)  # training went on after the kill
     for name in straight:
         torch.testing.assert_close(again[name], straight[name], rtol=0, atol=1e-6)
+
+
+def test_augmentations_are_a_function_of_seed_epoch_and_index():
+    """The same pixels whatever the batch order, the loader's worker processes (persistent ones included) or the
+    global generator; new ones every epoch."""
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    dataset = with_example_index(generate(6, seed=0, split="train", image_size=32).select_columns(["image", "label"]))
+    transform = classification_transform(processor, train=True)
+    collator = ClassificationCollator(num_labels=dataset.features["label"].num_classes, mixup_alpha=1.0)
+    dataset = dataset.with_transform(transform)
+
+    def epoch_batches(loader, epoch):
+        transform.set_epoch(epoch, seed=5)
+        collator.set_epoch(epoch, seed=5)
+        return [batch for batch in loader]
+
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collator)
+    torch.manual_seed(0)
+    first = epoch_batches(loader, 0)
+    torch.manual_seed(1)  # the global generator does not matter
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(first, epoch_batches(loader, 0)))
+    second = epoch_batches(loader, 1)
+    assert not torch.allclose(first[0]["pixel_values"], second[0]["pixel_values"])
+
+    # persistent workers built in epoch 0 still see the later epochs' set_epoch
+    workers = DataLoader(dataset, batch_size=3, collate_fn=collator, num_workers=2, persistent_workers=True)
+    for epoch, expected in ((0, first), (1, second)):
+        for a, b in zip(expected, epoch_batches(workers, epoch), strict=True):
+            torch.testing.assert_close(a["pixel_values"], b["pixel_values"], rtol=0, atol=0)
+            torch.testing.assert_close(a["labels"], b["labels"], rtol=0, atol=0)
+
+    # per example, not per position: examples 5 and 3 alone get the pixels they got among examples 3..5
+    alone = dataset[[5, 3]]["pixel_values"]
+    together = dataset[3:6]["pixel_values"]
+    torch.testing.assert_close(alone[0], together[2], rtol=0, atol=0)
+    torch.testing.assert_close(alone[1], together[0], rtol=0, atol=0)
+    assert not torch.allclose(together[0], together[1])

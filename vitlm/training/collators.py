@@ -6,17 +6,22 @@ from dataclasses import dataclass, field
 import torch
 from torchvision.transforms import v2
 
+from .transforms import INDEX_COLUMN, EpochSeed
+
 
 @dataclass
 class ClassificationCollator:
     """`pixel_values` and `labels`. With `mixup_alpha` or `cutmix_alpha` > 0, each batch is mixed (one of the two,
     chosen at random, as timm does) and `labels` become soft targets of shape (batch, num_labels): use it for the
-    training loader only, with a loss that accepts soft targets (`soft_target_cross_entropy`)."""
+    training loader only, with a loss that accepts soft targets (`soft_target_cross_entropy`). When the examples carry
+    their `example_index` (training transforms of `vitlm.training.transforms`), the mixing draws are a pure function of
+    (data seed, epoch, the batch's first example index), like the augmentations, so resumed runs replay them."""
 
     num_labels: int | None = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix: v2.Transform | None = field(init=False, default=None)
+    epoch_seed: EpochSeed = field(init=False, default_factory=EpochSeed)
 
     def __post_init__(self):
         mixes = []
@@ -28,11 +33,17 @@ class ClassificationCollator:
             raise ValueError("mixup / cutmix need `num_labels` to build soft targets")
         self.mix = v2.RandomChoice(mixes) if mixes else None
 
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
     def __call__(self, examples):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         labels = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
         if self.mix is not None:
-            pixel_values, labels = self.mix(pixel_values, labels)
+            # an example is in one batch an epoch, so its index names the batch; "mix" keeps this stream apart from
+            # the example's own augmentation stream
+            with self.epoch_seed.rng("mix", examples[0].get(INDEX_COLUMN)):
+                pixel_values, labels = self.mix(pixel_values, labels)
         return {"pixel_values": pixel_values, "labels": labels}
 
 

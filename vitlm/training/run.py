@@ -146,7 +146,8 @@ def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format
         ),
         "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train, image),
     }[task]
-    return train.with_transform(make(True)), eval_dataset.with_transform(make(False))
+    # the example index keys the training augmentations' random draws, so resumed runs replay them
+    return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
 
 
 def train(

@@ -2,14 +2,16 @@
 optimizer) and `save_for_hub` (model + processor + loss curves + model card, reloadable through the Auto classes).
 
 Everything distributed (DDP through `torchrun` / `accelerate launch`, mixed precision, gradient accumulation,
-checkpoint and RNG-state resumption) is Trainer's own; nothing here touches devices or process groups.
+checkpoint and RNG-state resumption) is Trainer's own; nothing here touches process groups, and the one device choice
+is the CPU for several processes on a machine without an accelerator (`cpu_processes`).
 """
 
+import os
 import re
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .collators import (
     ClassificationCollator,
@@ -34,6 +36,13 @@ IGNORED_OUTPUTS = {
 
 def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def cpu_processes() -> bool:
+    """Whether this is one of several processes (`torchrun`, `accelerate launch`) on a machine without an
+    accelerator. Such processes need `use_cpu=True`: without it accelerate finds no distributed backend, and every
+    process trains alone on the whole dataset as rank 0, all writing the same folder."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.accelerator.is_available()
 
 
 def training_arguments(
@@ -76,6 +85,7 @@ def training_arguments(
         activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=bf16_available() if bf16 is None else bf16,
+        use_cpu=cpu_processes(),  # DDP over gloo
         seed=seed,
         data_seed=data_seed,
         remove_unused_columns=False,
@@ -117,6 +127,24 @@ def layerwise_lr_decay_groups(model, lr: float, decay: float, weight_decay: floa
     return [groups[key] for key in sorted(groups)]
 
 
+class DataEpochCallback(TrainerCallback):
+    """At every epoch start, hands the epoch and the data seed to what has a `set_epoch` among the training set's
+    transform and the training collator, so their random draws (augmentations, mixup / cutmix) are a pure function of
+    (seed, epoch, example index). A run resumed mid-epoch then replays them exactly: Trainer draws the first resumed
+    batch before restoring the global RNG state, which is thus left to the model's dropout and stochastic depth."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is None:
+            return
+        seed = args.seed if args.data_seed is None else args.data_seed
+        epoch = int(state.epoch)  # fractional when resuming mid-epoch
+        dataset_format = getattr(train_dataloader.dataset, "format", None)  # a `datasets.Dataset`'s: its transform
+        transform = dataset_format["format_kwargs"].get("transform") if isinstance(dataset_format, dict) else None
+        for target in (transform, train_dataloader.collate_fn):
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch, seed)
+
+
 class VitlmTrainer(Trainer):
     """Trainer with a separate training collator (mixup / cutmix must not touch evaluation batches) and the
     prediction outputs each task's metrics read."""
@@ -128,6 +156,7 @@ class VitlmTrainer(Trainer):
         # vitlm losses are per-batch means that ignore `num_items_in_batch`: let Trainer scale them for gradient
         # accumulation (it skips that for models whose forward takes **kwargs)
         self.model_accepts_loss_kwargs = False
+        self.add_callback(DataEpochCallback)
 
     def get_train_dataloader(self):
         if self.train_data_collator is None:
@@ -260,6 +289,7 @@ def plot_log_history(log_history: list[dict], path) -> Path:
 __all__ = [
     "IGNORED_OUTPUTS",
     "TASKS",
+    "DataEpochCallback",
     "VitlmTrainer",
     "block_depth",
     "build_trainer",

@@ -2,14 +2,80 @@
 image processor for the final resize / crop / normalization, so training sees exactly the processor's statistics.
 
 Each `*_transform` returns a function from a batch of examples (a dict of columns) to the columns a collator in
-`vitlm.training.collators` reads. The transforms run lazily in the data loader, so every epoch draws new
-augmentations from torch's global generator, which Trainer seeds and checkpoints (resumed runs replay it).
+`vitlm.training.collators` reads. The transforms run lazily in the data loader; a training transform's random draws
+are a pure function of (data seed, epoch, example index) through `EpochSeed`, so a run resumed mid-epoch replays them
+exactly whatever the state of the global generator (Trainer restores that one only after drawing the first resumed
+batch). The index is the `example_index` column that `with_example_index` adds; `DataEpochCallback`
+(`vitlm.training.trainer`) sets the seed and epoch at every epoch start.
 """
+
+import hashlib
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torchvision.transforms import v2
 
 from ..models.image_processing_vitlm import _crop_start, _resized_size
+
+INDEX_COLUMN = "example_index"
+
+
+def with_example_index(dataset):
+    """`dataset` with an `example_index` column (its row numbers), which keys the training transforms' random draws:
+    add it before `with_transform`. Without it, the transforms draw from torch's global generator."""
+    if INDEX_COLUMN in dataset.column_names:
+        return dataset
+    return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+@contextmanager
+def _seeded_global_generator(seed: int):
+    # torchvision's random transforms take no generator: reseed the global CPU one for the block and put its state
+    # back after, so the draws are a function of `seed` alone and the model's dropout stream never sees them
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which would reseed CUDA too
+        yield
+
+
+class EpochSeed:
+    """The (seed, epoch) keying the random draws of a training transform or collator. It lives in a shared-memory
+    tensor, so data loader workers, persistent ones included, see `set_epoch` calls of the main process."""
+
+    def __init__(self):
+        self.state = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        if seed is not None:
+            self.state[0] = seed
+        self.state[1] = epoch
+
+    def rng(self, *key):
+        """A context in which torch's global CPU generator draws a pure function of (seed, epoch, *key); a plain
+        context (the global generator as it is) when the key holds None, i.e. the examples carry no index."""
+        if any(part is None for part in key):
+            return nullcontext()
+        # blake2b rather than `hash`, which differs between processes for strings
+        digest = hashlib.blake2b(repr((*self.state.tolist(), *key)).encode(), digest_size=8).digest()
+        return _seeded_global_generator(int.from_bytes(digest, "little") >> 1)
+
+
+class TrainTransform:
+    """A training transform `function(examples, rngs)` for `datasets.Dataset.with_transform`, where `rngs[i]` is
+    example i's random context (`EpochSeed.rng` of its `example_index`); the index is passed on for the collator."""
+
+    def __init__(self, function):
+        self.function = function
+        self.epoch_seed = EpochSeed()
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
+    def __call__(self, examples):
+        indices = examples.get(INDEX_COLUMN)
+        if indices is None:
+            return self.function(examples, None)
+        outputs = self.function(examples, [self.epoch_seed.rng(index) for index in indices])
+        return {**outputs, INDEX_COLUMN: indices}
 
 
 def crop_size(image_processor) -> tuple[int, int]:
@@ -31,25 +97,29 @@ def augmentation(image_processor, scale=(0.35, 1.0), flip: bool = True, jitter: 
     return v2.Compose(steps)
 
 
-def pixel_values(images, image_processor, augment=None) -> list[torch.Tensor]:
+def pixel_values(images, image_processor, augment=None, rngs=None) -> list[torch.Tensor]:
     images = [image.convert("RGB") for image in images]
     if augment is None:  # evaluation: the processor's own resize and crop
         return list(image_processor(images, return_tensors="pt")["pixel_values"])
+    augmented = []
+    for image, rng in zip(images, rngs or [nullcontext()] * len(images)):
+        with rng:
+            augmented.append(augment(image))
     # already at the output size: the processor only rescales and normalizes
-    images = [augment(image) for image in images]
+    images = augmented
     return list(image_processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"])
 
 
 def classification_transform(image_processor, train: bool, image_column="image", label_column="label", **augment):
     augment = augmentation(image_processor, **augment) if train else None
 
-    def transform(examples):
+    def transform(examples, rngs=None):
         return {
-            "pixel_values": pixel_values(examples[image_column], image_processor, augment),
+            "pixel_values": pixel_values(examples[image_column], image_processor, augment, rngs),
             "labels": examples[label_column],
         }
 
-    return transform
+    return TrainTransform(transform) if train else transform
 
 
 def contrastive_transform(image_processor, train: bool, image_column="image", caption_column="caption", **augment):
@@ -57,18 +127,22 @@ def contrastive_transform(image_processor, train: bool, image_column="image", ca
     # no flip: captions may say "left" or "right"
     augment = augmentation(image_processor, **{"flip": False, **augment}) if train else None
 
-    def transform(examples):
+    def transform(examples, rngs=None):
         return {
-            "pixel_values": pixel_values(examples[image_column], image_processor, augment),
+            "pixel_values": pixel_values(examples[image_column], image_processor, augment, rngs),
             "caption": examples[caption_column],
         }
 
-    return transform
+    return TrainTransform(transform) if train else transform
 
 
 def inpainting_transform(image_processor, train: bool, image_column="image", **augment):
     augment = augmentation(image_processor, **augment) if train else None
-    return lambda examples: {"pixel_values": pixel_values(examples[image_column], image_processor, augment)}
+
+    def transform(examples, rngs=None):
+        return {"pixel_values": pixel_values(examples[image_column], image_processor, augment, rngs)}
+
+    return TrainTransform(transform) if train else transform
 
 
 def boxes_to_processed(boxes: torch.Tensor, width: int, height: int, image_processor) -> torch.Tensor:
@@ -101,21 +175,24 @@ def detection_transform(
         raise ValueError(f"bbox_format must be 'xyxy' or 'xywh', got {bbox_format!r}")
     colour = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if train and jitter else None
 
-    def transform(examples):
+    def transform(examples, rngs=None):
         images, boxes, labels = [], [], []
-        for image, objects in zip(examples[image_column], examples[objects_column]):
+        rngs = rngs or [nullcontext()] * len(examples[image_column])
+        for image, objects, rng in zip(examples[image_column], examples[objects_column], rngs):
             image = image.convert("RGB")
             width, height = image.size
             pixel_boxes = torch.tensor(objects["bbox"], dtype=torch.float32).reshape(-1, 4)
             if bbox_format == "xywh":
                 pixel_boxes[:, 2:] += pixel_boxes[:, :2]
-            if train and torch.rand(()) < 0.5:
-                image = v2.functional.horizontal_flip(image)
-                pixel_boxes = torch.stack(
-                    [width - pixel_boxes[:, 2], pixel_boxes[:, 1], width - pixel_boxes[:, 0], pixel_boxes[:, 3]], -1
-                )
-            if colour is not None:
-                image = colour(image)
+            with rng:
+                if train and torch.rand(()) < 0.5:
+                    image = v2.functional.horizontal_flip(image)
+                    pixel_boxes = torch.stack(
+                        [width - pixel_boxes[:, 2], pixel_boxes[:, 1], width - pixel_boxes[:, 0], pixel_boxes[:, 3]],
+                        -1,
+                    )
+                if colour is not None:
+                    image = colour(image)
             image_boxes = boxes_to_processed(pixel_boxes, width, height, image_processor)
             keep = (image_boxes[:, 2] > 0) & (image_boxes[:, 3] > 0)  # objects the crop cut away entirely
             images.append(image)
@@ -123,10 +200,13 @@ def detection_transform(
             labels.append(torch.tensor(objects["category"], dtype=torch.long)[keep])
         return {"pixel_values": pixel_values(images, image_processor), "boxes": boxes, "class_labels": labels}
 
-    return transform
+    return TrainTransform(transform) if train else transform
 
 
 __all__ = [
+    "INDEX_COLUMN",
+    "EpochSeed",
+    "TrainTransform",
     "augmentation",
     "boxes_to_processed",
     "classification_transform",
@@ -134,4 +214,5 @@ __all__ = [
     "crop_size",
     "detection_transform",
     "inpainting_transform",
+    "with_example_index",
 ]
