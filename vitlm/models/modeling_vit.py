@@ -23,6 +23,9 @@ class VitlmPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # Every Auto class a saved repo answers to with `trust_remote_code=True`, as "module.Class".
     _remote_auto_map: dict[str, str] = {}
+    # Losses are per-batch means that ignore `num_items_in_batch`: Trainer must scale them for gradient accumulation
+    # (it would not for a forward taking **kwargs without this).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

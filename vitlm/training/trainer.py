@@ -153,9 +153,6 @@ class VitlmTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.train_data_collator = train_data_collator
         self.ignored_outputs = ignored_outputs
-        # vitlm losses are per-batch means that ignore `num_items_in_batch`: let Trainer scale them for gradient
-        # accumulation (it skips that for models whose forward takes **kwargs)
-        self.model_accepts_loss_kwargs = False
         self.add_callback(DataEpochCallback)
 
     def get_train_dataloader(self):
