@@ -132,6 +132,12 @@ class VitlmDualEncoderOutput(ModelOutput):
         return tuple(v.to_tuple() if k in ("text_model_output", "vision_model_output") else v for k, v in self.items())
 
 
+def scaled_similarity(queries, keys, logit_scale, logit_bias=None) -> torch.Tensor:
+    """(queries, keys) logits of normalized embeddings: cosine similarity times the temperature, plus SigLIP's bias."""
+    logits = queries @ keys.t() * logit_scale.exp()
+    return logits if logit_bias is None else logits + logit_bias
+
+
 def contrastive_loss(logits_per_text: torch.Tensor, loss_type: str) -> torch.Tensor:
     """CLIP's symmetric cross-entropy, or SigLIP's pairwise sigmoid loss summed over pairs and averaged over texts."""
     if loss_type == "sigmoid":
@@ -221,9 +227,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         image_embeds = nn.functional.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_embeds = nn.functional.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
 
-        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
-        if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
+        logits_per_text = scaled_similarity(text_embeds, image_embeds, self.logit_scale, self.logit_bias)
         if return_loss and logits_per_text.shape[0] != logits_per_text.shape[1]:
             raise ValueError(
                 f"`return_loss=True` needs one text per image (matching pairs), got {logits_per_text.shape[0]} texts "
@@ -335,9 +339,7 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
             return_dict=True,
         )
         image_embeds = nn.functional.normalize(self.visual_projection(outputs.pooler_output), dim=-1)
-        logits = image_embeds @ self.class_embeddings.t() * self.logit_scale.exp()
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
+        logits = scaled_similarity(image_embeds, self.class_embeddings, self.logit_scale, self.logit_bias)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
