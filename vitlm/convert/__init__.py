@@ -22,6 +22,16 @@ SOURCES = {
     "timm": "vitlm.convert.from_timm",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# what the Hub shows for each class a converter returns: (pipeline tag, Auto class users load it with)
+HUB_TASKS = {
+    "VitlmViTModel": ("image-feature-extraction", "AutoModel"),
+    "VitlmHybridModel": ("image-feature-extraction", "AutoModel"),
+    "VitlmViTForImageClassification": ("image-classification", "AutoModelForImageClassification"),
+    "VitlmHybridForImageClassification": ("image-classification", "AutoModelForImageClassification"),
+    "VitlmViTForMaskedImageModeling": ("image-to-image", "AutoModelForMaskedImageModeling"),
+    "VitlmDualEncoderModel": ("zero-shot-image-classification", "AutoModel"),
+    "VitlmDualEncoderForObjectDetection": ("zero-shot-object-detection", "AutoModelForZeroShotObjectDetection"),
+}
 
 
 class Converted(NamedTuple):
@@ -40,6 +50,59 @@ def parse_source(source: str) -> tuple[str, str]:
     if prefix not in SOURCES or not spec:
         raise ValueError(f"source {source!r} must look like '<prefix>:<name>' with a prefix among {sorted(SOURCES)}")
     return prefix, spec
+
+
+def source_repo_id(source: str) -> str | None:
+    """The Hub repo `source` takes its weights from, where it names one (`hf:<repo id>`, `open_clip:hf-hub:<repo
+    id>`); None for local folders, files and library tags."""
+    prefix, spec = parse_source(source)
+    if prefix == "hf" and not Path(spec).exists():
+        return spec
+    if prefix == "open_clip" and spec.startswith("hf-hub:"):
+        return spec.removeprefix("hf-hub:")
+    return None
+
+
+def public_source(source: str) -> str:
+    """`source` as a published card or commit message shows it: a local path cut to its last component."""
+    prefix, spec = parse_source(source)
+    return f"{prefix}:{Path(spec).name}" if Path(spec).exists() else source
+
+
+def model_card(model: PreTrainedModel, source: str, name: str) -> str:
+    """README.md for a converted model: Hub metadata (library, pipeline, tags, base model) and how to load it. No
+    license is claimed: the weights keep their source's."""
+    from huggingface_hub import ModelCardData
+
+    pipeline_tag, auto_class = HUB_TASKS[type(model).__name__]
+    card_data = ModelCardData(
+        library_name="vitlm",
+        pipeline_tag=pipeline_tag,
+        tags=["vitlm", "vision", model.config.model_type, "converted", parse_source(source)[0]],
+        base_model=source_repo_id(source),
+    )
+    source = public_source(source)
+    return f"""---
+{card_data.to_yaml()}
+---
+
+# {name}
+
+`{type(model).__name__}` converted by `vitlm convert` from `{source}`, with a processor that prepares inputs as the
+source library does. vitlm's converters are tested for numerical parity with each source library.
+
+```python
+import vitlm  # or, without vitlm: from_pretrained(..., trust_remote_code=True)
+from transformers import AutoProcessor, {auto_class}
+
+model = {auto_class}.from_pretrained("<this repo>")
+processor = AutoProcessor.from_pretrained("<this repo>")
+```
+
+## License
+
+The weights keep the license of their source, `{source}`; check it before use.
+"""
 
 
 def load(source: str, checkpoint: str | Path | None = None) -> Converted:
@@ -71,10 +134,16 @@ def load_converted_state_dict(model: PreTrainedModel, state_dict: dict[str, torc
     return model.eval()
 
 
-def save(converted: Converted, out_dir: str | Path, dtype: str | None = None, overwrite: bool = False) -> Path:
+def save(
+    converted: Converted,
+    out_dir: str | Path,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    source: str | None = None,
+) -> Path:
     """Write config, safetensors weights and processor files to `out_dir` atomically: everything is written to a
     sibling folder first, so an existing `out_dir` is either left untouched or replaced whole. `dtype` casts the
-    converted model in place before writing."""
+    converted model in place before writing; `source` adds a model card (README.md) naming it."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     if dtype is not None and dtype not in DTYPES:
@@ -85,6 +154,8 @@ def save(converted: Converted, out_dir: str | Path, dtype: str | None = None, ov
         model = converted.model.to(DTYPES[dtype]) if dtype else converted.model
         model.save_pretrained(staging)
         converted.processor.save_pretrained(staging)
+        if source is not None:
+            (staging / "README.md").write_text(model_card(converted.model, source, out_dir.name))
         if out_dir.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             out_dir.rename(backup / out_dir.name)
@@ -113,16 +184,30 @@ def convert(
     overwrite: bool = False,
     push_to_hub: str | None = None,
 ) -> Path:
-    """Convert `source` and save it to `out_dir` (optionally pushing the folder to the Hub as `push_to_hub`)."""
+    """Convert `source` and save it to `out_dir` with a model card (optionally pushing the folder to the Hub as
+    `push_to_hub`)."""
     check_out_dir(Path(out_dir), overwrite)  # fail before the slow part
-    out_dir = save(load(source, checkpoint=checkpoint), out_dir, dtype=dtype, overwrite=overwrite)
+    out_dir = save(load(source, checkpoint=checkpoint), out_dir, dtype=dtype, overwrite=overwrite, source=source)
     if push_to_hub:
         from huggingface_hub import HfApi
 
         api = HfApi()
         api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=out_dir, commit_message=f"Convert {source} with vitlm")
+        api.upload_folder(
+            repo_id=push_to_hub, folder_path=out_dir, commit_message=f"Convert {public_source(source)} with vitlm"
+        )
     return out_dir
 
 
-__all__ = ["Converted", "UnsupportedSourceError", "SOURCES", "convert", "load", "save", "uninitialized"]
+__all__ = [
+    "Converted",
+    "UnsupportedSourceError",
+    "SOURCES",
+    "convert",
+    "load",
+    "model_card",
+    "public_source",
+    "save",
+    "source_repo_id",
+    "uninitialized",
+]

@@ -1,9 +1,13 @@
-"""The model card written next to a trained model: YAML front matter for the Hub (library, pipeline, tags, dataset,
-last evaluation as a model-index) and a body with the hyper-parameters, intended use and limits."""
+"""The model card written next to a trained model: YAML front matter for the Hub (library, pipeline, tags, license,
+base model, dataset, last evaluation as a model-index) and a body with the hyper-parameters, intended use and
+limits."""
 
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..convert import SOURCES, source_repo_id
+from ..presets import preset_names
 
 PIPELINE_TAGS = {
     "classify": "image-classification",
@@ -44,15 +48,26 @@ def last_evaluation(log_history: list[dict]) -> dict[str, float]:
     return {}
 
 
+def base_model(model_name: str) -> str | None:
+    """The Hub repo the training started from: a Hub id, or a converter source naming one. None for presets (random
+    weights) and local folders."""
+    if model_name.partition(":")[0] in SOURCES:
+        return source_repo_id(model_name)
+    return None if model_name in preset_names() or Path(model_name).exists() else model_name
+
+
 def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, trainer) -> Path:
     output_dir = Path(output_dir)
     metrics = last_evaluation(trainer.state.log_history)
+    from_scratch = model_name in preset_names()  # vitlm's own weights; otherwise they keep the source's license
     pipeline_tag = PIPELINE_TAGS[task]
     dataset_id = "vitlm-shapes" if dataset_name == "shapes" else dataset_name
     card_data = ModelCardData(
         library_name="vitlm",
         pipeline_tag=pipeline_tag,
         tags=["vitlm", "vision", trainer.model.config.model_type, task],
+        license="apache-2.0" if from_scratch else None,
+        base_model=base_model(model_name),
         datasets=[dataset_id],
         metrics=sorted(metrics),
         model_name=output_dir.name,
@@ -71,6 +86,10 @@ def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, 
     args = trainer.args
     rows = "\n".join(f"| {name} | {getattr(args, name)} |" for name in HYPERPARAMETERS)
     results = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items())) or "| - | - |"
+    if from_scratch:
+        license_text = "Apache-2.0, as vitlm: the model was trained from random weights."
+    else:
+        license_text = f"The weights derive from `{model_name}` and keep its license; check it before use."
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -98,10 +117,14 @@ Load with `import vitlm` and the transformers Auto classes (or `trust_remote_cod
 processor saved alongside. The model is only as general as its training data: evaluate it on your own images before
 relying on it. Models trained on the synthetic shapes world recognise coloured shapes on plain backgrounds and are
 meant for testing and teaching, not for natural images.
+
+## License
+
+{license_text}
 """
     card = ModelCard(content)
     card.save(output_dir / "README.md")
     return output_dir / "README.md"
 
 
-__all__ = ["PIPELINE_TAGS", "last_evaluation", "write_model_card"]
+__all__ = ["PIPELINE_TAGS", "base_model", "last_evaluation", "write_model_card"]
