@@ -25,7 +25,13 @@ from vitlm.presets import (
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-FAMILIES = {"vit-": "vitlm_vit", "hybrid-": "vitlm_hybrid", "clip-": "vitlm_dual_encoder"}
+FAMILIES = {
+    "vit-": "vitlm_vit",
+    "hybrid-": "vitlm_hybrid",
+    "clip-": "vitlm_dual_encoder",
+    "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
+    "shapes-mae-": "vitlm_vit",
+}
 PUBLISHED = [
     "vit-tiny-patch16-224",
     "vit-small-patch16-224",

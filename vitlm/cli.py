@@ -5,6 +5,7 @@ Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; 
 """
 
 import argparse
+import shlex
 import sys
 
 
@@ -93,12 +94,20 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
     parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (classify)")
     parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (classify)")
+    parser.add_argument(
+        "--no-augment", action="store_true", help="train on unaugmented images (crops and colour jitter)"
+    )
+    parser.add_argument(
+        "--block-masking", action="store_true", help="inpaint: half the images masked in blobs, not scattered patches"
+    )
     parser.add_argument("--bbox-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes (pixels)")
     parser.add_argument("--config-overrides", help="comma-separated key=value model config changes")
     parser.add_argument("--shapes-train", type=int, default=512, help="generated training images (--dataset shapes)")
     parser.add_argument("--shapes-test", type=int, default=128, help="generated test images (--dataset shapes)")
     parser.add_argument("--shapes-size", type=int, default=64, help="generated image side (--dataset shapes)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
+    parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
 
 
@@ -127,8 +136,31 @@ def _run_train(args) -> int:
         bbox_format=args.bbox_format,
         eval_steps=args.eval_steps,
         logging_steps=args.logging_steps,
+        augment=not args.no_augment,
+        block_masking=args.block_masking,
+        save_checkpoints=not args.no_checkpoints,
+        save_dtype=args.save_dtype,
+        command=shlex.join(["vitlm", *args.argv]),
     )
     print(f"wrote {args.output_dir} ({trainer.state.global_step} steps)")
+    return 0
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+
+
+def _run_demo(args) -> int:
+    try:
+        from .demo import launch
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        print("vitlm demo: error: the demo needs gradio; install it with: pip install 'vitlm[demo]'", file=sys.stderr)
+        return 2
+    launch(host=args.host, port=args.port, share=args.share)
     return 0
 
 
@@ -156,6 +188,12 @@ SUBCOMMANDS = [
         "train a classifier, dual encoder, open-vocabulary detector or inpainting model with transformers' Trainer",
         _add_train_arguments,
         _run_train,
+    ),
+    (
+        "demo",
+        "serve the Gradio demo: zero-shot classification, open-vocabulary detection and inpainting",
+        _add_demo_arguments,
+        _run_demo,
     ),
 ]
 
@@ -185,12 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hub_error_message(error: BaseException | None) -> str | None:
+    """One line for a request the Hub refused, found anywhere in `error`'s chain (transformers and datasets wrap
+    huggingface_hub's errors in their own, whose messages carry status lines, URLs and links); None otherwise."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    while error is not None and not isinstance(error, HfHubHTTPError):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    status, detail = error.response.status_code, error.server_message or error.response.reason_phrase
+    login = "check HF_TOKEN or `hf auth login`"
+    if isinstance(error, RepositoryNotFoundError):  # the Hub answers the same for private repos without access
+        return f"no repository {error.repo_id} on the Hub, or your token cannot read it ({login})"
+    if status in (401, 403):
+        return f"the Hub refused your token ({status}: {detail}); {login}"
+    return f"the Hub answered {status}: {detail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # as typed, for the model card's "Reproduce"
     try:
         return args.run(args) or 0
-    except (ValueError, FileExistsError) as error:  # bad input (e.g. an unknown preset): one line, no traceback
-        print(f"vitlm {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # bad input (an unknown preset, a missing file or repo, a refused token): one line, no traceback
+        print(f"vitlm {args.command}: error: {hub_error_message(error) or error}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import HfApi
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import pipeline
@@ -44,6 +45,17 @@ TINY_DECODER = dict(
     decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4, decoder_intermediate_size=64
 )
 VITLM_TOKENIZER = {"tokenization_vitlm.py"}
+# the Hub task each pushed repo's card must name (its widget and search filter)
+PIPELINE_TAGS = {
+    "vit": "image-feature-extraction",
+    "vit-classifier": "image-classification",
+    "vit-mae": "image-to-image",
+    "hybrid": "image-feature-extraction",
+    "hybrid-classifier": "image-classification",
+    "dual": "zero-shot-image-classification",
+    "zero-shot-classifier": "image-classification",
+    "detector": "zero-shot-object-detection",
+}
 
 
 @dataclass
@@ -231,6 +243,10 @@ def test_pushed_repos_load_identically_in_fresh_processes(hub, tmp_path, family)
         model.push_to_hub(repo, private=True)
         case.processor.push_to_hub(repo)
         assert_published(repo, case.files)
+        info = HfApi().model_info(repo)  # the card's metadata, as the Hub reads it
+        assert (info.library_name, info.pipeline_tag) == ("vitlm", PIPELINE_TAGS[case.name]), repo
+        assert {"vitlm", model.config.model_type} <= set(info.tags), (repo, info.tags)
+        assert info.card_data.license is None, repo  # vitlm claims no license for the user's weights
 
         inputs = case.inputs or model_inputs(model)
         save_file(inputs, tmp_path / f"{case.name}.safetensors")

@@ -142,3 +142,16 @@ def test_a_dual_encoder_repo_loaded_as_a_classifier_refuses_to_guess(tmp_path):
     assert type(classifier) is VitlmDualEncoderForImageClassification
     with pytest.raises(ValueError, match="from_dual_encoder"):
         classifier(pixel_batch(classifier.config))
+
+
+def test_templates_default_to_the_models_own(tokenizer):
+    model = dual_encoder(prompt_templates=["a drawing of a {}."])
+    classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, CLASSES)
+    explicit = VitlmDualEncoderForImageClassification.from_dual_encoder(
+        model, tokenizer, CLASSES, ["a drawing of a {}."]
+    )
+    assert classifier.config.prompt_templates == ["a drawing of a {}."]
+    torch.testing.assert_close(classifier.class_embeddings, explicit.class_embeddings, rtol=0, atol=0)
+    assert VitlmDualEncoderForImageClassification.from_dual_encoder(
+        dual_encoder(), tokenizer, CLASSES
+    ).config.prompt_templates == ["a photo of a {}."]

@@ -112,3 +112,34 @@ def test_train_end_to_end(task, tmp_path):
     for name in [*metric_names, "loss"]:
         assert reported[name] == pytest.approx(final[f"eval_{name}"])
     assert "learning_rate" in card.text and "Intended use" in card.text
+    assert f"```bash\nvitlm train {task} --model {preset} " in card.text  # how to reproduce it
+
+
+def test_a_release_folder_float16_without_checkpoints_trains_on_in_float32(tmp_path):
+    release, detector = tmp_path / "release", tmp_path / "detector"
+    common = [*SHAPES, "--batch-size", "16", "--seed", "0", "--epochs", "1"]
+    argv = ["train", "contrastive", "--model", "clip-tiny-test", *common, "--output-dir", str(release)]
+    assert main([*argv, "--no-augment", "--no-checkpoints", "--save-dtype", "float16"]) == 0
+    assert not list(release.glob("checkpoint-*")) and not list(release.glob("*.bin"))  # no pickles, no checkpoints
+    weights = load_file(release / "model.safetensors")
+    assert {value.dtype for value in weights.values()} == {torch.float16}
+    assert (
+        AutoModel.from_pretrained(release)
+        .eval()(
+            **AutoProcessor.from_pretrained(release)(
+                images=[generate(1, seed=5, image_size=32)[0]["image"]], text=["a red circle"], return_tensors="pt"
+            )
+        )
+        .logits_per_image.isfinite()
+        .all()
+    )
+
+    # the next stage starts from the float16 release but trains in float32
+    argv = ["train", "detect", "--model", str(release), *common, "--output-dir", str(detector), "--max-steps", "2"]
+    assert main(argv) == 0
+    trained = load_file(detector / "model.safetensors")
+    assert {value.dtype for value in trained.values()} == {torch.float32}
+    before = weights["vision_model.embeddings.stem.projection.weight"].float()
+    after = trained["dual_encoder.vision_model.embeddings.stem.projection.weight"]
+    assert not torch.equal(before, after)  # trained on from the release's weights
+    assert (before - after).abs().max() < 0.05

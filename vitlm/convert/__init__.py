@@ -22,15 +22,13 @@ SOURCES = {
     "timm": "vitlm.convert.from_timm",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# what the Hub shows for each class a converter returns: (pipeline tag, Auto class users load it with)
-HUB_TASKS = {
-    "VitlmViTModel": ("image-feature-extraction", "AutoModel"),
-    "VitlmHybridModel": ("image-feature-extraction", "AutoModel"),
-    "VitlmViTForImageClassification": ("image-classification", "AutoModelForImageClassification"),
-    "VitlmHybridForImageClassification": ("image-classification", "AutoModelForImageClassification"),
-    "VitlmViTForMaskedImageModeling": ("image-to-image", "AutoModelForMaskedImageModeling"),
-    "VitlmDualEncoderModel": ("zero-shot-image-classification", "AutoModel"),
-    "VitlmDualEncoderForObjectDetection": ("zero-shot-object-detection", "AutoModelForZeroShotObjectDetection"),
+# the Auto class users load each pipeline task's model with (the task is the class's `pipeline_tag`)
+AUTO_CLASS_NAMES = {
+    "image-feature-extraction": "AutoModel",
+    "image-classification": "AutoModelForImageClassification",
+    "image-to-image": "AutoModelForMaskedImageModeling",
+    "zero-shot-image-classification": "AutoModel",
+    "zero-shot-object-detection": "AutoModelForZeroShotObjectDetection",
 }
 
 
@@ -74,7 +72,8 @@ def model_card(model: PreTrainedModel, source: str, name: str) -> str:
     license is claimed: the weights keep their source's."""
     from huggingface_hub import ModelCardData
 
-    pipeline_tag, auto_class = HUB_TASKS[type(model).__name__]
+    pipeline_tag = model.pipeline_tag
+    auto_class = AUTO_CLASS_NAMES[pipeline_tag]
     card_data = ModelCardData(
         library_name="vitlm",
         pipeline_tag=pipeline_tag,

@@ -71,6 +71,7 @@ FEATURES = Features(
     {
         "image": Image(mode="RGB"),
         "caption": Value("string"),
+        "captions": List(Value("string")),
         "label": ClassLabel(names=CATEGORIES),
         "objects": {
             "bbox": List(List(Value("int32"), length=4)),
@@ -148,9 +149,19 @@ def _png(image: PILImage.Image) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _caption(objects: list[tuple[str, str]]) -> str:
-    phrases = [f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}" for shape, colour in objects]
+def _phrase_list(descriptions: list[str]) -> str:
+    phrases = [f"{'an' if text[0] in 'aeiou' else 'a'} {text}" for text in descriptions]
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _captions(objects: list[tuple[str, str]]) -> list[str]:
+    """The full caption, then the same objects by shape only and by colour only. Training on the partial ones too
+    teaches a dual encoder colour and shape words apart, which is what lets it name pairs it never saw."""
+    return [
+        _phrase_list([f"{colour} {shape}" for shape, colour in objects]),
+        _phrase_list([shape for shape, _ in objects]),
+        _phrase_list([f"{colour} shape" for _, colour in objects]),
+    ]
 
 
 def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: int, max_objects: int) -> dict:
@@ -190,7 +201,8 @@ def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: 
     categories = [CATEGORIES.index(f"{colour} {shape}") for shape, colour in pairs]
     return {
         "image": _png(image),
-        "caption": _caption(pairs),
+        "caption": _captions(pairs)[0],
+        "captions": _captions(pairs),
         "label": categories[0],
         "objects": {
             "bbox": boxes,
@@ -215,6 +227,8 @@ def generate(
     Columns:
         image: RGB, `image_size` x `image_size`.
         caption: every object, in drawing order: "a red circle, a blue star and an orange cross".
+        captions: the caption, then by shape only ("a circle, a star and a cross") and by colour only ("a red
+            shape, a blue shape and an orange shape"); `vitlm train contrastive` samples one per step.
         label: `ClassLabel` over `CATEGORIES`, the first object's category (the one for single-object classification).
         objects: `bbox` ([x0, y0, x1, y1] pixel corners of the visible part, x1 and y1 exclusive), `category`
             (`ClassLabel` over `CATEGORIES`), `shape` and `colour` (names), one entry per object in drawing order.

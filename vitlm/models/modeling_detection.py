@@ -103,6 +103,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
     main_input_name = "pixel_values"
+    pipeline_tag = "zero-shot-object-detection"
     _remote_auto_map = {
         **VitlmDualEncoderModel._remote_auto_map,
         "AutoModelForZeroShotObjectDetection": "modeling_detection.VitlmDualEncoderForObjectDetection",
@@ -195,13 +196,24 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
                 raise ValueError(
                     f"`input_ids` holds {input_ids.shape[0]} queries, not a multiple of the {batch_size} images"
                 )
+            input_ids = input_ids.reshape(batch_size, -1, input_ids.shape[-1])
+            if attention_mask is not None:
+                attention_mask = attention_mask.reshape(input_ids.shape)
+            # the same queries for every image (a label set, as in training and the pipeline): encode them once
+            shared = (input_ids == input_ids[:1]).all() and (
+                attention_mask is None or (attention_mask == attention_mask[:1]).all()
+            )
+            if shared:
+                input_ids, attention_mask = input_ids[:1], None if attention_mask is None else attention_mask[:1]
             text_outputs = self.dual_encoder.text_model(
-                input_ids, attention_mask=attention_mask, return_dict=True, **tower_kwargs
+                input_ids.flatten(0, 1),
+                attention_mask=None if attention_mask is None else attention_mask.flatten(0, 1),
+                return_dict=True,
+                **tower_kwargs,
             )
             query_embeds = self.dual_encoder.text_projection(text_outputs.pooler_output)
-            query_embeds = nn.functional.normalize(query_embeds, dim=-1).reshape(
-                batch_size, -1, query_embeds.shape[-1]
-            )
+            query_embeds = nn.functional.normalize(query_embeds, dim=-1).reshape(*input_ids.shape[:2], -1)
+            query_embeds = query_embeds.expand(batch_size, -1, -1)
 
         if query_embeds.shape[0] != batch_size:
             raise ValueError(

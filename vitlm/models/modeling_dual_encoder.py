@@ -52,6 +52,8 @@ class VitlmTextModel(VitlmTextPreTrainedModel):
     """CLIP's text transformer: token + learned position embeddings, causal pre-LN encoder, final LayerNorm, and
     the pooled output taken at the first end-of-text token."""
 
+    pipeline_tag = "feature-extraction"
+
     def __init__(self, config: VitlmTextConfig):
         super().__init__(config)
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -156,6 +158,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
     main_input_name = "input_ids"
+    pipeline_tag = "zero-shot-image-classification"
     _remote_auto_map = {
         "AutoModel": "modeling_dual_encoder.VitlmDualEncoderModel",
         "AutoModelForZeroShotImageClassification": "modeling_dual_encoder.VitlmDualEncoderModel",
@@ -256,6 +259,7 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
     main_input_name = "pixel_values"
+    pipeline_tag = "image-classification"  # its classes are fixed when built: no candidate labels to take
     _remote_auto_map = {
         "AutoModelForImageClassification": "modeling_dual_encoder.VitlmDualEncoderForImageClassification"
     }
@@ -283,10 +287,12 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
     @classmethod
     @torch.no_grad()
     def from_dual_encoder(
-        cls, model: VitlmDualEncoderModel, tokenizer, class_names, templates=("a photo of a {}.",), batch_size=256
+        cls, model: VitlmDualEncoderModel, tokenizer, class_names, templates=None, batch_size=256
     ) -> "VitlmDualEncoderForImageClassification":
-        """Build the classifier: each class embedding is the normalized mean of its normalized prompt embeddings."""
-        class_names, templates = list(class_names), list(templates)
+        """Build the classifier: each class embedding is the normalized mean of its normalized prompt embeddings.
+        `templates` default to the model's own `config.prompt_templates` (the captions' style it was trained on),
+        else CLIP's "a photo of a {}."."""
+        class_names, templates = list(class_names), list(templates or default_templates(model.config))
         if not class_names or any(not str(name).strip() for name in class_names):
             raise ValueError("`class_names` must be a non-empty list of non-empty names")
         if len(set(class_names)) != len(class_names):
@@ -348,6 +354,10 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
 
 
 @torch.no_grad()
+def default_templates(config) -> list[str]:
+    return list(getattr(config, "prompt_templates", None) or ["a photo of a {}."])
+
+
 def encode_class_names(model: VitlmDualEncoderModel, tokenizer, class_names, templates, batch_size=256):
     """(classes, projection_dim) normalized class embeddings: CLIP's ensemble over prompt templates."""
     prompts = [template.format(name) for name in class_names for template in templates]
@@ -362,4 +372,10 @@ def encode_class_names(model: VitlmDualEncoderModel, tokenizer, class_names, tem
     return nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-__all__ = ["VitlmTextModel", "VitlmDualEncoderModel", "VitlmDualEncoderForImageClassification", "encode_class_names"]
+__all__ = [
+    "VitlmTextModel",
+    "VitlmDualEncoderModel",
+    "VitlmDualEncoderForImageClassification",
+    "default_templates",
+    "encode_class_names",
+]

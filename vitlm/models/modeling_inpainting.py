@@ -57,6 +57,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
     tokens at every masked position and predicts all patches' pixels. Patches are masked at random
     (`config.mask_ratio`, or by `noise` as in transformers' ViTMAE) or exactly as given by `bool_masked_pos`."""
 
+    pipeline_tag = "image-to-image"
     _remote_auto_map = {
         **VitlmViTPreTrainedModel._remote_auto_map,
         "AutoModelForMaskedImageModeling": "modeling_inpainting.VitlmViTForMaskedImageModeling",

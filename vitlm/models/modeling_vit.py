@@ -1,5 +1,6 @@
 """The plain Vision Transformer: patch stem, [CLS] token, position encoding, pre-LN encoder, final LayerNorm."""
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ class VitlmPreTrainedModel(PreTrainedModel):
     # Losses are per-batch means that ignore `num_items_in_batch`: Trainer must scale them for gradient accumulation
     # (it would not for a forward taking **kwargs without this).
     accepts_loss_kwargs = False
+    # The Hub task (widget, search filter) of a repo holding this class; `push_to_hub` writes it into the model card.
+    pipeline_tag: str | None = None
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -53,6 +56,22 @@ class VitlmPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # Both `push_to_hub` and `save_pretrained(push_to_hub=True)` pass through here with the README.md about to be
+        # uploaded (the repo's own card, or transformers' template naming library "transformers"): claim it for
+        # vitlm in that same commit, keeping the card's text and every other field (license, datasets, ...).
+        readme = os.path.join(working_dir, "README.md")
+        if os.path.isfile(readme):
+            # imported here: loading a model must not depend on card-writing code
+            from transformers.utils.hub import ModelCard
+
+            card = ModelCard.load(readme)
+            card.data.library_name = "vitlm"
+            card.data.pipeline_tag = self.pipeline_tag or card.data.pipeline_tag
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), "vitlm", self.config.model_type]))
+            card.save(readme)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
 
 class VitlmViTPreTrainedModel(VitlmPreTrainedModel):
     config_class = VitlmViTConfig
@@ -67,6 +86,8 @@ class VitlmViTPreTrainedModel(VitlmPreTrainedModel):
 class VitlmViTModel(VitlmViTPreTrainedModel):
     """Outputs the final hidden states and a pooled image representation ([CLS] or mean of patches, then the
     optional pre-logits layer)."""
+
+    pipeline_tag = "image-feature-extraction"
 
     def __init__(self, config: VitlmViTConfig):
         super().__init__(config)
@@ -166,6 +187,7 @@ class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
     logits are the two heads' mean (DeiT inference); without a teacher both heads learn from the labels."""
 
     base_model_class = VitlmViTModel
+    pipeline_tag = "image-classification"
 
     def __init__(self, config: VitlmViTConfig):
         super().__init__(config)

@@ -4,7 +4,7 @@ from .collators import (
     ClassificationCollator,
     ContrastiveCollator,
     DetectionCollator,
-    inpainting_collator,
+    InpaintingCollator,
     soft_target_cross_entropy,
 )
 from .metrics import accuracy, average_precision, masked_psnr, mean_average_precision
@@ -19,7 +19,7 @@ __all__ = [
     "accuracy",
     "average_precision",
     "build_trainer",
-    "inpainting_collator",
+    "InpaintingCollator",
     "layerwise_lr_decay_groups",
     "masked_psnr",
     "mean_average_precision",

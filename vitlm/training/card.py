@@ -56,7 +56,11 @@ def base_model(model_name: str) -> str | None:
     return None if model_name in preset_names() or Path(model_name).exists() else model_name
 
 
-def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, trainer) -> Path:
+def write_model_card(
+    output_dir, task: str, model_name: str, dataset_name: str, trainer, command: str | None = None
+) -> Path:
+    """README.md with Hub metadata, the last evaluation, the recipe and, given the `command` that trained the model,
+    how to reproduce it."""
     output_dir = Path(output_dir)
     metrics = last_evaluation(trainer.state.log_history)
     from_scratch = model_name in preset_names()  # vitlm's own weights; otherwise they keep the source's license
@@ -90,6 +94,7 @@ def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, 
         license_text = "Apache-2.0, as vitlm: the model was trained from random weights."
     else:
         license_text = f"The weights derive from `{model_name}` and keep its license; check it before use."
+    reproduce = f"## Reproduce\n\n```bash\n{command}\n```\n\n" if command else ""
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -111,7 +116,7 @@ def write_model_card(output_dir, task: str, model_name: str, dataset_name: str, 
 | --- | --- |
 {rows}
 
-## Intended use and limits
+{reproduce}## Intended use and limits
 
 Load with `import vitlm` and the transformers Auto classes (or `trust_remote_code=True` without vitlm), with the
 processor saved alongside. The model is only as general as its training data: evaluate it on your own images before

@@ -4,6 +4,7 @@ and return keyword arguments of the matching model's `forward`."""
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torchvision.transforms import v2
 
 from .transforms import INDEX_COLUMN, EpochSeed
@@ -107,9 +108,40 @@ class DetectionCollator:
         }
 
 
-def inpainting_collator(examples):
-    """`pixel_values` only: the masked image model draws its random patch mask itself (`config.mask_ratio`)."""
-    return {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+@dataclass
+class InpaintingCollator:
+    """`pixel_values`; the masked image model draws its patch mask itself (`config.mask_ratio` of the patches,
+    uniformly). With `block_masking`, half the images get smooth `noise` instead (a coarse random grid, upsampled),
+    so that their masked patches form blobs: holes like the ones people paint, rather than MAE's scattered patches.
+    The draws are keyed like the mixup ones, so resumed runs replay them."""
+
+    grid_size: tuple[int, int] | None = None
+    block_masking: bool = False
+    epoch_seed: EpochSeed = field(init=False, default_factory=EpochSeed)
+
+    def __post_init__(self):
+        if self.block_masking and self.grid_size is None:
+            raise ValueError("block masking needs the model's patch `grid_size`")
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
+    def __call__(self, examples):
+        batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+        if self.block_masking:
+            with self.epoch_seed.rng("mask", examples[0].get(INDEX_COLUMN)):
+                batch["noise"] = self.blob_noise(len(examples))
+        return batch
+
+    def blob_noise(self, batch_size: int) -> torch.Tensor:
+        uniform = torch.rand(batch_size, *self.grid_size)
+        coarse = int(torch.randint(2, 5, ()))
+        smooth = nn.functional.interpolate(
+            torch.rand(batch_size, 1, coarse, coarse), size=self.grid_size, mode="bilinear", align_corners=False
+        )[:, 0]
+        blobs = torch.rand(batch_size) < 0.5
+        noise = torch.where(blobs[:, None, None], smooth + 1e-3 * uniform, uniform)  # the tiny term breaks ties
+        return noise.flatten(1)
 
 
 def soft_target_cross_entropy(outputs, labels, num_items_in_batch=None):
@@ -124,6 +156,6 @@ __all__ = [
     "ClassificationCollator",
     "ContrastiveCollator",
     "DetectionCollator",
-    "inpainting_collator",
+    "InpaintingCollator",
     "soft_target_cross_entropy",
 ]

@@ -27,7 +27,7 @@ def classification_metrics(num_labels: int):
     return compute_metrics
 
 
-def zero_shot_metrics(model, tokenizer, class_names, labels, templates=("a photo of a {}.",)):
+def zero_shot_metrics(model, tokenizer, class_names, labels, templates=None):
     """Zero-shot accuracy of a dual encoder being trained: its image embeddings of the evaluation set against the
     cached classifier built from its own text tower on `class_names` (the one `from_dual_encoder` deploys). `model`
     is read at evaluation time, so the metric follows training. `labels` are the evaluation set's class indices in

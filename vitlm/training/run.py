@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -74,7 +75,10 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     if is_preset:
         model = AUTO_CLASSES[task].from_config(config)
     else:
-        model = AUTO_CLASSES[task].from_pretrained(name, config=config, ignore_mismatched_sizes=task == "classify")
+        # float32 whatever the checkpoint stores (a float16 release included): Trainer handles mixed precision
+        model = AUTO_CLASSES[task].from_pretrained(
+            name, config=config, dtype=torch.float32, ignore_mismatched_sizes=task == "classify"
+        )
     if task in DUAL_TASKS:
         if is_preset:
             image_processor = AutoImageProcessor.from_pretrained(source)
@@ -132,14 +136,20 @@ def class_names_of(task: str, dataset) -> list[str] | None:
     return names
 
 
-def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format="xyxy"):
+def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format="xyxy", augment=True):
+    """The task's transforms on both sets; `augment=False` trains on the evaluation transform (for data whose
+    labels crops and colour jitter would falsify, such as the shapes world's captions)."""
     image = image_column(train)
     make = {
         "classify": lambda is_train: transforms.classification_transform(
             image_processor, is_train, image, find_column(train, ("label", "labels"), "label")
         ),
         "contrastive": lambda is_train: transforms.contrastive_transform(
-            image_processor, is_train, image, find_column(train, ("caption", "text"), "caption")
+            image_processor,
+            is_train,
+            image,
+            find_column(train, ("captions", "caption", "text"), "caption"),
+            augment_images=augment,
         ),
         "detect": lambda is_train: transforms.detection_transform(
             image_processor, is_train, image, find_column(train, ("objects",), "objects"), bbox_format
@@ -147,7 +157,10 @@ def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format
         "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train, image),
     }[task]
     # the example index keys the training augmentations' random draws, so resumed runs replay them
-    return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
+    train_transform = make(True) if task == "contrastive" else make(augment)  # draws captions even unaugmented
+    return transforms.with_example_index(train).with_transform(train_transform), eval_dataset.with_transform(
+        make(False)
+    )
 
 
 def train(
@@ -172,10 +185,21 @@ def train(
     bbox_format: str = "xyxy",
     eval_steps: int | None = None,
     logging_steps: int = 10,
+    augment: bool = True,
+    block_masking: bool = False,
+    save_checkpoints: bool = True,
+    save_dtype: str | None = None,
+    command: str | None = None,
     callbacks=None,
     **training_kwargs,
 ):
-    """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics)."""
+    """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics).
+    `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
+    the final weights."""
+    if save_dtype not in (None, "float32", "float16", "bfloat16"):
+        raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {save_dtype!r}")
+    if not save_checkpoints:
+        training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
     train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size)
     class_names = class_names_of(task, train_set)
@@ -185,7 +209,7 @@ def train(
     eval_labels = None
     if task == "contrastive" and class_names is not None:
         eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
-    train_set, eval_set = with_transforms(task, train_set, eval_set, image_processor, bbox_format)
+    train_set, eval_set = with_transforms(task, train_set, eval_set, image_processor, bbox_format, augment)
 
     args = training_arguments(
         output_dir,
@@ -211,6 +235,7 @@ def train(
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         layer_decay=layer_decay,
+        block_masking=block_masking,
         callbacks=callbacks,
     )
     checkpoint = get_last_checkpoint(output_dir) if resume and output_dir.is_dir() else None
@@ -221,15 +246,22 @@ def train(
     trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
     trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
     if trainer.is_world_process_zero():
+        # Trainer's pickled TrainingArguments: a shared folder holds no pickles, and the card lists the recipe
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        if save_dtype:
+            trainer.model.to(getattr(torch, save_dtype)).save_pretrained(output_dir)
         plot_log_history(trainer.state.log_history, output_dir / "training_curves.png")
-        write_model_card(output_dir, task, model_name, dataset_name, trainer)
+        write_model_card(output_dir, task, model_name, dataset_name, trainer, command)
         if push_to_hub:
             from huggingface_hub import HfApi
 
             api = HfApi()
             api.create_repo(push_to_hub, exist_ok=True)
             api.upload_folder(
-                repo_id=push_to_hub, folder_path=output_dir, ignore_patterns=["checkpoint-*", "converted/*"]
+                repo_id=push_to_hub,
+                folder_path=output_dir,
+                commit_message=f"vitlm train {task}",
+                ignore_patterns=["checkpoint-*", "converted/*"],
             )
     return trainer
 

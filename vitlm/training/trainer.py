@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..models.modeling_dual_encoder import default_templates
 from .collators import (
     ClassificationCollator,
     ContrastiveCollator,
     DetectionCollator,
-    inpainting_collator,
+    InpaintingCollator,
     soft_target_cross_entropy,
 )
 from .metrics import classification_metrics, detection_metrics, inpainting_metrics, zero_shot_metrics
@@ -181,7 +182,8 @@ def build_trainer(
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
     layer_decay: float | None = None,
-    templates=("a photo of a {}.",),
+    block_masking: bool = False,
+    templates=None,
     callbacks=None,
 ) -> Trainer:
     """A Trainer for `task` on datasets already carrying the task's transform (`vitlm.training.transforms`).
@@ -191,10 +193,14 @@ def build_trainer(
         class_names: classify: for top-5 accuracy; contrastive: zero-shot evaluation classes; detect: the queries.
         eval_labels: contrastive: the evaluation set's class indices, for zero-shot accuracy.
         layer_decay: layer-wise learning-rate decay factor (e.g. 0.75) for fine-tuning; None for one rate.
+        block_masking: inpaint: train half the images on blob-shaped masks (`InpaintingCollator`).
+        templates: zero-shot evaluation prompts and the detection queries' (first one); default: the model's
+            `config.prompt_templates`, else CLIP's "a photo of a {}.".
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     tokenizer = getattr(processor, "tokenizer", None)
+    templates = list(templates or default_templates(model.config))
     image_processor = getattr(processor, "image_processor", processor)
     extra = {}
     train_collator = None
@@ -218,7 +224,8 @@ def build_trainer(
         # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
         args.eval_do_concat_batches = False
     else:
-        collator = inpainting_collator
+        collator = InpaintingCollator()
+        train_collator = InpaintingCollator(model.config.grid_size, block_masking)
         # the image is its own target: naming it the label makes evaluation compute the loss and hand the
         # original pixels to the metric
         args.label_names = ["pixel_values"]

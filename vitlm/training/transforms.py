@@ -10,7 +10,7 @@ batch). The index is the `example_index` column that `with_example_index` adds; 
 """
 
 import hashlib
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 from torchvision.transforms import v2
@@ -28,13 +28,22 @@ def with_example_index(dataset):
     return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
 
 
-@contextmanager
-def _seeded_global_generator(seed: int):
-    # torchvision's random transforms take no generator: reseed the global CPU one for the block and put its state
-    # back after, so the draws are a function of `seed` alone and the model's dropout stream never sees them
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which would reseed CUDA too
-        yield
+class _SeededStream:
+    """A context in which torch's global CPU generator draws from a stream of its own, started from `seed`: entering
+    it again continues that stream (an example's image augmentation, then its caption draw). torchvision's random
+    transforms take no generator, so the global one is swapped in for the block and put back after: the draws are a
+    function of `seed` alone and the model's dropout stream never sees them."""
+
+    def __init__(self, seed: int):
+        self.state = torch.Generator().manual_seed(seed).get_state()
+
+    def __enter__(self):
+        self.saved = torch.default_generator.get_state()  # not torch.manual_seed, which would reseed CUDA too
+        torch.default_generator.set_state(self.state)
+
+    def __exit__(self, *exc_info):
+        self.state = torch.default_generator.get_state()
+        torch.default_generator.set_state(self.saved)
 
 
 class EpochSeed:
@@ -56,7 +65,7 @@ class EpochSeed:
             return nullcontext()
         # blake2b rather than `hash`, which differs between processes for strings
         digest = hashlib.blake2b(repr((*self.state.tolist(), *key)).encode(), digest_size=8).digest()
-        return _seeded_global_generator(int.from_bytes(digest, "little") >> 1)
+        return _SeededStream(int.from_bytes(digest, "little") >> 1)
 
 
 class TrainTransform:
@@ -122,15 +131,27 @@ def classification_transform(image_processor, train: bool, image_column="image",
     return TrainTransform(transform) if train else transform
 
 
-def contrastive_transform(image_processor, train: bool, image_column="image", caption_column="caption", **augment):
-    """Images and their captions."""
+def contrastive_transform(
+    image_processor, train: bool, image_column="image", caption_column="caption", augment_images=True, **augment
+):
+    """Images and their captions. Where an image has several captions (a list), training draws one per step (keyed
+    like the augmentations) and evaluation takes the first."""
     # no flip: captions may say "left" or "right"
-    augment = augmentation(image_processor, **{"flip": False, **augment}) if train else None
+    augment = augmentation(image_processor, **{"flip": False, **augment}) if train and augment_images else None
+
+    def pick(captions, rng):
+        if isinstance(captions, str):
+            return captions
+        if not train:
+            return captions[0]
+        with rng:
+            return captions[int(torch.randint(len(captions), ()))]
 
     def transform(examples, rngs=None):
+        rngs = rngs or [nullcontext()] * len(examples[caption_column])
         return {
             "pixel_values": pixel_values(examples[image_column], image_processor, augment, rngs),
-            "caption": examples[caption_column],
+            "caption": [pick(captions, rng) for captions, rng in zip(examples[caption_column], rngs)],
         }
 
     return TrainTransform(transform) if train else transform

@@ -1,0 +1,104 @@
+"""`gradio_client` against `vitlm demo` launched on localhost: every tab's endpoint with the default models, the
+errors a user sees, and the upload limits."""
+
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from vitlm.demo.app import DETECTION_EXAMPLES, INPAINTING_EXAMPLES, MAX_FILE_SIZE, ZERO_SHOT_EXAMPLES
+
+LABELS = ["red circle", "pink star", "yellow triangle"]
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    return Client(demo_url, verbose=False)
+
+
+def test_classify(client):
+    result, heatmap = client.predict(
+        handle_file(ZERO_SHOT_EXAMPLES[1][0]), ", ".join(LABELS), "", "default", api_name="/classify"
+    )
+    confidences = result["confidences"]
+    assert sorted(item["label"] for item in confidences) == sorted(LABELS)
+    assert result["label"] == confidences[0]["label"]
+    assert math.isclose(sum(item["confidence"] for item in confidences), 1.0, abs_tol=1e-5)
+    assert PIL.Image.open(heatmap).size == PIL.Image.open(ZERO_SHOT_EXAMPLES[1][0]).size
+
+
+def test_detect(client):
+    image, queries = DETECTION_EXAMPLES[0]
+    annotated, table = client.predict(handle_file(image), queries, 0.0, "", "default", api_name="/detect")
+    width, height = PIL.Image.open(image).size
+    assert PIL.Image.open(annotated["image"]).size == (width, height)
+    assert table["headers"] == ["query", "score", "x0", "y0", "x1", "y1"]
+    assert table["data"] and len(table["data"]) == len(annotated["annotations"])
+    for query, score, x0, y0, x1, y1 in table["data"]:
+        assert query in queries and 0 <= score <= 1
+        assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+
+
+def test_inpaint(client):
+    example = INPAINTING_EXAMPLES[0]
+    editor = {
+        "background": handle_file(example["background"]),
+        "layers": [handle_file(example["layers"][0])],
+        "composite": handle_file(example["composite"]),
+        "id": None,
+    }
+    original, filled = client.predict(editor, "default", api_name="/inpaint")
+    mask = np.asarray(PIL.Image.open(example["layers"][0]))[..., 3] > 0
+    before, after = np.asarray(PIL.Image.open(original)), np.asarray(PIL.Image.open(filled))
+    assert (before == np.asarray(PIL.Image.open(example["background"]).convert("RGB"))).all()
+    assert (after[~mask] == before[~mask]).all() and (after[mask] != before[mask]).any()
+
+
+def test_model_status(client):
+    status, templates = client.predict("default", api_name="/zero_shot_model")
+    assert "VitlmDualEncoderModel" in status and "{}" in templates
+    assert "VitlmViTForMaskedImageModeling" in client.predict("default", api_name="/inpainting_model")
+
+
+def test_errors_reach_the_user_and_the_app_keeps_serving(client):
+    with pytest.raises(AppError, match="at least one of the labels"):
+        client.predict(handle_file(ZERO_SHOT_EXAMPLES[0][0]), " , ", "", "default", api_name="/classify")
+    # the slider refuses values outside its range before the function sees them
+    with pytest.raises(AppError, match="1.5 is greater than maximum value 1"):
+        client.predict(handle_file(DETECTION_EXAMPLES[0][0]), "red circle", 1.5, "", "default", api_name="/detect")
+    # offline, a Hub repo that is not cached cannot load: the tab says so, the other tabs still answer
+    with pytest.raises(AppError, match="could not load 'someone/missing-model'"):
+        client.predict(
+            handle_file(DETECTION_EXAMPLES[0][0]), "red circle", 0.2, "", "someone/missing-model", api_name="/detect"
+        )
+    status, _ = client.predict("someone/missing-model", api_name="/detection_model")
+    assert status.startswith("**Model not loaded.**")
+    result, _ = client.predict(handle_file(ZERO_SHOT_EXAMPLES[0][0]), "pink star", "", "default", api_name="/classify")
+    assert result["label"] == "pink star"
+
+
+def test_upload_limits(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_FILE_SIZE + 1))
+    with pytest.raises(Exception, match="(?i)file size|too large|exceeds"):
+        client.predict(handle_file(str(big)), "pink star", "", "default", api_name="/classify")
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("1", (7000, 6000)).save(huge)  # 42 megapixels in a few kilobytes
+    with pytest.raises(AppError, match="42,000,000 pixels; the limit is 40,000,000"):
+        client.predict(handle_file(str(huge)), "pink star", "", "default", api_name="/classify")
+
+
+def test_decompression_bombs_are_refused_before_decoding(client, tmp_path):
+    """Above twice the limit PIL refuses to open the image, inside gradio's own preprocessing: the user still gets the
+    app's message, in both kinds of image input."""
+    bomb = tmp_path / "bomb.png"
+    PIL.Image.new("1", (9000, 9000)).save(bomb)  # 81 megapixels
+    message = "more than 80,000,000 pixels; the limit is 40,000,000"
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(bomb)), "pink star", "", "default", api_name="/classify")
+    editor = {"background": handle_file(str(bomb)), "layers": [], "composite": None, "id": None}
+    with pytest.raises(AppError, match=message):
+        client.predict(editor, "default", api_name="/inpaint")

@@ -1,0 +1,360 @@
+"""The demo's functions called directly, with the shipped default models: results, validation messages, model
+sources (failing, of the wrong kind, converted once and cached), and the shipped examples."""
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+import vitlm.convert
+from vitlm.clip_bpe import clip_tokenizer
+from vitlm.demo import app
+from vitlm.demo.app import (
+    DETECTION_EXAMPLES,
+    INPAINTING_EXAMPLES,
+    ZERO_SHOT_EXAMPLES,
+    classify,
+    detect,
+    inpaint,
+    load_image,
+    model_status,
+)
+from vitlm.demo.models import DEFAULT_MODELS, TASKS, ModelLoadError, ModelStore, cache_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+LABELS = "red circle, pink star, yellow triangle, orange square"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return ModelStore(cache_dir=tmp_path_factory.mktemp("converted"), device="cpu")
+
+
+def shapes_image(index=0) -> PIL.Image.Image:
+    return PIL.Image.open(ZERO_SHOT_EXAMPLES[index][0])
+
+
+def painted_mask(size, box) -> PIL.Image.Image:
+    """A brush layer as the image editor sends it: transparent, with opaque paint inside `box`."""
+    layer = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), box)
+    return layer
+
+
+def test_classify_ranks_every_label(store):
+    image = shapes_image()
+    probabilities, overlay = classify(image, LABELS, "", store=store)
+    assert sorted(probabilities) == sorted(name.strip() for name in LABELS.split(","))
+    values = list(probabilities.values())
+    assert values == sorted(values, reverse=True)
+    assert math.isclose(sum(values), 1.0, abs_tol=1e-5)  # the default model is softmax-trained
+    assert all(0 <= value <= 1 for value in values)
+    assert isinstance(overlay, PIL.Image.Image) and overlay.size == image.size and overlay.mode == "RGB"
+
+
+def test_classify_uses_the_templates(store):
+    plain, _ = classify(shapes_image(), LABELS, "a photo of a {}.", store=store)
+    ensemble, _ = classify(shapes_image(), LABELS, "a photo of a {}.\na drawing of a {}.", store=store)
+    assert plain != ensemble
+
+
+def test_detect_boxes_lie_inside_the_image(store):
+    image = PIL.Image.open(DETECTION_EXAMPLES[0][0])
+    queries = ["pink star", "green cross", "red circle"]
+    (picture, annotations), rows = detect(image, ", ".join(queries), 0.0, store=store)
+    assert picture.size == image.size
+    assert rows, "threshold 0 keeps every box"
+    assert len(annotations) == len(rows)
+    scores = [row[1] for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    for (box, label), (query, score, x0, y0, x1, y1) in zip(annotations, rows):
+        assert query in queries and 0 <= score <= 1
+        assert box == (x0, y0, x1, y1) and label == f"{query} {score:.2f}"
+        assert 0 <= x0 <= x1 <= image.width and 0 <= y0 <= y1 <= image.height
+    _, none = detect(image, ", ".join(queries), 1.0, store=store)
+    assert none == []
+
+
+def test_detect_caps_the_number_of_boxes(store, monkeypatch):
+    monkeypatch.setattr(app, "MAX_DETECTIONS", 2)
+    with pytest.warns(UserWarning, match="showing the best 2"):
+        (_, annotations), rows = detect(shapes_image(), "pink star, red circle", 0.0, store=store)
+    assert len(rows) == len(annotations) == 2
+
+
+def test_inpaint_changes_only_the_masked_pixels(store):
+    image = PIL.Image.open(INPAINTING_EXAMPLES[0]["background"]).convert("RGB")
+    layer = painted_mask(image.size, (10, 12, 40, 30))
+    original, filled = inpaint({"background": image, "layers": [layer], "composite": None}, store=store)
+    mask = np.asarray(layer)[..., 3] > 0
+    before, after = np.asarray(original), np.asarray(filled)
+    assert original.size == filled.size == image.size and filled.mode == "RGB"
+    assert (before == np.asarray(image)).all()
+    assert (after[~mask] == before[~mask]).all()
+    assert (after[mask] != before[mask]).any()
+
+
+def test_inpaint_example_runs(store):
+    example = INPAINTING_EXAMPLES[0]
+    editor = {"background": example["background"], "layers": example["layers"], "composite": None}
+    original, filled = inpaint(editor, store=store)
+    assert original.size == filled.size
+
+
+@pytest.mark.parametrize(
+    ("mode", "make"),
+    [
+        ("RGBA", lambda rgb: rgb.convert("RGBA")),
+        ("LA", lambda rgb: rgb.convert("LA")),
+        ("P", lambda rgb: rgb.convert("P")),
+        ("L", lambda rgb: rgb.convert("L")),
+        ("1", lambda rgb: rgb.convert("1")),
+        ("CMYK", lambda rgb: rgb.convert("CMYK")),
+        ("I;16", lambda rgb: PIL.Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)),
+        ("I", lambda rgb: rgb.convert("I")),
+    ],
+)
+def test_any_image_mode_is_classified(store, mode, make):
+    image = make(shapes_image())
+    assert image.mode == mode
+    probabilities, overlay = classify(image, LABELS, "", store=store)
+    assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-5) and overlay.mode == "RGB"
+
+
+def test_transparency_is_composited_on_white_and_16_bit_is_scaled():
+    rgba = PIL.Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # red, fully transparent
+    assert np.asarray(load_image(rgba)).tolist() == [[[255, 255, 255]] * 4] * 4
+    sixteen = PIL.Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert (np.asarray(load_image(sixteen)) == 255).all()
+
+
+def test_image_validation_messages(tmp_path, monkeypatch):
+    with pytest.raises(gr.Error, match="Upload an image"):
+        load_image(None)
+    with pytest.raises(gr.Error, match="42,000,000 pixels; the limit is 40,000,000"):
+        load_image(PIL.Image.new("1", (7000, 6000)))
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    with pytest.raises(gr.Error, match="Cannot read the image"):
+        load_image(str(not_an_image))
+    monkeypatch.setattr(app, "MAX_FILE_SIZE", 1000)
+    with pytest.raises(gr.Error, match="the limit is 1,000"):
+        load_image(ZERO_SHOT_EXAMPLES[0][0])
+
+
+def test_decompression_bomb_is_refused_with_a_message(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    PIL.Image.new("1", (14_000, 13_000)).save(bomb)  # 182 megapixels in a few kilobytes: PIL refuses it
+    with pytest.raises(gr.Error, match="more than 178,956,970 pixels; the limit is 40,000,000"):
+        load_image(str(bomb))
+
+
+@pytest.mark.parametrize("labels", ["", "  ", " , ,, ", None])
+def test_empty_labels_are_refused(store, labels):
+    with pytest.raises(gr.Error, match="at least one of the labels"):
+        classify(shapes_image(), labels, "", store=store)
+    with pytest.raises(gr.Error, match="at least one of the queries"):
+        detect(shapes_image(), labels, 0.5, store=store)
+
+
+def test_duplicate_and_blank_labels_are_dropped_with_a_warning(store):
+    with pytest.warns(UserWarning, match="Duplicate labels ignored: pink star"):
+        probabilities, _ = classify(shapes_image(), "pink star, , red circle,pink star ,", "", store=store)
+    assert sorted(probabilities) == ["pink star", "red circle"]
+
+
+def test_too_many_labels_are_refused(store):
+    with pytest.raises(gr.Error, match="Too many labels: 101"):
+        classify(shapes_image(), ", ".join(f"label {i}" for i in range(101)), "", store=store)
+
+
+@pytest.mark.parametrize("template", ["a photo", "a {0} photo", "a {} of {x}"])
+def test_bad_templates_are_refused(store, template):
+    with pytest.raises(gr.Error, match="must contain {}"):
+        classify(shapes_image(), LABELS, template, store=store)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), float("inf"), None, "high"])
+def test_absurd_thresholds_are_refused(store, threshold):
+    with pytest.raises(gr.Error, match="threshold must be between 0 and 1"):
+        detect(shapes_image(), LABELS, threshold, store=store)
+
+
+def test_inpaint_validation_messages(store):
+    image = shapes_image()
+    with pytest.raises(gr.Error, match="Upload an image"):
+        inpaint(None, store=store)
+    with pytest.raises(gr.Error, match="mask is empty"):
+        inpaint({"background": image, "layers": [], "composite": None}, store=store)
+    blank = PIL.Image.new("RGBA", image.size, (255, 0, 255, 0))
+    with pytest.raises(gr.Error, match="mask is empty"):
+        inpaint({"background": image, "layers": [blank], "composite": None}, store=store)
+
+
+def test_a_failing_source_errors_in_its_tab_only(store):
+    with pytest.raises(gr.Error, match="no model folder at '/no/such/model'"):
+        classify(shapes_image(), LABELS, "", "/no/such/model", store=store)
+    status, templates = model_status("zero-shot", "/no/such/model", store)
+    assert status.startswith("**Model not loaded.**") and templates == []
+    (_, _), rows = detect(shapes_image(), LABELS, 0.0, store=store)  # the other tabs keep working
+    assert rows
+    assert inpaint(INPAINTING_EXAMPLES[0], store=store)[1].size == shapes_image().size
+
+
+def test_a_model_of_the_wrong_kind_is_named(store):
+    inpainting_folder = str(DEFAULT_MODELS / "inpainting")
+    with pytest.raises(gr.Error, match="is a VitlmViTForMaskedImageModeling; the zero-shot tab needs a dual encoder"):
+        classify(shapes_image(), LABELS, "", inpainting_folder, store=store)
+    with pytest.raises(gr.Error, match="the inpainting tab needs a masked-image model"):
+        inpaint(INPAINTING_EXAMPLES[0], str(DEFAULT_MODELS / "zero-shot"), store=store)
+
+
+def test_a_broken_model_folder_is_reported(store, tmp_path):
+    (tmp_path / "config.json").write_text("{ not json")
+    with pytest.raises(gr.Error, match="could not load"):
+        detect(shapes_image(), LABELS, 0.5, source=str(tmp_path), store=store)
+
+
+def test_a_slow_source_does_not_hold_up_the_others(tmp_path):
+    store = ModelStore(cache_dir=tmp_path, device="cpu")
+    release, errors = threading.Event(), []
+    real_load = store._load
+
+    def load(location, source):
+        if source == "slow/model":  # e.g. a large converter source, downloading
+            release.wait()
+            raise ModelLoadError("gave up")
+        return real_load(location, source)
+
+    store._load = load
+
+    def get_slow():
+        try:
+            store.get("zero-shot", "slow/model")
+        except ModelLoadError as error:
+            errors.append(error)
+
+    slow = threading.Thread(target=get_slow)
+    slow.start()
+    served = threading.Event()
+    other = threading.Thread(target=lambda: store.get("detection", "default") and served.set())
+    other.start()
+    assert served.wait(timeout=120), "the default detector waited for the slow source"
+    assert slow.is_alive()
+    release.set()
+    slow.join()
+    other.join()
+    assert [str(error) for error in errors] == ["gave up"]
+
+
+def test_model_status_names_the_model(store):
+    for task, spec in TASKS.items():
+        status, templates = model_status(task, "default", store)
+        assert spec.model_class.__name__ in status
+        assert bool(templates) == (task != "inpainting")
+
+
+def tiny_transformers_clip(folder: Path) -> str:
+    """transformers' own CLIPModel with random weights and CLIP's vocabulary, saved by transformers."""
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=16
+    )
+    bpe = json.loads(clip_tokenizer().backend_tokenizer.to_str())["model"]
+    tokenizer = CLIPTokenizer(vocab=bpe["vocab"], merges=[tuple(merge) for merge in bpe["merges"]])
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(CLIPImageProcessor(size=32, crop_size=32), tokenizer).save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_converter_source_is_converted_once_and_cached(tmp_path, monkeypatch):
+    folder = tiny_transformers_clip(tmp_path / "clip")
+    with pytest.raises(
+        gr.Error, match=f"holds a CLIPModel, not a vitlm model; convert it with the source 'hf:{folder}'"
+    ):
+        classify(shapes_image(), LABELS, "", folder, store=ModelStore(cache_dir=tmp_path / "unused", device="cpu"))
+    source = "hf:" + folder
+    conversions = []
+    real_load = vitlm.convert.load
+    monkeypatch.setattr(vitlm.convert, "load", lambda *args, **kwargs: conversions.append(args) or real_load(*args))
+    cache = tmp_path / "cache"
+
+    first, _ = classify(shapes_image(), LABELS, "", source, store=ModelStore(cache_dir=cache, device="cpu"))
+    assert len(conversions) == 1
+    assert (cache / cache_name(source) / "config.json").is_file()
+    # a new store (a later launch) reads the converted folder instead of converting again
+    later = ModelStore(cache_dir=cache, device="cpu")
+    again, _ = classify(shapes_image(), LABELS, "", source, store=later)
+    assert len(conversions) == 1
+    assert list(again) == list(first)
+    assert all(math.isclose(again[k], first[k], abs_tol=1e-6) for k in first)
+    with pytest.raises(gr.Error, match="the detection tab needs an open-vocabulary detector"):
+        detect(shapes_image(), LABELS, 0.5, "", source, store=later)
+
+
+def test_cache_names_are_safe_and_distinct():
+    names = {cache_name(source) for source in ["hf:a/b", "hf:a:b", "hf:a--b", "open_clip:ViT-B-32/laion2b_s34b_b79k"]}
+    assert len(names) == 4
+    assert all(name.replace("-", "").replace(".", "").replace("_", "").isalnum() for name in names)
+
+
+def test_examples_are_shapes_world_test_images():
+    """The shipped example images are what `generate` draws (and so stay under 100 KB in all)."""
+    from vitlm.data.shapes import generate
+
+    single = generate(3, seed=0, split="test", min_objects=1, max_objects=1)
+    multi = generate(4, seed=0, split="test", min_objects=2, max_objects=3)
+    expected = [row["image"] for row in single] + [multi[2]["image"], multi[3]["image"]]
+    shipped = [path for path, _ in ZERO_SHOT_EXAMPLES + DETECTION_EXAMPLES]
+    for path, image in zip(shipped, expected, strict=True):
+        assert (np.asarray(PIL.Image.open(path)) == np.asarray(image)).all(), path
+    files = list((REPO / "vitlm" / "demo" / "examples").iterdir())
+    assert sum(path.stat().st_size for path in files) < 100_000
+
+
+def test_default_models_and_examples_are_package_data():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["vitlm.demo"]
+    package = REPO / "vitlm" / "demo"
+    for spec in TASKS.values():
+        assert (DEFAULT_MODELS / spec.folder / "config.json").is_file()
+    data = [path for path in package.rglob("*") if path.is_file() and path.parent != package]
+    assert data
+    for path in data:
+        if "__pycache__" not in path.parts:
+            assert any(path.relative_to(package).match(pattern) for pattern in patterns), path
+
+
+def test_cli_and_launcher_pass_the_options(monkeypatch):
+    import runpy
+    import sys
+
+    import vitlm.demo
+    from vitlm.cli import main
+
+    calls = []
+    monkeypatch.setattr(vitlm.demo, "launch", lambda **options: calls.append(options))
+    assert main(["demo"]) == 0
+    assert main(["demo", "--host", "0.0.0.0", "--port", "8080", "--share"]) == 0
+    monkeypatch.setattr(sys, "argv", ["demos/app.py", "--port", "7000"])
+    with pytest.raises(SystemExit) as exit_status:
+        runpy.run_path(str(REPO / "demos" / "app.py"), run_name="__main__")
+    assert exit_status.value.code == 0
+    assert calls == [
+        {"host": "127.0.0.1", "port": 7860, "share": False},
+        {"host": "0.0.0.0", "port": 8080, "share": True},
+        {"host": "127.0.0.1", "port": 7000, "share": False},
+    ]

@@ -1,0 +1,17 @@
+"""The Gradio demo (`vitlm demo`): zero-shot classification, open-vocabulary detection and inpainting, each tab with
+a model selector (the shipped shapes-world defaults, a folder, a Hub repo id or a converter source)."""
+
+from .app import build_app, classify, detect, inpaint, launch, model_status
+from .models import DEFAULT_SOURCE, ModelLoadError, ModelStore
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "ModelLoadError",
+    "ModelStore",
+    "build_app",
+    "classify",
+    "detect",
+    "inpaint",
+    "launch",
+    "model_status",
+]

@@ -1,0 +1,451 @@
+"""The vitlm demo: zero-shot classification, open-vocabulary detection and inpainting in one Gradio app.
+
+    vitlm demo [--host 127.0.0.1] [--port 7860] [--share]        # or: python demos/app.py
+
+Each tab calls one plain function, usable without a browser (the tests call them directly):
+
+- `classify(image, labels, templates, source)` -> ({label: probability}, attention overlay)
+- `detect(image, queries, threshold, template, source)` -> ((image, [(box, "query score")]), table rows)
+- `inpaint(editor, source)` -> (original, inpainted)
+- `model_status(task, source)` -> (markdown status, the model's prompt templates)
+
+Bad input raises `gr.Error` with a message for the user (shown in the app, never a traceback); a repairable one
+(duplicate labels, too many boxes) warns with `gr.Warning` and goes on.
+"""
+
+import functools
+import html
+import math
+import os
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+from ..attention_maps import attention_map
+from ..models import VitlmDualEncoderForImageClassification
+from ..models.image_processing_vitlm import _to_pil, _to_rgb
+from ..models.modeling_dual_encoder import default_templates
+from .models import DEFAULT_SOURCE, Loaded, ModelLoadError, ModelStore
+
+MAX_PIXELS = 40_000_000
+MAX_FILE_SIZE = 25 * 1024 * 1024  # bytes, per upload
+MAX_LABELS = 100
+MAX_TEMPLATES = 16
+MAX_DETECTIONS = 50
+HEATMAP_SIDE = 1024  # the attention overlay is drawn on a copy at most this large
+CONCURRENCY = 2  # requests computed at once; the others wait in the queue
+QUEUE_SIZE = 64
+DEFAULT_THRESHOLD = 0.2
+
+# small images (the shapes world is 64 pixels wide) are shown enlarged, inpainting results pixel by pixel
+CSS = """
+#zero-shot-image img, #detection-image img, #zero-shot-heatmap img, #inpainting-original img,
+#inpainting-result img { width: 100%; height: 100%; object-fit: contain; }
+#inpainting-original img, #inpainting-result img { image-rendering: pixelated; }
+"""
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+# shapes world test images (tests/demo/test_app_functions.py draws them again): the first object of each is
+# a pair held out of training, so a right answer is compositional generalisation
+HELD_OUT_LABELS = "red circle, orange square, yellow triangle, green star, cyan hexagon, blue cross, purple triangle, "
+HELD_OUT_LABELS += "pink star"
+ZERO_SHOT_EXAMPLES = [[str(EXAMPLES / f"zero-shot-{i}.png"), HELD_OUT_LABELS] for i in range(3)]
+DETECTION_EXAMPLES = [
+    [str(EXAMPLES / "detection-0.png"), "pink star, green cross, red circle"],
+    [str(EXAMPLES / "detection-1.png"), "red circle, pink cross, blue square"],
+]
+INPAINTING_EXAMPLES = [
+    {
+        "background": str(EXAMPLES / "detection-1.png"),
+        "layers": [str(EXAMPLES / "inpainting-mask.png")],
+        "composite": str(EXAMPLES / "inpainting-composite.png"),
+    },
+    {"background": str(EXAMPLES / "zero-shot-2.png"), "layers": [], "composite": None},
+]
+
+_default_store = ModelStore()
+
+
+def _escaped(text) -> str:
+    # gr.Error, gr.Warning and gr.Markdown render HTML: user text must not become markup
+    return html.escape(str(text), quote=False)
+
+
+def too_many_pixels(name: str = "image") -> gr.Error:
+    """PIL refuses to open an image of more than twice `PIL.Image.MAX_IMAGE_PIXELS` (its decompression-bomb guard)."""
+    return gr.Error(
+        f"The {name} has more than {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {MAX_PIXELS:,}."
+    )
+
+
+def open_image(image, name: str = "image") -> PIL.Image.Image | np.ndarray:
+    """`image` (a file path, PIL image or array), opened without decoding, refusing missing, unreadable, oversized and
+    huge ones."""
+    if image is None:
+        raise gr.Error(f"Upload an {name} first.")
+    if isinstance(image, (str, os.PathLike)):
+        if os.path.getsize(image) > MAX_FILE_SIZE:
+            raise gr.Error(f"The {name} file has {os.path.getsize(image):,} bytes; the limit is {MAX_FILE_SIZE:,}.")
+        try:
+            with warnings.catch_warnings():  # PIL warns above its own limit; ours, below, refuses
+                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+                image = PIL.Image.open(image)  # reads the header only: the size is known before decoding
+        except PIL.Image.DecompressionBombError as error:
+            raise too_many_pixels(name) from error
+        except OSError as error:
+            raise gr.Error(f"Cannot read the {name}: {_escaped(error)}") from error
+    size = image.size if isinstance(image, PIL.Image.Image) else np.shape(image)[:2]
+    if math.prod(size) > MAX_PIXELS:
+        raise gr.Error(f"The {name} has {math.prod(size):,} pixels; the limit is {MAX_PIXELS:,}.")
+    return image
+
+
+def load_image(image, name: str = "image") -> PIL.Image.Image:
+    """An RGB copy of `image`, in any mode: transparency is composited on white, 16-bit and float images are mapped
+    to 8 bits (see `open_image` for what is refused)."""
+    image = open_image(image, name)
+    try:
+        if isinstance(image, PIL.Image.Image):
+            image.load()
+            image = PIL.ImageOps.exif_transpose(image)
+        return _to_rgb(_to_pil(image, None))
+    except (OSError, ValueError) as error:
+        raise gr.Error(f"Cannot read the {name}: {_escaped(error)}") from error
+
+
+def parse_names(text, what: str, limit: int) -> list[str]:
+    """Comma-separated names: blanks ignored, duplicates dropped with a warning, at least one and at most `limit`."""
+    names = [name.strip() for name in str(text or "").split(",") if name.strip()]
+    if not names:
+        raise gr.Error(f"Enter at least one of the {what}, separated by commas.")
+    unique = list(dict.fromkeys(names))
+    if len(unique) < len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        gr.Warning(f"Duplicate {what} ignored: {_escaped(', '.join(repeated))}.")
+    if len(unique) > limit:
+        raise gr.Error(f"Too many {what}: {len(unique)}; the limit is {limit}.")
+    return unique
+
+
+def parse_templates(text, model_config) -> list[str]:
+    """One prompt template per line, each with a `{}` where the label goes; blank: the model's own."""
+    templates = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    templates = list(dict.fromkeys(templates)) or default_templates(model_config)
+    if len(templates) > MAX_TEMPLATES:
+        raise gr.Error(f"Too many prompt templates: {len(templates)}; the limit is {MAX_TEMPLATES}.")
+    for template in templates:
+        try:
+            valid = "{}" in template and template.format("label")
+        except (IndexError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise gr.Error(
+                f"The prompt template {_escaped(repr(template))} must contain {{}} where the label goes "
+                "(and no other braces)."
+            )
+    return templates
+
+
+def check_threshold(threshold) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise gr.Error(f"The score threshold must be between 0 and 1, got {_escaped(threshold)}.")
+    return value
+
+
+def get_model(task: str, source, store: ModelStore | None = None) -> Loaded:
+    try:
+        return (store or _default_store).get(task, source)
+    except ModelLoadError as error:
+        raise gr.Error(_escaped(error)) from error
+
+
+def model_status(task: str, source, store: ModelStore | None = None) -> tuple[str, list[str]]:
+    """A markdown line saying which model the tab runs (or why it cannot load), and the model's prompt templates
+    (empty for inpainting or when it failed)."""
+    try:
+        loaded = (store or _default_store).get(task, source)
+    except ModelLoadError as error:
+        return f"**Model not loaded.** {_escaped(error)}", []
+    model = loaded.model
+    count = sum(parameter.numel() for parameter in model.parameters())
+    vision = getattr(model.config, "vision_config", model.config)
+    size = vision.image_size if isinstance(vision.image_size, int) else "x".join(map(str, vision.image_size))
+    status = f"Model: {_escaped(loaded.source)} — {type(model).__name__}, {count / 1e6:.1f}M parameters, {size}px"
+    templates = default_templates(model.config) if hasattr(model.config, "text_config") else []
+    return status, templates
+
+
+@torch.no_grad()
+def classify(
+    image, labels, templates=None, source=DEFAULT_SOURCE, store: ModelStore | None = None
+) -> tuple[dict[str, float], PIL.Image.Image]:
+    """Zero-shot classification: every label's probability, best first (softmax over the labels, or independent
+    sigmoids for a sigmoid-loss model), and the image with the attention rollout of the image tower over it."""
+    picture = load_image(image)
+    labels = parse_names(labels, "labels", MAX_LABELS)
+    loaded = get_model("zero-shot", source, store)
+    templates = parse_templates(templates, loaded.model.config)
+    classifier = (store or _default_store).cached(
+        ("zero-shot classifier", loaded.source, tuple(labels), tuple(templates)),
+        loaded.model,
+        lambda: VitlmDualEncoderForImageClassification.from_dual_encoder(
+            loaded.model, loaded.processor.tokenizer, labels, templates
+        ),
+    )
+    image_processor = loaded.processor.image_processor
+    pixel_values = image_processor(picture, return_tensors="pt")["pixel_values"]
+    logits = classifier(pixel_values.to(classifier.device, classifier.dtype)).logits[0].float()
+    probabilities = logits.sigmoid() if classifier.config.loss_type == "sigmoid" else logits.softmax(dim=-1)
+    ranked = sorted(zip(labels, probabilities.tolist()), key=lambda pair: -pair[1])
+    thumbnail = picture.copy()
+    thumbnail.thumbnail((HEATMAP_SIDE, HEATMAP_SIDE))
+    return dict(ranked), attention_map(classifier, thumbnail, image_processor).overlay
+
+
+@torch.no_grad()
+def detect(
+    image, queries, threshold=DEFAULT_THRESHOLD, template=None, source=DEFAULT_SOURCE, store: ModelStore | None = None
+) -> tuple[tuple[PIL.Image.Image, list], list[list]]:
+    """Open-vocabulary detection: the image with its boxes labelled "query score" (as `gr.AnnotatedImage` takes
+    them, boxes (x0, y0, x1, y1) in the image's pixels), and one row per box [query, score, x0, y0, x1, y1], best
+    first, at most `MAX_DETECTIONS`."""
+    threshold = check_threshold(threshold)
+    picture = load_image(image)
+    queries = parse_names(queries, "queries", MAX_LABELS)
+    loaded = get_model("detection", source, store)
+    template = parse_templates(template, loaded.model.config)[0]
+    inputs = loaded.processor(
+        images=picture,
+        text=[template.format(query) for query in queries],
+        padding=True,
+        truncation=True,
+        return_tensors="pt",
+    ).to(loaded.model.device)
+    outputs = loaded.model(**inputs)
+    found = loaded.processor.post_process_object_detection(
+        outputs, threshold, target_sizes=[(picture.height, picture.width)]
+    )[0]
+    if len(found["scores"]) > MAX_DETECTIONS:
+        gr.Warning(f"{len(found['scores'])} boxes score above {threshold:g}; showing the best {MAX_DETECTIONS}.")
+    annotations, rows = [], []
+    for score, label, box in list(zip(found["scores"], found["labels"], found["boxes"]))[:MAX_DETECTIONS]:
+        x0, y0, x1, y1 = (round(value) for value in box.tolist())
+        query, score = queries[int(label)], round(float(score), 3)
+        annotations.append(((x0, y0, x1, y1), f"{query} {score:.2f}"))
+        rows.append([query, score, x0, y0, x1, y1])
+    return (picture, annotations), rows
+
+
+@torch.no_grad()
+def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """Fill what the user painted: `editor` is `gr.ImageEditor`'s value, a dict with the `background` image and the
+    painted `layers` (any pixel with alpha > 0 is masked). Returns the original and the inpainted image, which equals
+    the original outside the mask."""
+    editor = editor or {}
+    picture = load_image(editor.get("background"))
+    mask = np.zeros((picture.height, picture.width), dtype=bool)
+    for layer in editor.get("layers") or []:
+        alpha = load_alpha(layer)
+        if alpha.size != picture.size:
+            alpha = alpha.resize(picture.size, PIL.Image.Resampling.NEAREST)
+        mask |= np.asarray(alpha) > 0
+    if not mask.any():
+        raise gr.Error("The mask is empty: paint over the area to fill with the brush first.")
+    loaded = get_model("inpainting", source, store)
+    try:
+        return picture, loaded.model.inpaint(picture, mask, loaded.processor)
+    except ValueError as error:  # e.g. a model that predicts normalized pixels
+        raise gr.Error(_escaped(error)) from error
+
+
+def load_alpha(layer) -> PIL.Image.Image:
+    """A painted layer's coverage: its alpha channel, or the image itself when it has none."""
+    layer = open_image(layer, "painted mask")
+    try:
+        layer = layer if isinstance(layer, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(layer))
+        return layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
+    except (OSError, TypeError, ValueError) as error:
+        raise gr.Error(f"Cannot read the painted mask: {_escaped(error)}") from error
+
+
+def _status_handler(task: str, store: ModelStore):
+    """The model selector's event handler: the status line, and for the text tabs the templates box filled with the
+    model's own (left as it is when the model failed to load)."""
+
+    def update(source):
+        status, templates = model_status(task, source, store)
+        if task == "inpainting":
+            return status
+        if not templates:
+            return status, gr.skip()
+        return status, "\n".join(templates) if task == "zero-shot" else templates[0]
+
+    return update
+
+
+def refusing_bombs(component):
+    """`component` whose uploads, opened by gradio before the handler runs, are refused with the app's message when
+    PIL's decompression-bomb guard trips (instead of a processing error quoting the raw request). Wrapped on the
+    instance: gradio writes a stub file next to the module of any component subclass."""
+    preprocess = component.preprocess
+
+    def guarded(payload):
+        try:
+            return preprocess(payload)
+        except PIL.Image.DecompressionBombError as error:
+            raise too_many_pixels() from error
+
+    component.preprocess = guarded
+    return component
+
+
+def image_input(elem_id: str) -> gr.Image:
+    # the uploaded file as it is (any mode): `load_image` checks its size before decoding it
+    image = gr.Image(
+        type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image", height=300, elem_id=elem_id
+    )
+    return refusing_bombs(image)
+
+
+def model_selector(task: str, choices: list[str]) -> gr.Dropdown:
+    return gr.Dropdown(
+        [DEFAULT_SOURCE, *choices],
+        value=DEFAULT_SOURCE,
+        allow_custom_value=True,
+        label="Model",
+        info="default (shapes world), a local folder, a vitlm Hub repo id, or a converter source "
+        "(open_clip:..., hf:..., timm:...), converted on first use and cached",
+        elem_id=f"{task}-model",
+    )
+
+
+def build_app(store: ModelStore | None = None) -> gr.Blocks:
+    """The three-tab app; `store` loads and caches the models (default: one shared by every app of the process)."""
+    store = store or _default_store
+    with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# vitlm demo\nZero-shot classification, open-vocabulary detection and inpainting with vitlm models. "
+            "The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
+            "textured backgrounds): try them on its images, or pick a pretrained model."
+        )
+        with gr.Tab("Zero-shot classification", id="zero-shot"):
+            with gr.Row():
+                with gr.Column():
+                    image = image_input("zero-shot-image")
+                    labels = gr.Textbox(HELD_OUT_LABELS, label="Labels (comma-separated)", elem_id="zero-shot-labels")
+                    templates = gr.Textbox(
+                        label="Prompt templates (one per line, {} stands for the label)",
+                        lines=2,
+                        elem_id="zero-shot-templates",
+                    )
+                    source = model_selector(
+                        "zero-shot", ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"]
+                    )
+                    status = gr.Markdown(label="Model status", elem_id="zero-shot-status")
+                    button = gr.Button("Classify", variant="primary", elem_id="zero-shot-button")
+                with gr.Column():
+                    probabilities = gr.Label(num_top_classes=10, label="Probabilities", elem_id="zero-shot-result")
+                    heatmap = gr.Image(
+                        label="Attention rollout", format="png", height=300, elem_id="zero-shot-heatmap"
+                    )
+            gr.Examples(ZERO_SHOT_EXAMPLES, [image, labels])
+            button.click(
+                functools.partial(classify, store=store),
+                [image, labels, templates, source],
+                [probabilities, heatmap],
+                api_name="classify",
+            )
+            selectors = {"zero-shot": (source, [status, templates])}
+
+        with gr.Tab("Open-vocabulary detection", id="detection"):
+            with gr.Row():
+                with gr.Column():
+                    image = image_input("detection-image")
+                    queries = gr.Textbox(
+                        DETECTION_EXAMPLES[0][1], label="Text queries (comma-separated)", elem_id="detection-queries"
+                    )
+                    threshold = gr.Slider(
+                        0, 1, DEFAULT_THRESHOLD, step=0.01, label="Score threshold", elem_id="detection-threshold"
+                    )
+                    template = gr.Textbox(
+                        label="Prompt template ({} stands for the query)", elem_id="detection-template"
+                    )
+                    source = model_selector("detection", ["hf:google/owlvit-base-patch32"])
+                    status = gr.Markdown(label="Model status", elem_id="detection-status")
+                    button = gr.Button("Detect", variant="primary", elem_id="detection-button")
+                with gr.Column():
+                    boxes = gr.AnnotatedImage(label="Detections", format="png", elem_id="detection-result")
+                    table = gr.Dataframe(
+                        headers=["query", "score", "x0", "y0", "x1", "y1"],
+                        label="Boxes (pixels)",
+                        interactive=False,
+                        elem_id="detection-table",
+                    )
+            gr.Examples(DETECTION_EXAMPLES, [image, queries])
+            inputs, outputs = [image, queries, threshold, template, source], [boxes, table]
+            handler = functools.partial(detect, store=store)
+            button.click(handler, inputs, outputs, api_name="detect")
+            threshold.release(handler, inputs, outputs, api_visibility="private")
+            selectors["detection"] = (source, [status, template])
+
+        with gr.Tab("Inpainting", id="inpainting"):
+            with gr.Row():
+                editor = refusing_bombs(
+                    gr.ImageEditor(
+                        type="pil",
+                        image_mode="RGBA",
+                        sources=["upload", "clipboard"],
+                        transforms=(),
+                        layers=False,
+                        brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6),
+                        label="Image: paint over what to fill",
+                        height=400,
+                        elem_id="inpainting-editor",
+                    )
+                )
+                with gr.Column():
+                    with gr.Row():
+                        original = gr.Image(label="Original", format="png", height=300, elem_id="inpainting-original")
+                        filled = gr.Image(label="Inpainted", format="png", height=300, elem_id="inpainting-result")
+                    source = model_selector("inpainting", ["hf:facebook/vit-mae-base"])
+                    status = gr.Markdown(label="Model status", elem_id="inpainting-status")
+                    button = gr.Button("Inpaint", variant="primary", elem_id="inpainting-button")
+            gr.Examples([[example] for example in INPAINTING_EXAMPLES], [editor])
+            button.click(
+                functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
+            )
+            selectors["inpainting"] = (source, [status])
+
+        for task, (source, outputs) in selectors.items():
+            handler = _status_handler(task, store)
+            source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
+            demo.load(handler, source, outputs, api_visibility="private")
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **launch_kwargs) -> gr.Blocks:
+    """Build the app, queue its requests and serve it (blocking, unless `prevent_thread_lock=True` is passed)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the demo runs offline
+    # gradio decodes the image editor's uploads before the handler can look at their size: PIL then refuses any
+    # image of more than twice MAX_PIXELS (between once and twice, `load_image` refuses it undecoded)
+    PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    demo = build_app().queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        show_error=True,
+        max_file_size=MAX_FILE_SIZE,
+        css=CSS,
+        **launch_kwargs,
+    )
+    return demo
