@@ -292,7 +292,8 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
         """Build the classifier: each class embedding is the normalized mean of its normalized prompt embeddings.
         `templates` default to the model's own `config.prompt_templates` (the captions' style it was trained on),
         else CLIP's "a photo of a {}."."""
-        class_names, templates = list(class_names), list(templates or default_templates(model.config))
+        class_names = list(class_names)
+        templates = default_templates(model.config) if templates is None else list(templates)
         if not class_names or any(not str(name).strip() for name in class_names):
             raise ValueError("`class_names` must be a non-empty list of non-empty names")
         if len(set(class_names)) != len(class_names):

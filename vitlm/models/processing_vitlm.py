@@ -5,11 +5,8 @@ from transformers.processing_utils import ProcessorMixin
 
 class VitlmDualEncoderProcessor(ProcessorMixin):
     """`processor(images=..., text=...)` returns `pixel_values` from the image processor and `input_ids` /
-    `attention_mask` from the tokenizer; both round-trip through `save_pretrained`."""
-
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    `attention_mask` from the tokenizer; both round-trip through `save_pretrained`. transformers finds the two from
+    `__init__`'s argument names, through the Auto classes (as for its own CLIPProcessor)."""
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)

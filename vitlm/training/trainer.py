@@ -200,7 +200,7 @@ def build_trainer(
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     tokenizer = getattr(processor, "tokenizer", None)
-    templates = list(templates or default_templates(model.config))
+    templates = default_templates(model.config) if templates is None else list(templates)
     image_processor = getattr(processor, "image_processor", processor)
     extra = {}
     train_collator = None

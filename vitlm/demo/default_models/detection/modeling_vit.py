@@ -1,0 +1,250 @@
+"""The plain Vision Transformer: patch stem, [CLS] token, position encoding, pre-LN encoder, final LayerNorm."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_vitlm import VitlmViTConfig
+from .layers import VitlmEncoder, VitlmPatchEmbeddings, VitlmPositionEncoding, VitlmVisionEmbeddings
+
+
+class VitlmPreTrainedModel(PreTrainedModel):
+    """Conventions shared by every vitlm model: weight init, attention back-ends, a complete remote-code auto_map."""
+
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VitlmBlock", "VitlmVisionEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Every Auto class a saved repo answers to with `trust_remote_code=True`, as "module.Class".
+    _remote_auto_map: dict[str, str] = {}
+    # Losses are per-batch means that ignore `num_items_in_batch`: Trainer must scale them for gradient accumulation
+    # (it would not for a forward taking **kwargs without this).
+    accepts_loss_kwargs = False
+    # The Hub task (widget, search filter) of a repo holding this class; `push_to_hub` writes it into the model card.
+    pipeline_tag: str | None = None
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range if hasattr(self.config, "initializer_range") else 0.02
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VitlmVisionEmbeddings):
+            for token in (module.cls_token, module.distillation_token):
+                if token is not None:
+                    init.trunc_normal_(token, std=std)
+        elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
+            init.trunc_normal_(module.position_embeddings, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes only the saved class's own Auto entry; list the family's others too, so that a repo
+        # saved from a base model still loads as the head model (and vice versa) with `trust_remote_code=True`.
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._remote_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # Both `push_to_hub` and `save_pretrained(push_to_hub=True)` pass through here with the README.md about to be
+        # uploaded (the repo's own card, or transformers' template naming library "transformers"): claim it for
+        # vitlm in that same commit, keeping the card's text and every other field (license, datasets, ...).
+        readme = os.path.join(working_dir, "README.md")
+        if os.path.isfile(readme):
+            # imported here: loading a model must not depend on card-writing code
+            from transformers.utils.hub import ModelCard
+
+            card = ModelCard.load(readme)
+            card.data.library_name = "vitlm"
+            card.data.pipeline_tag = self.pipeline_tag or card.data.pipeline_tag
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), "vitlm", self.config.model_type]))
+            card.save(readme)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
+
+class VitlmViTPreTrainedModel(VitlmPreTrainedModel):
+    config_class = VitlmViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    _remote_auto_map = {
+        "AutoModel": "modeling_vit.VitlmViTModel",
+        "AutoModelForImageClassification": "modeling_vit.VitlmViTForImageClassification",
+    }
+
+
+class VitlmViTModel(VitlmViTPreTrainedModel):
+    """Outputs the final hidden states and a pooled image representation ([CLS] or mean of patches, then the
+    optional pre-logits layer)."""
+
+    pipeline_tag = "image-feature-extraction"
+
+    def __init__(self, config: VitlmViTConfig):
+        super().__init__(config)
+        if config.model_type != self.config_class.model_type:
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.config_class.__name__} ({self.config_class.model_type!r}), got "
+                f"{config.model_type!r}: use the class of that family"
+            )
+        self.embeddings = VitlmVisionEmbeddings(config, self.build_stem(config))
+        self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else None
+        self.encoder = VitlmEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = (
+            nn.Sequential(nn.Linear(config.hidden_size, config.representation_size), nn.Tanh())
+            if config.representation_size
+            else None
+        )
+        self.post_init()
+
+    @property
+    def pooled_size(self) -> int:
+        return self.config.representation_size or self.config.hidden_size
+
+    @staticmethod
+    def build_stem(config) -> nn.Module:
+        """The module turning pixels into patch tokens on their grid; the only part the hybrid replaces."""
+        return VitlmPatchEmbeddings(config)
+
+    def get_input_embeddings(self):
+        return self.embeddings.stem
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        keep_indices: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        interpolate_pos_encoding (`bool`): resize learned position embeddings (or stretch fixed ones) to an input
+            resolution other than `config.image_size`.
+        keep_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`, *optional*): encode only these patches
+            (row-major grid indices), as MAE's encoder does; prefix tokens are always kept.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        pixel_values = pixel_values.to(self.dtype) if torch.is_tensor(pixel_values) else pixel_values
+        hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding, keep_indices)
+        if self.pre_layernorm is not None:
+            hidden_states = self.pre_layernorm(hidden_states)
+        encoder_outputs = self.encoder(
+            hidden_states,
+            rotary_embeddings=rotary_embeddings,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        last_hidden_state = self.layernorm(encoder_outputs.last_hidden_state)
+        if self.config.pooling == "cls":
+            pooled_output = last_hidden_state[:, 0]
+        else:
+            pooled_output = last_hidden_state[:, self.config.num_prefix_tokens :].mean(dim=1)
+        if self.pooler is not None:
+            pooled_output = self.pooler(pooled_output)
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+@dataclass
+class VitlmImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    cls_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+        Logits of the [CLS] head, when the model has a distillation token (`logits` averages both heads, as DeiT does).
+    distillation_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+        Logits of the distillation-token head.
+    """
+
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
+
+
+class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
+    """A linear classifier on the pooled output; the loss (single-label, multi-label or regression) follows
+    `config.problem_type` as in transformers. With a distillation token a second head reads that token and the
+    logits are the two heads' mean (DeiT inference); without a teacher both heads learn from the labels."""
+
+    base_model_class = VitlmViTModel
+    pipeline_tag = "image-classification"
+
+    def __init__(self, config: VitlmViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = self.base_model_class(config)
+        pooled_size = self.vit.pooled_size
+        self.classifier = nn.Linear(pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.distillation_classifier = (
+            nn.Linear(config.hidden_size, config.num_labels)
+            if config.use_distillation_token and config.num_labels > 0
+            else None
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VitlmImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = cls_logits = self.classifier(outputs.pooler_output)
+        distillation_logits = None
+        if self.distillation_classifier is not None:
+            distillation_logits = self.distillation_classifier(outputs.last_hidden_state[:, 1])
+            logits = (cls_logits + distillation_logits) / 2
+
+        loss = None
+        if labels is not None:
+            if distillation_logits is None:
+                loss = self.loss_function(labels, logits, self.config)
+            else:
+                loss = (
+                    self.loss_function(labels, cls_logits, self.config)
+                    + self.loss_function(labels, distillation_logits, self.config)
+                ) / 2
+
+        output = VitlmImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cls_logits=cls_logits if distillation_logits is not None else None,
+            distillation_logits=distillation_logits,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["VitlmPreTrainedModel", "VitlmViTPreTrainedModel", "VitlmViTModel", "VitlmViTForImageClassification"]

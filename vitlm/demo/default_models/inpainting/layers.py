@@ -1,0 +1,363 @@
+"""Building blocks shared by every vitlm model: the patch stem, position encodings and the pre-LN encoder.
+
+Vision towers, the text tower and the task heads' decoders are all made of these modules, written once.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from .configuration_vitlm import to_pair
+
+logger = logging.get_logger(__name__)
+
+# Attention implementations that honour `is_causal` without a mask tensor.
+_NATIVE_CAUSAL_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive (1, 1, length, length) mask hiding future positions."""
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return mask[None, None]
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The sizes of a stack of blocks. A decoder inside a model has its own shape but follows the model's config for
+    everything else, so that `set_attn_implementation` on the model reaches its decoder's attention too."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+
+    @classmethod
+    def of(cls, config) -> "EncoderShape":
+        return cls(config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size)
+
+
+class VitlmAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, dispatched through transformers' attention interface."""
+
+    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None):
+        super().__init__()
+        shape = shape or EncoderShape.of(config)
+        self.config = config
+        self.num_heads = shape.num_attention_heads
+        self.head_dim = shape.hidden_size // shape.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = is_causal
+        self.qkv = nn.Linear(shape.hidden_size, 3 * shape.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(shape.hidden_size, shape.hidden_size)
+
+    def forward(self, hidden_states, attention_mask=None, rotary_embeddings=None, output_attentions=False):
+        batch_size, length, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if rotary_embeddings is not None:
+            cos, sin = rotary_embeddings
+            query = query * cos + rotate_half(query) * sin
+            key = key * cos + rotate_half(key) * sin
+
+        implementation = self.config._attn_implementation or "eager"
+        if output_attentions and implementation != "eager":
+            # Only the eager path materialises the attention weights.
+            logger.warning_once(f"`output_attentions=True` runs eager attention instead of {implementation!r}.")
+            implementation = "eager"
+        if self.is_causal and attention_mask is None and implementation not in _NATIVE_CAUSAL_IMPLEMENTATIONS:
+            # one (broadcast) mask per sample: flex attention indexes the mask by batch
+            attention_mask = causal_mask(length, query.dtype, query.device).expand(batch_size, 1, -1, -1)
+        attention_interface = (
+            eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=self.is_causal,
+        )
+        attn_output = self.proj(attn_output.reshape(batch_size, length, -1))
+        return attn_output, attn_weights
+
+
+class VitlmMLP(nn.Module):
+    def __init__(self, config, shape: EncoderShape | None = None):
+        super().__init__()
+        shape = shape or EncoderShape.of(config)
+        self.fc1 = nn.Linear(shape.hidden_size, shape.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(shape.intermediate_size, shape.hidden_size)
+
+    def forward(self, hidden_states):
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class VitlmDropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states):
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+class VitlmBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(
+        self, config, drop_path_rate: float = 0.0, is_causal: bool = False, shape: EncoderShape | None = None
+    ):
+        super().__init__()
+        shape = shape or EncoderShape.of(config)
+        self.layer_norm1 = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
+        self.attention = VitlmAttention(config, is_causal, shape)
+        self.layer_norm2 = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VitlmMLP(config, shape)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = VitlmDropPath(drop_path_rate)
+
+    def forward(self, hidden_states, attention_mask=None, rotary_embeddings=None, output_attentions=False):
+        attn_output, attn_weights = self.attention(
+            self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, output_attentions
+        )
+        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        del attn_output  # not alive through the MLP, where memory peaks
+        hidden_states = hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
+        return hidden_states, attn_weights
+
+
+class VitlmEncoder(nn.Module):
+    """A stack of [`VitlmBlock`]s, with stochastic depth growing linearly over the depth."""
+
+    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None, drop_path_rate=None):
+        super().__init__()
+        shape = shape or EncoderShape.of(config)
+        drop_path_rate = getattr(config, "drop_path_rate", 0.0) if drop_path_rate is None else drop_path_rate
+        depth = shape.num_hidden_layers
+        # plain Python: models may be built under a meta-device context, where tensors hold no values
+        rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
+        self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal, shape) for rate in rates)
+
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        rotary_embeddings=None,
+        output_attentions=False,
+        output_hidden_states=False,
+    ) -> BaseModelOutput:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, attention_mask, rotary_embeddings, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class VitlmPatchEmbeddings(nn.Module):
+    """Cuts an image into non-overlapping patches and projects each to `hidden_size` with one strided conv.
+
+    Like every stem, returns the patch embeddings on their grid, channels first: (batch, hidden_size, grid_height,
+    grid_width)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        self.projection = nn.Conv2d(
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_bias,
+        )
+
+    def forward(self, pixel_values):
+        check_pixel_values(pixel_values, self.num_channels, self.patch_size)
+        return self.projection(pixel_values)
+
+
+def check_pixel_values(pixel_values, num_channels: int, stride: int):
+    """Raise a ValueError naming the problem before a wrongly shaped batch reaches a convolution."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"`pixel_values` must be a (batch, channels, height, width) tensor, got {shape}")
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(f"`pixel_values` has {pixel_values.shape[1]} channels, the model expects {num_channels}")
+    height, width = pixel_values.shape[2:]
+    if height % stride or width % stride:
+        raise ValueError(f"image size {height}x{width} is not divisible by the model's stride of {stride} pixels")
+
+
+def grid_positions(length: int, reference_length: int | None, device) -> torch.Tensor:
+    """Positions 0..length-1, or stretched to span `reference_length` positions when interpolating."""
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    return positions * (reference_length / length) if reference_length else positions
+
+
+def sincos_2d_position_embeddings(dim: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos table, row-major over the grid: the first half of `dim` encodes x, the second y."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32, device=xs.device) / quarter)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    angles_x, angles_y = x.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
+    return torch.cat([angles_x.sin(), angles_x.cos(), angles_y.sin(), angles_y.cos()], dim=1)
+
+
+def rope_2d_angles(head_dim: int, ys: torch.Tensor, xs: torch.Tensor, theta: float) -> torch.Tensor:
+    """Axial 2D rotary angles, row-major over the grid: half the rotated pairs turn with x, half with y."""
+    quarter = head_dim // 4
+    freqs = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float32, device=xs.device) / quarter)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    angles = torch.cat([x.reshape(-1, 1) * freqs, y.reshape(-1, 1) * freqs], dim=1)
+    return torch.cat([angles, angles], dim=1)
+
+
+class VitlmPositionEncoding(nn.Module):
+    """
+    The one position-encoding module, its kind chosen by `config.position_embedding_type`:
+
+    - `learned`: a learnable table over prefix tokens and the configured patch grid, bicubically resized when
+      `interpolate_pos_encoding=True`;
+    - `sincos2d`: a fixed 2D sin-cos table added to the patch tokens (prefix tokens get zeros, as in MAE);
+    - `rope2d`: no additive term; returns (cos, sin) rotating queries and keys by their patch's row and column
+      (prefix tokens are not rotated), so attention sees relative positions.
+
+    The fixed kinds work at any resolution; with `interpolate_pos_encoding=True` their positions are stretched to
+    span the configured grid instead of extending it.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.type = config.position_embedding_type
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.grid_size = config.grid_size
+        self.hidden_size = config.hidden_size
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.rope_theta = config.rope_theta
+        if self.type == "learned":
+            num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+            self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+
+    def forward(self, embeddings, grid_size, interpolate_pos_encoding=False):
+        """Returns the embeddings with any absolute encoding added, and the rotary (cos, sin) or None."""
+        if self.type == "learned":
+            return embeddings + self.resized_position_embeddings(grid_size, interpolate_pos_encoding), None
+        reference = self.grid_size if interpolate_pos_encoding else (None, None)
+        ys = grid_positions(grid_size[0], reference[0], embeddings.device)
+        xs = grid_positions(grid_size[1], reference[1], embeddings.device)
+        if self.type == "sincos2d":
+            table = sincos_2d_position_embeddings(self.hidden_size, ys, xs).to(embeddings.dtype)
+            return torch.cat(
+                [embeddings[:, : self.num_prefix_tokens], embeddings[:, self.num_prefix_tokens :] + table], 1
+            ), None
+        angles = rope_2d_angles(self.head_dim, ys, xs, self.rope_theta)
+        angles = torch.cat([angles.new_zeros(self.num_prefix_tokens, self.head_dim), angles])
+        return embeddings, (angles.cos().to(embeddings.dtype), angles.sin().to(embeddings.dtype))
+
+    def resized_position_embeddings(self, grid_size, interpolate_pos_encoding):
+        if tuple(grid_size) == tuple(self.grid_size):
+            return self.position_embeddings
+        if not interpolate_pos_encoding:
+            raise ValueError(
+                f"the input's patch grid {grid_size[0]}x{grid_size[1]} differs from the model's "
+                f"{self.grid_size[0]}x{self.grid_size[1]} (learned position embeddings); pass "
+                "`interpolate_pos_encoding=True` to resize them"
+            )
+        prefix = self.position_embeddings[:, : self.num_prefix_tokens]
+        patches = self.position_embeddings[:, self.num_prefix_tokens :]
+        patches = patches.reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
+        patches = nn.functional.interpolate(
+            patches.float(), size=tuple(grid_size), mode="bicubic", align_corners=False
+        ).to(prefix.dtype)
+        return torch.cat([prefix, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+
+class VitlmVisionEmbeddings(nn.Module):
+    """Stem tokens, prefixed by [CLS] (and DeiT's distillation token), with their position encoding."""
+
+    def __init__(self, config, stem: nn.Module):
+        super().__init__()
+        self.stem = stem
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
+        self.position_encoding = VitlmPositionEncoding(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None):
+        """`keep_indices` (batch, kept) selects patch tokens after position encoding, as MAE's encoder sees only the
+        visible patches; prefix tokens are always kept."""
+        patch_embeddings = self.stem(pixel_values)
+        batch_size, grid_size = patch_embeddings.shape[0], tuple(patch_embeddings.shape[2:])
+        prefix = [t.expand(batch_size, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
+        # a view until the concatenation: one copy of the tokens, not two
+        embeddings = torch.cat([*prefix, patch_embeddings.flatten(2).transpose(1, 2)], dim=1)
+        embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
+        if keep_indices is not None:
+            token_indices = torch.cat(
+                [
+                    torch.arange(len(prefix), device=keep_indices.device).expand(batch_size, -1),
+                    keep_indices + len(prefix),
+                ],
+                dim=1,
+            )
+            embeddings = embeddings.gather(1, token_indices[..., None].expand(-1, -1, embeddings.shape[-1]))
+            if rotary_embeddings is not None:  # per-sample tables, broadcast over heads
+                rotary_embeddings = tuple(table[token_indices][:, None] for table in rotary_embeddings)
+        return self.dropout(embeddings), rotary_embeddings
+
+
+__all__ = [
+    "EncoderShape",
+    "VitlmAttention",
+    "VitlmBlock",
+    "VitlmEncoder",
+    "VitlmPatchEmbeddings",
+    "VitlmPositionEncoding",
+    "VitlmVisionEmbeddings",
+    "check_pixel_values",
+    "to_pair",
+]

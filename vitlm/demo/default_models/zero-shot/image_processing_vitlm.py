@@ -1,0 +1,440 @@
+"""Image processor of vitlm models: CLIP-style resize, center crop, rescale and normalize, done with PIL and numpy.
+
+This file is copied into saved Hub repos as remote code, so it imports only numpy, PIL, torch and transformers APIs
+that exist in every transformers 5.x.
+"""
+
+import os
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .loss_detection import center_to_corners, non_max_suppression
+
+CHANNEL_COUNTS = (1, 3, 4)  # gray, RGB, RGBA
+
+
+class VitlmImageProcessor(BaseImageProcessor):
+    r"""
+    Turns images into the `pixel_values` of vitlm models: convert to RGB, resize, center crop, rescale, normalize.
+
+    With the defaults this is exactly open_clip's / OpenAI CLIP's preprocessing: on the same PIL image the output
+    matches torchvision's `Resize(224, interpolation=BICUBIC)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(mean,
+    std)` (same resized sizes, same crop offsets, same PIL resampling).
+
+    Accepted images, alone or as a batch (a list or tuple of them, or a 4-D array / tensor):
+
+    - PIL images of any mode. Transparency (RGBA, LA, PA, palette or `transparency` info) is composited on white.
+      16-bit modes (`I;16*`, and `I`, which is how PIL opens 16-bit PNGs) map their full range 0..65535 onto
+      0..255; `I` values outside 0..65535 are rejected. `F` images follow the float rule below.
+    - numpy arrays and torch tensors: 2-D grayscale, or 3-D with 1, 3 or 4 channels (gray, RGB, RGBA) first or last;
+      when both the first and last axis could hold channels, pass `input_data_format`. Values by dtype: uint8 as
+      is, uint16 maps 0..65535 onto 0..255, other integer types must lie in 0..255, floats must be finite and lie
+      in [0, 1] (scaled by 255) or else in [0, 255] (used as is); bool, complex and other dtypes are rejected.
+    - a path to an image file (EXIF orientation applied, as in `transformers.image_utils.load_image`).
+
+    Every image thus first becomes an 8-bit RGB image (float and 16-bit values rounded to the nearest level), so
+    `do_rescale` always sees values in 0..255, whatever the input dtype: unlike other transformers processors, a float
+    image in [0, 1] is not taken as already rescaled.
+    Anything else raises a `ValueError` naming the problem.
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize the image to `size`.
+        size (`dict[str, int]` or `int`, *optional*, defaults to `{"shortest_edge": 224}`):
+            `{"shortest_edge": N}` resizes the shorter side to N keeping the aspect ratio (the longer side is
+            truncated, as torchvision does); `{"height": H, "width": W}` resizes to exactly H x W. An int N means
+            `{"shortest_edge": N}`.
+        resample (`PIL.Image.Resampling` or `int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
+            PIL resampling filter used for resizing.
+        do_center_crop (`bool`, *optional*, defaults to `True`):
+            Whether to center crop the image to `crop_size`; an image smaller than the crop is padded with black.
+        crop_size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 224, "width": 224}`):
+            `{"height": H, "width": W}` of the crop. An int N means `{"height": N, "width": N}`.
+        crop_rounding (`str`, *optional*, defaults to `"round"`):
+            How a crop offset of half a pixel is settled: `"round"` (half to even, as torchvision's `CenterCrop` used
+            by open_clip and timm) or `"floor"` (as transformers' own image processors, e.g. `CLIPImageProcessor`).
+            The two differ by one pixel when the resized side exceeds the crop by 3 modulo 4.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to multiply the 0..255 pixel values by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1 / 255`):
+            Factor used when rescaling.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalize each channel as `(x - image_mean) / image_std`.
+        image_mean (`float` or `list[float]`, *optional*, defaults to OpenAI CLIP's mean):
+            Per-channel (RGB) mean, or one value for all three channels.
+        image_std (`float` or `list[float]`, *optional*, defaults to OpenAI CLIP's std):
+            Per-channel (RGB) standard deviation, or one value for all three channels; no value may be 0.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert non-RGB images (gray, RGBA, palette, CMYK, ...) to RGB. When `False`, only RGB
+            images (3-channel arrays) are accepted.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: dict[str, int] | int | None = None,
+        resample: PIL.Image.Resampling | int = PIL.Image.Resampling.BICUBIC,
+        do_center_crop: bool = True,
+        crop_size: dict[str, int] | int | None = None,
+        crop_rounding: str = "round",
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | list[float] | None = None,
+        image_std: float | list[float] | None = None,
+        do_convert_rgb: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        options = _validated_options(
+            do_resize=do_resize,
+            size={"shortest_edge": 224} if size is None else size,
+            resample=resample,
+            do_center_crop=do_center_crop,
+            crop_size={"height": 224, "width": 224} if crop_size is None else crop_size,
+            crop_rounding=crop_rounding,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=OPENAI_CLIP_MEAN if image_mean is None else image_mean,
+            image_std=OPENAI_CLIP_STD if image_std is None else image_std,
+            do_convert_rgb=do_convert_rgb,
+        )
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def preprocess(
+        self,
+        images,
+        do_resize: bool | None = None,
+        size: dict[str, int] | int | None = None,
+        resample: PIL.Image.Resampling | int | None = None,
+        do_center_crop: bool | None = None,
+        crop_size: dict[str, int] | int | None = None,
+        crop_rounding: str | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: float | list[float] | None = None,
+        image_std: float | list[float] | None = None,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """
+        Preprocess an image or a batch of images (see the class docstring for what is accepted) into a
+        `BatchFeature` whose `pixel_values` are float32 of shape (batch, 3, height, width). Arguments left to `None`
+        take the processor's values.
+
+        Args:
+            input_data_format (`str`, *optional*):
+                `"channels_first"` or `"channels_last"`, for arrays and tensors whose layout cannot be inferred.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for a torch tensor, `"np"` or `None` for a numpy array.
+        """
+        overrides = {
+            "do_resize": do_resize,
+            "size": size,
+            "resample": resample,
+            "do_center_crop": do_center_crop,
+            "crop_size": crop_size,
+            "crop_rounding": crop_rounding,
+            "do_rescale": do_rescale,
+            "rescale_factor": rescale_factor,
+            "do_normalize": do_normalize,
+            "image_mean": image_mean,
+            "image_std": image_std,
+            "do_convert_rgb": do_convert_rgb,
+        }
+        options = _validated_options(
+            **{name: getattr(self, name) if value is None else value for name, value in overrides.items()}
+        )
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+            )
+
+        images = _as_list(images)
+        pixel_values = [_preprocess_one(image, input_data_format, **options) for image in images]
+        shapes = {pixels.shape for pixels in pixel_values}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images have different sizes after preprocessing ({sorted(shapes)}) and cannot be batched; enable "
+                "`do_center_crop` or resize to a fixed `size={'height': H, 'width': W}`"
+            )
+        return BatchFeature(data={"pixel_values": np.stack(pixel_values)}, tensor_type=return_tensors)
+
+    def post_process_object_detection(self, outputs, threshold: float = 0.1, target_sizes=None, nms_threshold=None):
+        """Turn a detection model's `logits` and `pred_boxes` into scored, labelled boxes.
+
+        Args:
+            outputs: with `logits` (batch, tokens, queries) and `pred_boxes` (batch, tokens, 4) normalized (cx, cy, w,
+                h) on the processed image.
+            threshold (`float`): keep boxes whose score (sigmoid of the best query's logit) exceeds it.
+            target_sizes (`(batch, 2)` tensor or list of (height, width), *optional*): the original images' sizes.
+                Boxes are then mapped back through this processor's resize and crop into original-image pixels;
+                otherwise they stay normalized to the processed image.
+            nms_threshold (`float`, *optional*): apply class-wise non-maximum suppression at this IoU. Off by
+                default: the model's one-to-one matching makes it unnecessary.
+
+        Returns:
+            One dict per image with `scores`, `labels` (query indices) and `boxes` (x0, y0, x1, y1), best first.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in [0, 1], got {threshold!r}")
+        if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"`nms_threshold` must be in (0, 1], got {nms_threshold!r}")
+        logits, boxes = outputs["logits"], center_to_corners(outputs["pred_boxes"].float())
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"got {len(target_sizes)} target sizes for {len(logits)} images")
+        best = logits.float().max(dim=-1)
+        results = []
+        for index, (scores, labels, image_boxes) in enumerate(zip(best.values.sigmoid(), best.indices, boxes)):
+            if target_sizes is not None:
+                height, width = (int(v) for v in target_sizes[index])
+                image_boxes = self._boxes_in_original_pixels(image_boxes, height, width)
+            keep = (scores > threshold).nonzero()[:, 0]
+            if nms_threshold is not None:
+                kept = [keep[labels[keep] == label] for label in labels[keep].unique()]
+                kept = [group[non_max_suppression(image_boxes[group], scores[group], nms_threshold)] for group in kept]
+                keep = torch.cat(kept) if kept else keep
+            keep = keep[scores[keep].argsort(descending=True)]
+            results.append({"scores": scores[keep], "labels": labels[keep], "boxes": image_boxes[keep]})
+        return results
+
+    def _boxes_in_original_pixels(self, boxes, height: int, width: int):
+        """Undo this processor's geometry: normalized corners on the processed image -> original-image pixels."""
+        resized_width, resized_height = _resized_size(width, height, self.size) if self.do_resize else (width, height)
+        left = top = 0
+        processed_width, processed_height = resized_width, resized_height
+        if self.do_center_crop:
+            processed_width, processed_height = self.crop_size["width"], self.crop_size["height"]
+            left = _crop_start(resized_width, processed_width, self.crop_rounding)
+            top = _crop_start(resized_height, processed_height, self.crop_rounding)
+        scale = boxes.new_tensor([processed_width, processed_height] * 2)
+        offset = boxes.new_tensor([left, top] * 2)
+        ratio = boxes.new_tensor([width / resized_width, height / resized_height] * 2)
+        upper = boxes.new_tensor([width, height] * 2)
+        return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
+
+
+def _validated_options(size, crop_size, crop_rounding, resample, image_mean, image_std, **flags) -> dict:
+    if crop_rounding not in ("round", "floor"):
+        raise ValueError(f"`crop_rounding` must be 'round' or 'floor', got {crop_rounding!r}")
+    try:
+        resample = PIL.Image.Resampling(resample)
+    except ValueError:
+        raise ValueError(f"`resample` must be a PIL resampling filter (0 to 5), got {resample!r}") from None
+    image_std = _per_channel(image_std, "image_std")
+    if 0 in image_std:
+        raise ValueError(f"`image_std` must not contain 0 (it divides the pixel values), got {image_std}")
+    return {
+        **flags,
+        "size": _size_dict(size, "size", int_key="shortest_edge"),
+        "crop_size": _size_dict(crop_size, "crop_size", int_key=None),
+        "crop_rounding": crop_rounding,
+        "resample": resample,
+        "image_mean": _per_channel(image_mean, "image_mean"),
+        "image_std": image_std,
+    }
+
+
+def _size_dict(size, name: str, int_key: str | None) -> dict[str, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = {int_key: size} if int_key else {"height": size, "width": size}
+    allowed = [{"height", "width"}] + ([{int_key}] if int_key else [])
+    if not isinstance(size, dict) or set(size) not in allowed:
+        expected = " or ".join(str(sorted(keys)) for keys in allowed)
+        raise ValueError(f"`{name}` must be a dict with keys {expected}, got {size!r}")
+    if any(isinstance(value, bool) or not isinstance(value, int) or value <= 0 for value in size.values()):
+        raise ValueError(f"`{name}` values must be positive integers, got {size!r}")
+    return dict(size)
+
+
+def _per_channel(values, name: str) -> list[float]:
+    values = [values] * 3 if isinstance(values, (int, float)) else list(values)
+    if len(values) != 3:
+        raise ValueError(f"`{name}` must have one value per RGB channel (3), got {len(values)}: {values}")
+    return [float(value) for value in values]
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4):
+        images = list(images)
+    else:
+        images = [images]
+    if not images:
+        raise ValueError("got an empty batch of images")
+    return images
+
+
+def _preprocess_one(
+    image,
+    input_data_format,
+    do_resize,
+    size,
+    resample,
+    do_center_crop,
+    crop_size,
+    crop_rounding,
+    do_rescale,
+    rescale_factor,
+    do_normalize,
+    image_mean,
+    image_std,
+    do_convert_rgb,
+) -> np.ndarray:
+    image = _to_pil(image, input_data_format)
+    if do_convert_rgb:
+        image = _to_rgb(image)
+    elif image.mode != "RGB":
+        raise ValueError(f"image has mode {image.mode!r}, not RGB, and `do_convert_rgb` is False")
+    if do_resize:
+        image = image.resize(_resized_size(image.width, image.height, size), resample=resample)
+    if do_center_crop:
+        left = _crop_start(image.width, crop_size["width"], crop_rounding)
+        top = _crop_start(image.height, crop_size["height"], crop_rounding)
+        # PIL fills the part of the box outside the image with 0, like torchvision's zero padding
+        image = image.crop((left, top, left + crop_size["width"], top + crop_size["height"]))
+
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+    if do_rescale:
+        pixels = pixels * np.float32(rescale_factor)
+    if do_normalize:
+        mean = np.array(image_mean, dtype=np.float32)[:, None, None]
+        std = np.array(image_std, dtype=np.float32)[:, None, None]
+        pixels = (pixels - mean) / std
+    return pixels
+
+
+def _to_pil(image, input_data_format) -> PIL.Image.Image:
+    if isinstance(image, (str, os.PathLike)):
+        image = _open(image)
+    if isinstance(image, PIL.Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"got a zero-sized image ({image.width}x{image.height})")
+        # PIL's own conversion of 16-bit and float modes clips to 0..255 instead of mapping the range
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            values = np.asarray(image)
+            if values.min() < 0 or values.max() > 65535:
+                raise ValueError(
+                    f"16-bit image (mode {image.mode!r}) values must lie in [0, 65535], "
+                    f"got [{values.min()}, {values.max()}]"
+                )
+            return _array_to_pil(values.astype(np.uint16), input_data_format)
+        if image.mode == "F":
+            return _array_to_pil(np.asarray(image), input_data_format)
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        # numpy has no bfloat16
+        image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image, input_data_format)
+    raise ValueError(
+        f"unsupported image type {type(image).__name__}; expected a PIL image, numpy array, torch tensor or file path"
+    )
+
+
+def _open(path) -> PIL.Image.Image:
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            # photos store their orientation in EXIF; transformers' `load_image` applies it too
+            return PIL.ImageOps.exif_transpose(image)
+    except OSError as error:  # missing, unreadable, truncated or not an image
+        raise ValueError(f"cannot read image file {os.fspath(path)!r}: {error}") from error
+
+
+def _array_to_pil(array: np.ndarray, input_data_format) -> PIL.Image.Image:
+    if array.ndim not in (2, 3):
+        raise ValueError(f"an image must be 2-D (height, width) or 3-D (with channels), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"got a zero-sized image of shape {array.shape}")
+    if array.ndim == 3:
+        if _is_channels_first(array.shape, input_data_format):
+            array = array.transpose(1, 2, 0)
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+    # fromarray infers the mode from the shape: L, RGB or RGBA
+    return PIL.Image.fromarray(np.ascontiguousarray(_to_uint8(array)))
+
+
+def _is_channels_first(shape: tuple, input_data_format) -> bool:
+    if input_data_format is not None:
+        channels_first = input_data_format == "channels_first"
+        channels = shape[0] if channels_first else shape[-1]
+        if channels not in CHANNEL_COUNTS:
+            raise ValueError(f"an image needs 1, 3 or 4 channels, got {channels} ({input_data_format}, shape {shape})")
+        return channels_first
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        raise ValueError(
+            f"cannot tell whether the image of shape {shape} is channels-first or channels-last; pass "
+            "`input_data_format='channels_first'` or `'channels_last'`"
+        )
+    if not (first or last):
+        raise ValueError(f"an image needs 1, 3 or 4 channels in its first or last axis, got shape {shape}")
+    return first
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    kind, bits = array.dtype.kind, array.dtype.itemsize * 8
+    if kind == "u" and bits == 8:
+        return array
+    if kind == "u" and bits == 16:
+        return np.rint(array / 257).astype(np.uint8)  # 65535 / 257 == 255
+    if kind in ("i", "u"):
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(
+                f"{array.dtype} image values must lie in [0, 255] (use uint16 for 16-bit images), "
+                f"got [{array.min()}, {array.max()}]"
+            )
+        return array.astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError("image contains NaN or infinite values")
+        array = array.astype(np.float64)
+        low, high = array.min(), array.max()
+        if low >= 0 and high <= 1:
+            array = array * 255
+        elif low < 0 or high > 255:
+            raise ValueError(f"float image values must lie in [0, 1] or [0, 255], got [{low:g}, {high:g}]")
+        return np.rint(array).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {array.dtype}; expected an integer or float type")
+
+
+def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    if "transparency" in image.info or any(band in ("A", "a") for band in image.getbands()):
+        # composite on white, as transformers' `convert_to_rgb` does: a plain convert would show hidden colors
+        image = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+    if "height" in size:
+        return size["width"], size["height"]
+    # torchvision's rule: the short side gets the requested length, the long side is truncated, not rounded
+    short, long = sorted((width, height))
+    new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _crop_start(length: int, crop: int, rounding: str) -> int:
+    # inside the image: torchvision rounds half to even, transformers floors; padding before it: (crop - length) // 2
+    if crop > length:
+        return -((crop - length) // 2)
+    return (length - crop) // 2 if rounding == "floor" else int(round((length - crop) / 2))
+
+
+__all__ = ["VitlmImageProcessor"]
