@@ -143,15 +143,15 @@ def test_query_embeddings_must_match_the_image_batch():
 def test_queries_shared_by_every_image_are_encoded_once_with_the_same_result(tokenizer):
     model = build()
     pixel_values = pixel_batch(model.config)
-    shared = queries(tokenizer, ["a red circle", "a blue square"])
-    # the same two queries, but the second image's padded differently: not shared, so encoded per image
-    separate = tokenizer(
-        ["a red circle", "a blue square"] * 2, padding="max_length", max_length=12, return_tensors="pt"
-    )
-    separate["attention_mask"][2:, -1] = 1  # still the same texts: pooling stops at the end-of-text token
-    once, per_image = model(pixel_values=pixel_values, **shared), model(pixel_values=pixel_values, **separate)
-    assert (
-        once.text_model_output.pooler_output.shape[0] == 2 and per_image.text_model_output.pooler_output.shape[0] == 4
-    )
-    torch.testing.assert_close(once.logits, per_image.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(once.query_embeds, per_image.query_embeds, atol=1e-6, rtol=0)
+    alone = [
+        model(pixel_values=pixel_values[i : i + 1], **tokenizer(texts, padding=True, return_tensors="pt"))
+        for i, texts in enumerate([["a red circle", "a blue square"], ["a green star", "a red circle"]])
+    ]
+    shared = model(pixel_values=pixel_values, **queries(tokenizer, ["a red circle", "a blue square"]))
+    assert shared.text_model_output.pooler_output.shape[0] == 2  # encoded once for both images
+    torch.testing.assert_close(shared.logits[0], alone[0].logits[0], atol=1e-5, rtol=0)
+    texts = ["a red circle", "a blue square", "a green star", "a red circle"]  # two queries for each image, in order
+    separate = model(pixel_values=pixel_values, **tokenizer(texts, padding=True, return_tensors="pt"))
+    assert separate.text_model_output.pooler_output.shape[0] == 4
+    for i in range(2):
+        torch.testing.assert_close(separate.logits[i], alone[i].logits[0], atol=1e-5, rtol=0)
