@@ -199,10 +199,11 @@ def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: 
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         boxes.append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1])
     categories = [CATEGORIES.index(f"{colour} {shape}") for shape, colour in pairs]
+    captions = _captions(pairs)
     return {
         "image": _png(image),
-        "caption": _captions(pairs)[0],
-        "captions": _captions(pairs),
+        "caption": captions[0],
+        "captions": captions,
         "label": categories[0],
         "objects": {
             "bbox": boxes,
