@@ -5,10 +5,11 @@
 - detection: test-split images (the first object of each is a held-out pair, 1-3 objects), queried with all 48
   category names; AP at IoU 0.5 per category, averaged over the categories present (COCO-style), and over the
   held-out categories alone;
-- inpainting: test-split images with a random rectangle masked; PSNR inside the mask of the model's fill and of a
-  mean-colour fill (the mean of the visible pixels), per image, averaged.
+- inpainting: test-split images with a random rectangle masked; PSNR inside the mask, per image, averaged, of the
+  model's fill (blended into the image, and pasted as predicted) and of two fills without a model: the mean colour of
+  the visible pixels (the target's baseline) and the smoothest surface through the pixels around the mask.
 
-The images come from their own seed, so none of them was seen in training or in training-time evaluation.
+The images are drawn at each model's input size, from their own seed, so none of them was seen in training or in training-time evaluation.
 
     python benchmarks/demo_models.py [--images 256] [--update-cards]
 
@@ -36,6 +37,7 @@ from transformers import (
 
 from vitlm import VitlmDualEncoderForImageClassification
 from vitlm.data.shapes import CATEGORIES, HELD_OUT, generate
+from vitlm.models.modeling_inpainting import poisson_fill
 from vitlm.training.metrics import average_precision, center_to_corners
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,12 @@ MODELS = ROOT / "vitlm" / "demo" / "default_models"
 SEED = 2026  # training used seeds 0 (train) and 1 (its evaluation)
 HELD_OUT_CATEGORIES = sorted(CATEGORIES.index(f"{colour} {shape}") for shape, colour in HELD_OUT)
 CARD_SECTION = "## Quality on held-out data"
+
+
+def image_side(config) -> int:
+    """The model's input side: images are drawn at it, so objects keep the pixel sizes the model was trained on."""
+    size = getattr(config, "vision_config", config).image_size
+    return size if isinstance(size, int) else size[0]
 
 
 def batches(dataset, batch_size: int, desc: str):
@@ -55,7 +63,9 @@ def batches(dataset, batch_size: int, desc: str):
 def zero_shot_accuracy(folder: Path, split: str, num_images: int, batch_size: int) -> float:
     model, processor = AutoModel.from_pretrained(folder).float().eval(), AutoProcessor.from_pretrained(folder)
     classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, processor.tokenizer, CATEGORIES)
-    data = generate(num_images, seed=SEED, split=split, min_objects=1, max_objects=1)
+    data = generate(
+        num_images, seed=SEED, split=split, image_size=image_side(model.config), min_objects=1, max_objects=1
+    )
     correct = 0
     for batch in batches(data, batch_size, f"zero-shot ({split})"):
         pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
@@ -70,7 +80,7 @@ def detection_ap50(folder: Path, num_images: int, batch_size: int) -> dict[str, 
     processor = AutoProcessor.from_pretrained(folder)
     template = model.config.prompt_templates[0] if model.config.prompt_templates else "a photo of a {}."
     queries = processor.tokenizer([template.format(name) for name in CATEGORIES], padding=True, return_tensors="pt")
-    data = generate(num_images, seed=SEED, split="test")
+    data = generate(num_images, seed=SEED, split="test", image_size=image_side(model.config))
     detections, truths = [], []
     for batch in batches(data, batch_size, "detection"):
         pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
@@ -113,24 +123,36 @@ def random_rectangle(rng: np.random.Generator, height: int, width: int) -> np.nd
 
 @torch.no_grad()
 def inpainting_psnr(folder: Path, num_images: int) -> dict[str, float]:
+    """PSNR inside the mask of the model's fill (blended, and pasted as predicted) and of two fills without a model:
+    the visible pixels' mean colour, and the smoothest surface through the pixels around the mask."""
     model = AutoModelForMaskedImageModeling.from_pretrained(folder).float().eval()
     image_processor = AutoImageProcessor.from_pretrained(folder)
-    data = generate(num_images, seed=SEED, split="test")
+    data = generate(num_images, seed=SEED, split="test", image_size=image_side(model.config))
     rng = np.random.default_rng(SEED)
-    model_psnr, baseline_psnr = [], []
+    scores = {"model": [], "model_pasted": [], "mean_fill": [], "harmonic_fill": []}
     for image in tqdm(data["image"], desc="inpainting"):
         pixels = np.asarray(image.convert("RGB"))
         mask = random_rectangle(rng, *pixels.shape[:2])
-        filled = np.asarray(model.inpaint(image, mask, image_processor))
         mean_fill = pixels.copy()
         mean_fill[mask] = np.rint(pixels[~mask].mean(axis=0)).astype(np.uint8)
-        model_psnr.append(psnr(filled, pixels, mask))
-        baseline_psnr.append(psnr(mean_fill, pixels, mask))
-    gains = np.asarray(model_psnr) - np.asarray(baseline_psnr)
+        harmonic = poisson_fill(torch.from_numpy(pixels.copy()).permute(2, 0, 1), torch.from_numpy(mask))
+        fills = {
+            "model": model.inpaint(image, mask, image_processor),
+            "model_pasted": model.inpaint(image, mask, image_processor, blend=False),
+            "mean_fill": mean_fill,
+            "harmonic_fill": harmonic.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(),
+        }
+        for name, filled in fills.items():
+            scores[name].append(psnr(np.asarray(filled), pixels, mask))
+    scores = {name: np.asarray(values) for name, values in scores.items()}
+    gains = scores["model"] - scores["mean_fill"]
     return {
-        "psnr": float(np.mean(model_psnr)),
-        "mean_fill_psnr": float(np.mean(baseline_psnr)),
+        "psnr": float(scores["model"].mean()),
+        "pasted_psnr": float(scores["model_pasted"].mean()),
+        "mean_fill_psnr": float(scores["mean_fill"].mean()),
+        "harmonic_fill_psnr": float(scores["harmonic_fill"].mean()),
         "gain_db": float(gains.mean()),
+        "gain_over_harmonic_db": float((scores["model"] - scores["harmonic_fill"]).mean()),
         "images_improved": float((gains > 0).mean()),
     }
 
@@ -172,8 +194,11 @@ def main():
         ("detection", "AP50, test images (48 queries)", detection["ap50"], ">= 0.80"),
         ("detection", "AP50, held-out categories only", detection["ap50_held_out"], ""),
         ("inpainting", "PSNR in mask, model (dB)", inpainting["psnr"], ""),
+        ("inpainting", "PSNR in mask, model without blending (dB)", inpainting["pasted_psnr"], ""),
         ("inpainting", "PSNR in mask, mean-colour fill (dB)", inpainting["mean_fill_psnr"], ""),
+        ("inpainting", "PSNR in mask, smooth (harmonic) fill, no model (dB)", inpainting["harmonic_fill_psnr"], ""),
         ("inpainting", "gain over mean-colour fill (dB)", inpainting["gain_db"], ">= 3"),
+        ("inpainting", "gain over smooth fill (dB)", inpainting["gain_over_harmonic_db"], ""),
     ]
     print("| model | measure | value | target |\n| --- | --- | ---: | --- |")
     for model, measure, value, target in rows:

@@ -48,4 +48,6 @@ def test_the_shipped_models_are_measured_end_to_end():
     assert all(0 <= value <= 1 for value in detection.values())
     inpainting = demo_models.inpainting_psnr(demo_models.MODELS / "inpainting", 4)
     assert inpainting["gain_db"] == pytest.approx(inpainting["psnr"] - inpainting["mean_fill_psnr"], abs=1e-9)
+    gain_over_harmonic = inpainting["psnr"] - inpainting["harmonic_fill_psnr"]
+    assert inpainting["gain_over_harmonic_db"] == pytest.approx(gain_over_harmonic, abs=1e-9)
     assert 5 < inpainting["mean_fill_psnr"] < 60 and 0 <= inpainting["images_improved"] <= 1

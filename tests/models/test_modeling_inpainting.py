@@ -5,7 +5,7 @@ from PIL import Image
 
 from tests.conftest import pixel_batch, tiny_config
 from vitlm import VitlmImageProcessor, VitlmViTForMaskedImageModeling, VitlmViTModel
-from vitlm.models.modeling_inpainting import patchify, unpatchify
+from vitlm.models.modeling_inpainting import patchify, poisson_fill, unpatchify
 
 
 def build(**overrides):
@@ -141,18 +141,85 @@ def test_the_filled_area_reaches_past_the_resampling_kernel():
     assert torch.equal(model.patches_to_fill(mask), expected)
 
 
-def test_no_original_pixel_bleeds_into_the_filled_area(picture):
-    """A model predicting one flat colour must fill every masked pixel with exactly that colour."""
+def flat_colour_model():
+    """A model whose every prediction is 0 in normalized space: the processor's mean colour."""
     model = build()
     torch.nn.init.zeros_(model.decoder_pred.weight)
-    torch.nn.init.zeros_(model.decoder_pred.bias)  # 0 in normalized space = the processor's mean colour
+    torch.nn.init.zeros_(model.decoder_pred.bias)
+    return model
+
+
+def test_at_the_model_size_exactly_the_masked_pixels_are_filled():
+    model = build()  # 32x32 input: no resampling, so no margin
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[3:9, 20:31] = True
+    assert torch.equal(model.pixels_to_fill(mask), torch.from_numpy(mask))
+    assert model.pixels_to_fill(np.pad(mask, ((0, 32), (0, 0))))[:, :19].sum() == 0  # rows resized, columns not
+
+
+def test_no_original_pixel_bleeds_into_the_filled_area(picture):
+    """Pasted without blending, a model predicting one flat colour must fill every masked pixel with that colour."""
+    model = flat_colour_model()
     processor = processor_for(model)
     mask = np.zeros(picture.shape[:2], dtype=bool)
     mask[5:30, 12:50] = True
-    result = np.asarray(model.inpaint(picture, mask, processor))
+    result = np.asarray(model.inpaint(picture, mask, processor, blend=False))
     mean_colour = np.round(np.array(processor.image_mean) * 255).astype(np.uint8)
     assert (result[mask] == mean_colour).all()
     assert np.array_equal(result[~mask], picture[~mask])
+
+
+def test_poisson_fill_continues_a_linear_field_exactly():
+    rows, cols = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
+    field = torch.stack([2 * rows - cols + 5, 0.5 * cols, torch.full_like(rows, 3.0)])  # harmonic: its own solution
+    unknown = torch.zeros(20, 30, dtype=torch.bool)
+    unknown[3:15, 2:22] = True
+    unknown[16:19, 24:29] = True
+    scrambled = torch.where(unknown, torch.randn_like(field) * 100, field)
+    torch.testing.assert_close(poisson_fill(scrambled, unknown), field.double(), atol=1e-4, rtol=0)
+
+
+def test_poisson_fill_reflects_at_the_image_edge():
+    """At the edge the fill has no slope across it: a field varying only along the edge is continued exactly."""
+    rows = torch.arange(20.0)[:, None].expand(20, 30)
+    field = (3 * rows - 7)[None]
+    unknown = torch.zeros(20, 30, dtype=torch.bool)
+    unknown[4:16, :10] = True  # touches the left edge
+    scrambled = torch.where(unknown, torch.randn_like(field) * 100, field)
+    torch.testing.assert_close(poisson_fill(scrambled, unknown), field.double(), atol=1e-4, rtol=0)
+
+
+def test_poisson_fill_keeps_the_guide_steps_at_the_level_of_the_edge():
+    """A guide with the true detail but the wrong level (as a model's blurry-free but offset prediction) gives back
+    the truth: the steps come from the guide, the level from the known pixels around the region."""
+    torch.manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    detail = torch.randn(2, 24, 24)
+    truth = torch.stack([rows + cols, 3 * rows]) + detail
+    unknown = torch.zeros(24, 24, dtype=torch.bool)
+    unknown[5:19, 4:20] = True
+    filled = poisson_fill(torch.where(unknown, 0.0, truth), unknown, guide=detail + 50)
+    torch.testing.assert_close(filled, truth.double(), atol=1e-4, rtol=0)
+
+
+def test_poisson_fill_without_known_pixels_gives_zeros():
+    values = torch.randn(3, 8, 8)
+    assert torch.equal(poisson_fill(values, torch.ones(8, 8, dtype=torch.bool)), torch.zeros(3, 8, 8).double())
+
+
+def test_blending_continues_the_image_across_the_mask():
+    """A flat prediction pasted into a colour ramp leaves a visible step; blended, it follows the ramp."""
+    model = flat_colour_model()
+    processor = processor_for(model)
+    rows, cols = np.mgrid[0:48, 0:64]
+    ramp = np.stack([60 + 2 * cols, 200 - 2 * rows, np.full_like(rows, 90)], axis=-1).astype(np.uint8)
+    mask = np.zeros(ramp.shape[:2], dtype=bool)
+    mask[14:30, 20:44] = True
+    pasted = np.asarray(model.inpaint(ramp, mask, processor, blend=False)).astype(int)
+    blended = np.asarray(model.inpaint(ramp, mask, processor)).astype(int)
+    assert np.array_equal(blended[~mask], ramp[~mask])
+    assert np.abs(pasted[mask] - ramp[mask]).mean() > 15
+    assert np.abs(blended[mask] - ramp[mask]).max() <= 3  # resizing to the model's 32x32 and back costs a little
 
 
 def test_masking_inputs_are_checked():
