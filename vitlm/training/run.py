@@ -17,6 +17,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
+from ..convert import DTYPES
 from . import transforms
 from .card import write_model_card
 from .trainer import build_trainer, plot_log_history, training_arguments
@@ -196,8 +197,8 @@ def train(
     """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics).
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
     the final weights."""
-    if save_dtype not in (None, "float32", "float16", "bfloat16"):
-        raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {save_dtype!r}")
+    if save_dtype is not None and save_dtype not in DTYPES:
+        raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if not save_checkpoints:
         training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
@@ -243,13 +244,13 @@ def train(
         print(f"no checkpoint in {output_dir}: training from the start")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.evaluate()
+    if save_dtype:
+        trainer.model.to(DTYPES[save_dtype])
     trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
     trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
     if trainer.is_world_process_zero():
         # Trainer's pickled TrainingArguments: a shared folder holds no pickles, and the card lists the recipe
         (output_dir / "training_args.bin").unlink(missing_ok=True)
-        if save_dtype:
-            trainer.model.to(getattr(torch, save_dtype)).save_pretrained(output_dir)
         plot_log_history(trainer.state.log_history, output_dir / "training_curves.png")
         write_model_card(output_dir, task, model_name, dataset_name, trainer, command)
         if push_to_hub:
