@@ -31,6 +31,62 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int
     )
 
 
+def poisson_fill(
+    values: torch.Tensor,
+    unknown: torch.Tensor,
+    guide: torch.Tensor | None = None,
+    regions: torch.Tensor | None = None,
+    tolerance: float = 1e-6,
+) -> torch.Tensor:
+    """`values` (channels, height, width) with its `unknown` (height, width) pixels replaced by the surface that
+    meets the known pixels at the region's edge and, inside, changes from pixel to pixel as `guide` does (Poisson
+    image editing, Pérez et al. 2003). Only steps between two `guided` (height, width) pixels are followed; without
+    a guide the fill is the smoothest surface through the known pixels (Laplace's equation). The image's own edge
+    reflects. Solved by conjugate gradients on the 4-neighbour grid in float64; a region that touches no known pixel
+    keeps only the guide's steps, around zero."""
+    values = values.double()
+    inside = unknown.to(values.device, torch.float64).expand_as(values)
+    known = values * (1 - inside)
+    stencil = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    stencil = stencil.to(values.device).expand(len(values), 1, 3, 3)
+
+    def neighbour_sum(x):
+        return nn.functional.conv2d(x[None], stencil, padding=1, groups=len(x))[0]
+
+    degree = neighbour_sum(torch.ones_like(values))  # 4 inside the image, fewer on its edge
+
+    def laplacian(x):  # of a field that is zero on the known pixels, restricted to the unknown ones
+        return (degree * x - neighbour_sum(x)) * inside
+
+    target = neighbour_sum(known)
+    if guide is not None:
+        guide = guide.double()
+        regions = torch.ones_like(unknown, dtype=torch.long) if regions is None else regions.long()
+        regions = regions.to(values.device)
+        height, width = regions.shape
+        padded_guide = nn.functional.pad(guide, (1, 1, 1, 1))
+        padded_regions = nn.functional.pad(regions, (1, 1, 1, 1))
+        for down, right in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            rows, cols = slice(1 + down, height + 1 + down), slice(1 + right, width + 1 + right)
+            same_region = (padded_regions[rows, cols] == regions) & (regions > 0)
+            target = target + same_region * (guide - padded_guide[:, rows, cols])
+    solution = torch.zeros_like(values)
+    residual = target * inside
+    direction, norm = residual.clone(), residual.pow(2).sum()
+    stop = tolerance**2 * norm
+    for _ in range(10 * max(values.shape[-2:])):  # CG needs O(side) steps on a grid; this bound is never the limit
+        if norm <= stop:
+            break
+        product = laplacian(direction)
+        step = norm / (direction * product).sum()
+        solution += step * direction
+        residual -= step * product
+        new_norm = residual.pow(2).sum()
+        direction = residual + (new_norm / norm) * direction
+        norm = new_norm
+    return known + solution
+
+
 @dataclass
 class VitlmMaskedImageModelingOutput(ModelOutput):
     r"""
@@ -180,25 +236,38 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def patches_to_fill(self, mask: np.ndarray) -> torch.Tensor:
-        """(grid_height, grid_width) bool: the patches `mask` (at the image's own size) covers once the image is
-        resized to the model's, widened by the reach of the resampling kernel that brings the prediction back
-        (2 pixels for bicubic, more when shrinking), so that no visible pixel bleeds into the filled area."""
+    def pixels_to_fill(self, mask: np.ndarray) -> torch.Tensor:
+        """(height, width) bool at the model's resolution: the pixels `mask` (at the image's own size) covers once
+        the image is resized to the model's, widened by the reach of the resampling kernel (2 pixels for bicubic,
+        more when shrinking; none along an axis already at the model's size), so that no masked pixel leaks into a pixel treated as known, nor a visible one into the
+        filled area when the prediction is resized back."""
         height, width = to_pair(self.config.image_size)
         coverage = PIL.Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), PIL.Image.Resampling.BOX)
-        reach = (math.ceil(2 * max(1.0, height / mask.shape[0])), math.ceil(2 * max(1.0, width / mask.shape[1])))
+        # an axis already at the model's size is not resampled (PIL skips it), so nothing leaks along it
+        reach = [
+            0 if side == size else math.ceil(2 * max(1.0, side / size))
+            for side, size in zip((height, width), mask.shape)
+        ]
         covered = torch.from_numpy(np.asarray(coverage) > 0)[None, None].float()
-        covered = nn.functional.max_pool2d(covered, [2 * r + 1 for r in reach], stride=1, padding=reach)
+        return nn.functional.max_pool2d(covered, [2 * r + 1 for r in reach], stride=1, padding=reach)[0, 0] > 0
+
+    def patches_to_fill(self, mask: np.ndarray) -> torch.Tensor:
+        """(grid_height, grid_width) bool: the patches holding any of `pixels_to_fill(mask)`."""
+        covered = self.pixels_to_fill(mask)[None, None].float()
         return nn.functional.max_pool2d(covered, self.config.patch_size)[0, 0] > 0
 
     @torch.no_grad()
-    def inpaint(self, image, mask, image_processor) -> PIL.Image.Image:
+    def inpaint(self, image, mask, image_processor, blend: bool = True) -> PIL.Image.Image:
         """Fill the pixels where `mask` is set and return every other pixel unchanged.
 
         Args:
             image (`PIL.Image.Image` or `np.ndarray` of shape `(height, width, 3)`, uint8): the image, at any size.
             mask (`PIL.Image.Image` or `np.ndarray` of shape `(height, width)`): nonzero where to inpaint.
             image_processor: the model's image processor (its mean, std and resampling).
+            blend (`bool`): Poisson-blend the prediction into the image. Whole patches are predicted, so the model
+                never sees the visible pixels that share a patch with masked ones; blending keeps the prediction's
+                own detail (its steps from pixel to pixel) and takes its level from the real pixels around the mask
+                (`poisson_fill`). Without it the patches are pasted as predicted and a seam can show.
 
         The whole image is resized to the model's resolution, every patch the mask touches is masked and
         reconstructed, and the predicted pixels are resized back and composited inside the mask only: outside it
@@ -229,11 +298,19 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
             do_center_crop=False,
             return_tensors="pt",
         )["pixel_values"].to(self.device, self.dtype)
-        bool_masked_pos = self.patches_to_fill(mask).reshape(1, -1).to(self.device)
+        unknown = self.pixels_to_fill(mask)
+        bool_masked_pos = nn.functional.max_pool2d(unknown[None, None].float(), patch_size) > 0
+        bool_masked_pos = bool_masked_pos.reshape(1, -1).to(self.device)
 
         logits = self(pixel_values, bool_masked_pos=bool_masked_pos).logits
         patches = torch.where(bool_masked_pos[..., None], logits, patchify(pixel_values, patch_size))
         filled = unpatchify(patches, patch_size, grid_size)[0].float().cpu()
+        if blend:
+            # each masked patch is its own region: a step between two patches' predictions is not detail the model
+            # drew, only their separate errors, so it is not kept
+            patch_ids = torch.arange(1, grid_size[0] * grid_size[1] + 1) * bool_masked_pos.reshape(-1).cpu()
+            regions = patch_ids.reshape(grid_size).repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
+            filled = poisson_fill(pixel_values[0].float().cpu(), unknown, filled, regions).float()
         mean = torch.tensor(image_processor.image_mean).view(-1, 1, 1)
         std = torch.tensor(image_processor.image_std).view(-1, 1, 1)
         filled = ((filled * std + mean) / image_processor.rescale_factor).round().clamp(0, 255)
@@ -242,4 +319,4 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         return PIL.Image.fromarray(np.where(mask[..., None], filled, original))
 
 
-__all__ = ["VitlmViTForMaskedImageModeling", "patchify", "unpatchify"]
+__all__ = ["VitlmViTForMaskedImageModeling", "poisson_fill", "patchify", "unpatchify"]
