@@ -9,7 +9,8 @@
   model's fill (blended into the image, and pasted as predicted) and of two fills without a model: the mean colour of
   the visible pixels (the target's baseline) and the smoothest surface through the pixels around the mask.
 
-The images are drawn at each model's input size, from their own seed, so none of them was seen in training or in training-time evaluation.
+The images are drawn at each model's input size, from their own seed, so none of them was seen in training or in
+training-time evaluation.
 
     python benchmarks/demo_models.py [--images 256] [--update-cards]
 

@@ -40,8 +40,9 @@ def poisson_fill(
 ) -> torch.Tensor:
     """`values` (channels, height, width) with its `unknown` (height, width) pixels replaced by the surface that
     meets the known pixels at the region's edge and, inside, changes from pixel to pixel as `guide` does (Poisson
-    image editing, Pérez et al. 2003). Only steps between two `guided` (height, width) pixels are followed; without
-    a guide the fill is the smoothest surface through the known pixels (Laplace's equation). The image's own edge
+    image editing, Pérez et al. 2003). Only steps between two neighbours of the same `regions` (height, width) label
+    above 0 are followed (default: all); without a guide the fill is the smoothest surface through the known pixels
+    (Laplace's equation). The image's own edge
     reflects. Solved by conjugate gradients on the 4-neighbour grid in float64; a region that touches no known pixel
     keeps only the guide's steps, around zero."""
     values = values.double()
@@ -239,8 +240,8 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
     def pixels_to_fill(self, mask: np.ndarray) -> torch.Tensor:
         """(height, width) bool at the model's resolution: the pixels `mask` (at the image's own size) covers once
         the image is resized to the model's, widened by the reach of the resampling kernel (2 pixels for bicubic,
-        more when shrinking; none along an axis already at the model's size), so that no masked pixel leaks into a pixel treated as known, nor a visible one into the
-        filled area when the prediction is resized back."""
+        more when shrinking; none along an axis already at the model's size), so that no masked pixel leaks into a
+        pixel treated as known, nor a visible one into the filled area when the prediction is resized back."""
         height, width = to_pair(self.config.image_size)
         coverage = PIL.Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), PIL.Image.Resampling.BOX)
         # an axis already at the model's size is not resampled (PIL skips it), so nothing leaks along it
@@ -253,8 +254,10 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
 
     def patches_to_fill(self, mask: np.ndarray) -> torch.Tensor:
         """(grid_height, grid_width) bool: the patches holding any of `pixels_to_fill(mask)`."""
-        covered = self.pixels_to_fill(mask)[None, None].float()
-        return nn.functional.max_pool2d(covered, self.config.patch_size)[0, 0] > 0
+        return self._patches_holding(self.pixels_to_fill(mask))
+
+    def _patches_holding(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(pixels[None, None].float(), self.config.patch_size)[0, 0] > 0
 
     @torch.no_grad()
     def inpaint(self, image, mask, image_processor, blend: bool = True) -> PIL.Image.Image:
@@ -299,8 +302,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
             return_tensors="pt",
         )["pixel_values"].to(self.device, self.dtype)
         unknown = self.pixels_to_fill(mask)
-        bool_masked_pos = nn.functional.max_pool2d(unknown[None, None].float(), patch_size) > 0
-        bool_masked_pos = bool_masked_pos.reshape(1, -1).to(self.device)
+        bool_masked_pos = self._patches_holding(unknown).reshape(1, -1).to(self.device)
 
         logits = self(pixel_values, bool_masked_pos=bool_masked_pos).logits
         patches = torch.where(bool_masked_pos[..., None], logits, patchify(pixel_values, patch_size))
@@ -319,4 +321,4 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         return PIL.Image.fromarray(np.where(mask[..., None], filled, original))
 
 
-__all__ = ["VitlmViTForMaskedImageModeling", "poisson_fill", "patchify", "unpatchify"]
+__all__ = ["VitlmViTForMaskedImageModeling", "patchify", "poisson_fill", "unpatchify"]
