@@ -112,6 +112,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
 
 
 def _run_train(args) -> int:
+    from accelerate import PartialState
+
     from .training.run import train
 
     trainer = train(
@@ -143,6 +145,9 @@ def _run_train(args) -> int:
         command=shlex.join(["vitlm", *args.argv]),
     )
     print(f"wrote {args.output_dir} ({trainer.state.global_step} steps)")
+    # under torchrun / accelerate on CPU, a process that exits with gloo's threads still running can abort
+    # (SIGABRT) and fail the whole launch after the work is done
+    PartialState().destroy_process_group()
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.trainer_utils import set_seed
 
@@ -70,6 +71,8 @@ def main(output_dir) -> None:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         results = {"world_size": trainer.args.world_size, "losses": losses, "metrics": metrics}
         (output_dir / "results.json").write_text(json.dumps(results))
+    # a process exiting with gloo's threads alive can abort (SIGABRT) and fail the launch: what `vitlm train` does
+    PartialState().destroy_process_group()
 
 
 if __name__ == "__main__":
