@@ -338,6 +338,17 @@ def test_default_models_and_examples_are_package_data():
             assert any(path.relative_to(package).match(pattern) for pattern in patterns), path
 
 
+def test_default_models_remote_code_is_the_current_source():
+    """A default model loaded without vitlm runs the code copied into its folder: it must be today's vitlm/models,
+    or the demo would compute differently with and without vitlm installed."""
+    for spec in TASKS.values():
+        copies = sorted((DEFAULT_MODELS / spec.folder).glob("*.py"))
+        assert copies, spec.folder
+        for copy in copies:
+            source = REPO / "vitlm" / "models" / copy.name
+            assert copy.read_bytes() == source.read_bytes(), f"{copy} is stale: copy {source} over it"
+
+
 def test_cli_and_launcher_pass_the_options(monkeypatch):
     import runpy
     import sys
