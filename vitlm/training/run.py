@@ -143,8 +143,9 @@ def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format
     image = image_column(train)
     make = {
         "classify": lambda is_train: transforms.classification_transform(
-            image_processor, is_train, image, find_column(train, ("label", "labels"), "label")
+            image_processor, is_train and augment, image, find_column(train, ("label", "labels"), "label")
         ),
+        # unaugmented contrastive training still draws one of an image's captions per step
         "contrastive": lambda is_train: transforms.contrastive_transform(
             image_processor,
             is_train,
@@ -153,15 +154,12 @@ def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format
             augment_images=augment,
         ),
         "detect": lambda is_train: transforms.detection_transform(
-            image_processor, is_train, image, find_column(train, ("objects",), "objects"), bbox_format
+            image_processor, is_train and augment, image, find_column(train, ("objects",), "objects"), bbox_format
         ),
-        "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train, image),
+        "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train and augment, image),
     }[task]
-    # the example index keys the training augmentations' random draws, so resumed runs replay them
-    train_transform = make(True) if task == "contrastive" else make(augment)  # draws captions even unaugmented
-    return transforms.with_example_index(train).with_transform(train_transform), eval_dataset.with_transform(
-        make(False)
-    )
+    # the example index keys the training augmentations' (and caption draws') randomness, so resumed runs replay it
+    return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
 
 
 def train(
