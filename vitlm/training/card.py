@@ -9,12 +9,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..convert import SOURCES, source_repo_id
 from ..presets import preset_names
 
-PIPELINE_TAGS = {
-    "classify": "image-classification",
-    "contrastive": "zero-shot-image-classification",
-    "detect": "zero-shot-object-detection",
-    "inpaint": "image-to-image",
-}
 DESCRIPTIONS = {
     "classify": "an image classifier",
     "contrastive": "a CLIP-style dual encoder trained with a contrastive image-text loss",
@@ -64,7 +58,7 @@ def write_model_card(
     output_dir = Path(output_dir)
     metrics = last_evaluation(trainer.state.log_history)
     from_scratch = model_name in preset_names()  # vitlm's own weights; otherwise they keep the source's license
-    pipeline_tag = PIPELINE_TAGS[task]
+    pipeline_tag = trainer.model.pipeline_tag  # the same tag save_pretrained's own card gets
     dataset_id = "vitlm-shapes" if dataset_name == "shapes" else dataset_name
     card_data = ModelCardData(
         library_name="vitlm",
@@ -132,4 +126,4 @@ meant for testing and teaching, not for natural images.
     return output_dir / "README.md"
 
 
-__all__ = ["PIPELINE_TAGS", "base_model", "last_evaluation", "write_model_card"]
+__all__ = ["base_model", "last_evaluation", "write_model_card"]
