@@ -79,6 +79,13 @@ def _run_export(args) -> int:
     return 0
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("task", choices=["classify", "contrastive", "detect", "inpaint"])
     parser.add_argument("--model", required=True, help="a preset (random weights), folder, Hub id or timm:/hf:/...")
@@ -105,6 +112,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--shapes-train", type=int, default=512, help="generated training images (--dataset shapes)")
     parser.add_argument("--shapes-test", type=int, default=128, help="generated test images (--dataset shapes)")
     parser.add_argument("--shapes-size", type=int, default=64, help="generated image side (--dataset shapes)")
+    parser.add_argument(
+        "--shapes-max-objects", type=int, default=3, help="objects per generated image, 1 to this (--dataset shapes)"
+    )
+    parser.add_argument(
+        "--caption-weights",
+        type=_weights,
+        help="contrastive: weights of each image's captions when one is drawn, e.g. 0,1,0 (default: uniform)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
@@ -131,6 +146,7 @@ def _run_train(args) -> int:
         shapes_train=args.shapes_train,
         shapes_test=args.shapes_test,
         shapes_size=args.shapes_size,
+        shapes_max_objects=args.shapes_max_objects,
         config_overrides=args.config_overrides,
         layer_decay=args.layer_decay,
         mixup_alpha=args.mixup,
@@ -140,6 +156,7 @@ def _run_train(args) -> int:
         logging_steps=args.logging_steps,
         augment=not args.no_augment,
         block_masking=args.block_masking,
+        caption_weights=args.caption_weights,
         save_checkpoints=not args.no_checkpoints,
         save_dtype=args.save_dtype,
         command=shlex.join(["vitlm", *args.argv]),

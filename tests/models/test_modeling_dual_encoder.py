@@ -123,3 +123,16 @@ def test_the_loss_needs_matching_pairs():
             pixel_values=pixel_batch(model.config),
             return_loss=True,
         )
+
+
+def test_linear_layers_start_width_scaled_and_loading_keeps_the_weights(tmp_path):
+    model = VitlmDualEncoderModel(tiny_config("dual"))
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert len({module.in_features for module in linears}) > 1
+    for module in linears:  # as CLIP's towers, not the flat 0.02 a lone tower gets
+        assert module.weight.std().item() == pytest.approx(module.in_features**-0.5, rel=0.25)
+    assert model.text_model.token_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = VitlmDualEncoderModel.from_pretrained(tmp_path)  # the init must not touch loaded weights
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -15,7 +15,7 @@ from vitlm.data.shapes import generate
 from vitlm.models import VitlmImageProcessor
 from vitlm.training.collators import ClassificationCollator
 from vitlm.training.run import train
-from vitlm.training.transforms import classification_transform, with_example_index
+from vitlm.training.transforms import classification_transform, contrastive_transform, with_example_index
 
 
 class Killed(Exception):
@@ -123,3 +123,41 @@ def test_augmentations_are_a_function_of_seed_epoch_and_index():
     torch.testing.assert_close(alone[0], together[2], rtol=0, atol=0)
     torch.testing.assert_close(alone[1], together[0], rtol=0, atol=0)
     assert not torch.allclose(together[0], together[1])
+
+
+def test_caption_draws_follow_the_weights_and_replay_per_example():
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    data = with_example_index(generate(40, seed=0, split="train", image_size=32).select_columns(["image", "captions"]))
+
+    def drawn(weights, epoch=0):
+        transform = contrastive_transform(processor, True, caption_column="captions", caption_weights=weights)
+        transform.set_epoch(epoch, seed=5)
+        return data.with_transform(transform)[:]["caption"]
+
+    variants = [set(data["captions"][i]) for i in range(len(data))]
+    shape_only = [captions[1] for captions in data["captions"]]
+    assert drawn([0, 1, 0]) == shape_only
+    assert drawn([0, 2.5, 0], epoch=3) == shape_only  # weights need not sum to 1
+    uniform = drawn(None)
+    assert all(caption in options for caption, options in zip(uniform, variants))
+    assert len({captions.index(caption) for caption, captions in zip(uniform, data["captions"])}) == 3
+    assert drawn(None) == uniform  # a function of (seed, epoch, index)
+    mixed = drawn([1, 0, 1])
+    assert {captions.index(caption) for caption, captions in zip(mixed, data["captions"])} == {0, 2}
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([0, 0, 0], "not all zero"),
+        ([1, -1, 1], "non-negative"),
+        ([1, float("nan"), 1], "finite"),
+        ([1, 1], "2 caption"),
+    ],
+)
+def test_bad_caption_weights_are_named(weights, message):
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    data = generate(2, seed=0, split="train", image_size=32).select_columns(["image", "captions"])
+    with pytest.raises(ValueError, match=message):
+        transform = contrastive_transform(processor, True, caption_column="captions", caption_weights=weights)
+        data.with_transform(transform)[:]

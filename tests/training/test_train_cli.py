@@ -143,3 +143,29 @@ def test_a_release_folder_float16_without_checkpoints_trains_on_in_float32(tmp_p
     after = trained["dual_encoder.vision_model.embeddings.stem.projection.weight"]
     assert not torch.equal(before, after)  # trained on from the release's weights
     assert (before - after).abs().max() < 0.05
+    # the detector's card reproduces the chain: the release's command, then its own
+    commands = ModelCard.load(detector / "README.md").text.partition("```bash\n")[2].partition("\n```")[0]
+    first, second = commands.splitlines()
+    assert first.startswith("vitlm train contrastive --model clip-tiny-test ") and first.endswith(str(release))
+    assert second.startswith(f"vitlm train detect --model {release} ")
+
+
+def test_caption_weights_are_checked_before_any_work(tmp_path, capsys):
+    argv = ["train", "classify", "--model", "vit-tiny-test", *SHAPES, "--output-dir", str(tmp_path / "out")]
+    assert main([*argv, "--caption-weights", "0,1,0"]) == 2
+    assert "caption weights apply to contrastive training, not 'classify'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main([*argv, "--caption-weights", "shape"])
+    assert "expected comma-separated numbers, got 'shape'" in capsys.readouterr().err
+
+
+def test_shapes_max_objects_reaches_both_splits():
+    from vitlm.training.run import load_datasets
+
+    for max_objects, counts in ((1, {1}), (3, {1, 2, 3})):
+        splits = load_datasets(
+            "shapes", shapes_train=40, shapes_test=40, shapes_size=32, shapes_max_objects=max_objects
+        )
+        for split in splits:
+            assert {len(objects["bbox"]) for objects in split["objects"]} == counts

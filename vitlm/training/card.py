@@ -15,6 +15,7 @@ DESCRIPTIONS = {
     "detect": "an open-vocabulary (OWL-ViT style) object detector queried with class names",
     "inpaint": "a masked-autoencoder (MAE) inpainting model",
 }
+REPRODUCE = "## Reproduce"
 HYPERPARAMETERS = (
     "learning_rate",
     "per_device_train_batch_size",
@@ -48,6 +49,16 @@ def base_model(model_name: str) -> str | None:
     if model_name.partition(":")[0] in SOURCES:
         return source_repo_id(model_name)
     return None if model_name in preset_names() or Path(model_name).exists() else model_name
+
+
+def base_commands(model_name: str) -> list[str]:
+    """The commands that trained a local folder the training started from, read from its card's "Reproduce" block:
+    with them first, a card reproduces a chain of runs (a run continued from another run's output) from scratch."""
+    card = Path(model_name) / "README.md"
+    if not card.is_file():
+        return []
+    _, found, rest = card.read_text(encoding="utf-8").partition(f"{REPRODUCE}\n\n```bash\n")
+    return rest.partition("\n```")[0].splitlines() if found else []
 
 
 def write_model_card(
@@ -88,7 +99,10 @@ def write_model_card(
         license_text = "Apache-2.0, as vitlm: the model was trained from random weights."
     else:
         license_text = f"The weights derive from `{model_name}` and keep its license; check it before use."
-    reproduce = f"## Reproduce\n\n```bash\n{command}\n```\n\n" if command else ""
+    reproduce = ""
+    if command:
+        commands = "\n".join([*base_commands(model_name), command])
+        reproduce = f"{REPRODUCE}\n\n```bash\n{commands}\n```\n\n"
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -126,4 +140,4 @@ meant for testing and teaching, not for natural images.
     return output_dir / "README.md"
 
 
-__all__ = ["base_model", "last_evaluation", "write_model_card"]
+__all__ = ["base_commands", "base_model", "last_evaluation", "write_model_card"]

@@ -92,7 +92,14 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     return model, processor
 
 
-def load_datasets(name: str, seed: int = 0, shapes_train: int = 512, shapes_test: int = 128, shapes_size: int = 64):
+def load_datasets(
+    name: str,
+    seed: int = 0,
+    shapes_train: int = 512,
+    shapes_test: int = 128,
+    shapes_size: int = 64,
+    shapes_max_objects: int = 3,
+):
     """(train, eval) datasets: `shapes` (the synthetic world, generated), an image folder, or a Hub dataset. Without
     an evaluation split, 10% of the training set is held out."""
     from datasets import DatasetDict, load_dataset
@@ -100,8 +107,10 @@ def load_datasets(name: str, seed: int = 0, shapes_train: int = 512, shapes_test
     if name == "shapes":
         from ..data.shapes import generate
 
-        train = generate(shapes_train, seed=seed, split="train", image_size=shapes_size)
-        return train, generate(shapes_test, seed=seed + 1, split="test", image_size=shapes_size)
+        sizes = dict(image_size=shapes_size, max_objects=shapes_max_objects)
+        return generate(shapes_train, seed=seed, split="train", **sizes), generate(
+            shapes_test, seed=seed + 1, split="test", **sizes
+        )
     splits = load_dataset("imagefolder", data_dir=name) if Path(name).is_dir() else load_dataset(name)
     if not isinstance(splits, DatasetDict) or "train" not in splits:
         raise ValueError(f"dataset {name!r} has no 'train' split")
@@ -137,9 +146,12 @@ def class_names_of(task: str, dataset) -> list[str] | None:
     return names
 
 
-def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format="xyxy", augment=True):
+def with_transforms(
+    task: str, train, eval_dataset, image_processor, bbox_format="xyxy", augment=True, caption_weights=None
+):
     """The task's transforms on both sets; `augment=False` trains on the evaluation transform (for data whose
-    labels crops and colour jitter would falsify, such as the shapes world's captions)."""
+    labels crops and colour jitter would falsify, such as the shapes world's captions); `caption_weights` weigh an
+    example's captions when contrastive training draws one."""
     image = image_column(train)
     make = {
         "classify": lambda is_train: transforms.classification_transform(
@@ -152,6 +164,7 @@ def with_transforms(task: str, train, eval_dataset, image_processor, bbox_format
             image,
             find_column(train, ("captions", "caption", "text"), "caption"),
             augment_images=augment,
+            caption_weights=caption_weights,
         ),
         "detect": lambda is_train: transforms.detection_transform(
             image_processor, is_train and augment, image, find_column(train, ("objects",), "objects"), bbox_format
@@ -177,6 +190,7 @@ def train(
     shapes_train: int = 512,
     shapes_test: int = 128,
     shapes_size: int = 64,
+    shapes_max_objects: int = 3,
     config_overrides: str | None = None,
     layer_decay: float | None = None,
     mixup_alpha: float = 0.0,
@@ -186,6 +200,7 @@ def train(
     logging_steps: int = 10,
     augment: bool = True,
     block_masking: bool = False,
+    caption_weights: list[float] | None = None,
     save_checkpoints: bool = True,
     save_dtype: str | None = None,
     command: str | None = None,
@@ -200,7 +215,9 @@ def train(
     if not save_checkpoints:
         training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
-    train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size)
+    if caption_weights is not None and task != "contrastive":
+        raise ValueError(f"caption weights apply to contrastive training, not {task!r}")
+    train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects)
     class_names = class_names_of(task, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
@@ -208,7 +225,9 @@ def train(
     eval_labels = None
     if task == "contrastive" and class_names is not None:
         eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
-    train_set, eval_set = with_transforms(task, train_set, eval_set, image_processor, bbox_format, augment)
+    train_set, eval_set = with_transforms(
+        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights
+    )
 
     args = training_arguments(
         output_dir,

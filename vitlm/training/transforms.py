@@ -132,20 +132,36 @@ def classification_transform(image_processor, train: bool, image_column="image",
 
 
 def contrastive_transform(
-    image_processor, train: bool, image_column="image", caption_column="caption", augment_images=True, **augment
+    image_processor,
+    train: bool,
+    image_column="image",
+    caption_column="caption",
+    augment_images=True,
+    caption_weights=None,
+    **augment,
 ):
     """Images and their captions. Where an image has several captions (a list), training draws one per step (keyed
-    like the augmentations) and evaluation takes the first."""
+    like the augmentations), uniformly or with `caption_weights` (one per list position; the shapes world's
+    [full, shape-only, colour-only] at `[0, 1, 0]` trains on shape words alone), and evaluation takes the first."""
     # no flip: captions may say "left" or "right"
     augment = augmentation(image_processor, **{"flip": False, **augment}) if train and augment_images else None
+    weights = None
+    if caption_weights is not None:
+        weights = torch.tensor([float(weight) for weight in caption_weights], dtype=torch.float64)
+        if weights.numel() == 0 or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"caption weights must be finite, non-negative and not all zero, got {caption_weights}")
 
     def pick(captions, rng):
         if isinstance(captions, str):
             return captions
         if not train:
             return captions[0]
+        if weights is not None and len(captions) != len(weights):
+            raise ValueError(f"{len(weights)} caption weights for an example with {len(captions)} captions")
         with rng:
-            return captions[int(torch.randint(len(captions), ()))]
+            if weights is None:
+                return captions[int(torch.randint(len(captions), ()))]
+            return captions[int(torch.multinomial(weights, 1))]
 
     def transform(examples, rngs=None):
         rngs = rngs or [nullcontext()] * len(examples[caption_column])
