@@ -161,3 +161,11 @@ def test_bad_caption_weights_are_named(weights, message):
     with pytest.raises(ValueError, match=message):
         transform = contrastive_transform(processor, True, caption_column="captions", caption_weights=weights)
         data.with_transform(transform)[:]
+
+
+def test_caption_weights_need_several_captions_per_example():
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    data = generate(2, seed=0, split="train", image_size=32).select_columns(["image", "caption"])
+    transform = contrastive_transform(processor, True, caption_column="caption", caption_weights=[1])
+    with pytest.raises(ValueError, match="need a list of captions per example"):
+        data.with_transform(transform)[:]

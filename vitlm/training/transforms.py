@@ -153,6 +153,10 @@ def contrastive_transform(
 
     def pick(captions, rng):
         if isinstance(captions, str):
+            if train and weights is not None:
+                raise ValueError(
+                    f"caption weights need a list of captions per example, got the one caption {captions!r}"
+                )
             return captions
         if not train:
             return captions[0]
