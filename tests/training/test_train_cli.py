@@ -155,6 +155,10 @@ def test_caption_weights_are_checked_before_any_work(tmp_path, capsys):
     assert main([*argv, "--caption-weights", "0,1,0"]) == 2
     assert "caption weights apply to contrastive training, not 'classify'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    contrastive = ["train", "contrastive", "--model", "clip-tiny-test", *argv[4:]]
+    assert main([*contrastive, "--caption-weights", "0,0,0"]) == 2
+    assert "caption weights must be finite, non-negative and not all zero" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         main([*argv, "--caption-weights", "shape"])
     assert "expected comma-separated numbers, got 'shape'" in capsys.readouterr().err

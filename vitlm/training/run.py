@@ -215,8 +215,10 @@ def train(
     if not save_checkpoints:
         training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
-    if caption_weights is not None and task != "contrastive":
-        raise ValueError(f"caption weights apply to contrastive training, not {task!r}")
+    if caption_weights is not None:  # refused before the data is generated and the model built
+        if task != "contrastive":
+            raise ValueError(f"caption weights apply to contrastive training, not {task!r}")
+        transforms.caption_weights_tensor(caption_weights)
     train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects)
     class_names = class_names_of(task, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)

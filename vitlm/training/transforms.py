@@ -131,6 +131,15 @@ def classification_transform(image_processor, train: bool, image_column="image",
     return TrainTransform(transform) if train else transform
 
 
+def caption_weights_tensor(caption_weights) -> torch.Tensor:
+    """`caption_weights` as a float64 tensor for `torch.multinomial`, refused unless finite, non-negative and not all
+    zero."""
+    weights = torch.tensor([float(weight) for weight in caption_weights], dtype=torch.float64)
+    if weights.numel() == 0 or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"caption weights must be finite, non-negative and not all zero, got {caption_weights}")
+    return weights
+
+
 def contrastive_transform(
     image_processor,
     train: bool,
@@ -145,11 +154,7 @@ def contrastive_transform(
     [full, shape-only, colour-only] at `[0, 1, 0]` trains on shape words alone), and evaluation takes the first."""
     # no flip: captions may say "left" or "right"
     augment = augmentation(image_processor, **{"flip": False, **augment}) if train and augment_images else None
-    weights = None
-    if caption_weights is not None:
-        weights = torch.tensor([float(weight) for weight in caption_weights], dtype=torch.float64)
-        if weights.numel() == 0 or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"caption weights must be finite, non-negative and not all zero, got {caption_weights}")
+    weights = None if caption_weights is None else caption_weights_tensor(caption_weights)
 
     def pick(captions, rng):
         if isinstance(captions, str):

@@ -42,9 +42,8 @@ def poisson_fill(
     meets the known pixels at the region's edge and, inside, changes from pixel to pixel as `guide` does (Poisson
     image editing, Pérez et al. 2003). Only steps between two neighbours of the same `regions` (height, width) label
     above 0 are followed (default: all); without a guide the fill is the smoothest surface through the known pixels
-    (Laplace's equation). The image's own edge
-    reflects. Solved by conjugate gradients on the 4-neighbour grid in float64; a region that touches no known pixel
-    keeps only the guide's steps, around zero."""
+    (Laplace's equation). The image's own edge reflects. Solved by conjugate gradients on the 4-neighbour grid in
+    float64; a region that touches no known pixel keeps only the guide's steps, around zero."""
     values = values.double()
     inside = unknown.to(values.device, torch.float64).expand_as(values)
     known = values * (1 - inside)
