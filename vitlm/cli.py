@@ -120,6 +120,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
         type=_weights,
         help="contrastive: weights of each image's captions when one is drawn, e.g. 0,1,0 (default: uniform)",
     )
+    parser.add_argument(
+        "--twin-weight",
+        type=float,
+        default=0.0,
+        help="contrastive: weight of the twin consistency loss (data with twins; shapes generates them), e.g. 10",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
@@ -157,6 +163,7 @@ def _run_train(args) -> int:
         augment=not args.no_augment,
         block_masking=args.block_masking,
         caption_weights=args.caption_weights,
+        twin_weight=args.twin_weight,
         save_checkpoints=not args.no_checkpoints,
         save_dtype=args.save_dtype,
         command=shlex.join(["vitlm", *args.argv]),

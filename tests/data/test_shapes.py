@@ -140,6 +140,33 @@ def test_object_pixels_have_the_object_colour(train):
         assert background.std() > 1  # textured, not flat
 
 
+def test_twins_change_the_first_object_only_and_leave_the_data_as_it_was():
+    plain = generate(30, seed=4, split="train", max_objects=2)
+    twinned = generate(30, seed=4, split="train", max_objects=2, twins=True)
+    assert raw(twinned.remove_columns(["twins", "twin_captions"])) == raw(plain)
+    palette = np.array(list(COLOURS.values()))
+    for row in twinned:
+        shape, colour = row["objects"]["shape"][0], row["objects"]["colour"][0]
+        image, first = np.asarray(row["image"]).astype(int), np.asarray(row["masks"][0])
+        recoloured, reshaped = (np.asarray(twin).astype(int) for twin in row["twins"])
+        # recoloured: exactly the first object's visible pixels change, to another colour the split allows with it
+        assert ((recoloured != image).any(axis=-1) == first).all()
+        new_colour = list(COLOURS)[np.linalg.norm(palette - recoloured[first][0], axis=1).argmin()]
+        assert new_colour != colour and (shape, new_colour) not in HELD_OUT
+        # reshaped: the object's shade moves onto some background, and uncovers background where it leaves
+        changed = (reshaped != image).any(axis=-1)
+        assert changed.any()
+        shade = image[first][0]
+        assert (reshaped[changed & ~first] == shade).all()
+        assert (reshaped[changed & first] != shade).any(axis=-1).all()
+        by_shape, by_colour = row["twin_captions"]
+        assert len(by_shape) == len(SHAPES) and row["captions"][1] in by_shape
+        assert len(by_colour) == len(COLOURS) and row["captions"][2] in by_colour
+        # only the first object's word varies
+        assert len({caption.partition(" and ")[2] for caption in by_shape + by_colour}) <= 2
+    assert twinned.features["twins"].feature == Image(mode="RGB")
+
+
 def test_imagefolder_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dataset = generate(12, seed=3, max_objects=3)

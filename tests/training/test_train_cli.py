@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from vitlm.cli import main
-from vitlm.data.shapes import CATEGORIES, generate
+from vitlm.data.shapes import CATEGORIES, generate, to_imagefolder
 
 SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--shapes-size", "32"]
 TINY_DECODER = (
@@ -173,3 +173,44 @@ def test_shapes_max_objects_reaches_both_splits():
         )
         for split in splits:
             assert {len(objects["bbox"]) for objects in split["objects"]} == counts
+
+
+def test_twin_weight_trains_on_twins_and_logs_both_terms(tmp_path):
+    out = tmp_path / "twins"
+    argv = ["train", "contrastive", "--model", "clip-tiny-test", *SHAPES, "--shapes-max-objects", "1", "--no-augment"]
+    argv += [
+        "--twin-weight",
+        "10",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--logging-steps",
+        "1",
+        "--no-checkpoints",
+    ]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "twin_loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    for entry in steps:
+        assert entry["twin_loss"] > 0
+        assert entry["loss"] == pytest.approx(entry["contrastive_loss"] + 10 * entry["twin_loss"], abs=1e-3)
+    assert "eval_zero_shot_accuracy" in history[-1]  # evaluation batches have no twins
+
+
+def test_twin_weight_is_checked(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    contrastive = ["train", "contrastive", "--model", "clip-tiny-test", *SHAPES, "--output-dir", str(out)]
+    for value in ("-1", "nan"):
+        assert main([*contrastive, "--twin-weight", value]) == 2
+        assert "twin_weight must be a finite number >= 0" in capsys.readouterr().err
+    classify = ["train", "classify", "--model", "vit-tiny-test", *contrastive[4:]]
+    assert main([*classify, "--twin-weight", "1"]) == 2
+    assert "twin consistency loss applies to contrastive training, not 'classify'" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = to_imagefolder(generate(8, seed=0, image_size=32), tmp_path / "no-twins")
+    argv = ["train", "contrastive", "--model", "clip-tiny-test", "--dataset", str(folder), "--output-dir", str(out)]
+    assert main([*argv, "--twin-weight", "1"]) == 2
+    assert "the dataset has no twins column" in capsys.readouterr().err

@@ -1,10 +1,26 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_config
-from vitlm import VitlmViTForImageClassification
-from vitlm.training import ClassificationCollator, layerwise_lr_decay_groups, soft_target_cross_entropy
+from tests.conftest import tiny_clip_config, tiny_config
+from vitlm import VitlmDualEncoderModel, VitlmViTForImageClassification
+from vitlm.clip_bpe import clip_tokenizer
+from vitlm.data.shapes import COLOURS, SHAPES, generate
+from vitlm.models import VitlmImageProcessor
+from vitlm.training import (
+    ClassificationCollator,
+    ContrastiveCollator,
+    layerwise_lr_decay_groups,
+    soft_target_cross_entropy,
+    twin_contrastive_loss,
+)
 from vitlm.training.trainer import block_depth
+from vitlm.training.transforms import (
+    EpochSeed,
+    augmentation,
+    contrastive_transform,
+    grouped_pixel_values,
+    pixel_values,
+)
 
 
 def test_layerwise_lr_decay_groups():
@@ -38,3 +54,77 @@ def test_mixup_collator_makes_soft_targets_and_matching_loss():
     expected = torch.nn.functional.cross_entropy(logits, plain["labels"])
     torch.testing.assert_close(soft_target_cross_entropy({"logits": logits}, one_hot), expected)
     torch.testing.assert_close(soft_target_cross_entropy({"logits": logits}, plain["labels"]), expected)
+
+
+@pytest.fixture(scope="module")
+def twin_batch():
+    """A tiny dual encoder and a collated batch of three shapes-world images with their twins."""
+    config = tiny_clip_config()
+    size = config.vision_config.image_size
+    processor = VitlmImageProcessor(size={"height": size, "width": size}, crop_size={"height": size, "width": size})
+    data = generate(3, seed=0, split="train", image_size=32, max_objects=1, twins=True)
+    transform = contrastive_transform(
+        processor, True, caption_column="captions", augment_images=False, twin_columns=("twins", "twin_captions")
+    )
+    examples = data.with_transform(transform)
+    examples = [examples[i] for i in range(len(examples))]
+    tokenizer = clip_tokenizer(context_length=config.text_config.max_position_embeddings)
+    torch.manual_seed(0)
+    return VitlmDualEncoderModel(config), tokenizer, examples, ContrastiveCollator(tokenizer)(examples)
+
+
+def test_twin_collator_puts_twins_and_their_captions_after_the_pairs(twin_batch):
+    _, tokenizer, examples, batch = twin_batch
+    assert "return_loss" not in batch  # the model would pair all 3 + 6 images with all texts
+    assert batch["pixel_values"].shape[0] == 3 + 3 * 2
+    for i, example in enumerate(examples):
+        assert torch.equal(batch["pixel_values"][i], example["pixel_values"])
+        assert torch.equal(batch["pixel_values"][3 + 2 * i : 5 + 2 * i], example["twin_pixel_values"])
+    texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert texts[:3] == [example["caption"] for example in examples]
+    twin_texts = texts[3:]
+    assert len(twin_texts) == len(set(twin_texts)) == len(SHAPES) + len(COLOURS)  # distinct, single objects
+    index = batch["twin_caption_index"]
+    assert index.shape == (3, 2, len(COLOURS))
+    for example, twins in zip(examples, index.tolist()):
+        for captions, numbers in zip(example["twin_captions"], twins):
+            assert [twin_texts[n] for n in numbers if n >= 0] == captions
+            assert numbers[len(captions) :] == [-1] * (len(COLOURS) - len(captions))  # padding
+
+
+def test_twin_loss_is_the_contrastive_loss_plus_the_weighted_score_changes(twin_batch):
+    model, _, _, batch = twin_batch
+    inputs = {key: value for key, value in batch.items() if key != "twin_caption_index"}
+    outputs = model(**inputs)
+    total, contrastive, consistency = twin_contrastive_loss(outputs, batch["twin_caption_index"], "softmax", 10.0)
+    pairs = model(pixel_values=inputs["pixel_values"][:3], input_ids=inputs["input_ids"][:3], return_loss=True)
+    torch.testing.assert_close(contrastive, pairs.loss)
+    # by hand: per twin, the mean squared change of the cosine similarity with each of its captions
+    images, texts = outputs.image_embeds, outputs.text_embeds
+    expected = 0.0
+    for twin in range(2):
+        changes = [
+            (images[i] - images[3 + 2 * i + twin]) @ texts[3 + n]
+            for i in range(3)
+            for n in batch["twin_caption_index"][i, twin].tolist()
+            if n >= 0
+        ]
+        expected = expected + torch.stack(changes).square().mean()
+    torch.testing.assert_close(consistency, expected)
+    assert consistency > 0
+    torch.testing.assert_close(total, contrastive + 10 * consistency)
+    # twins identical to their images change no score
+    same = dict(
+        inputs,
+        pixel_values=torch.cat([inputs["pixel_values"][:3], inputs["pixel_values"][:3].repeat_interleave(2, 0)]),
+    )
+    assert twin_contrastive_loss(model(**same), batch["twin_caption_index"], "softmax", 10.0)[2] < 1e-10
+
+
+def test_twins_share_the_images_augmentation():
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    image = generate(1, seed=0, image_size=32)[0]["image"]
+    with EpochSeed().rng(7):
+        group = grouped_pixel_values([[image, image.copy()]], processor, augmentation(processor))[0]
+    torch.testing.assert_close(group[0], group[1], rtol=0, atol=0)
+    assert not torch.equal(group[0], pixel_values([image], processor)[0])  # augmented

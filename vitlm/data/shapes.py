@@ -82,6 +82,9 @@ FEATURES = Features(
         "masks": List(Image(mode="1")),
     }
 )
+TWIN_FEATURES = Features(
+    {**FEATURES, "twins": List(Image(mode="RGB"), length=2), "twin_captions": List(List(Value("string")), length=2)}
+)
 
 
 def _outline(shape: str) -> np.ndarray:
@@ -164,15 +167,57 @@ def _captions(objects: list[tuple[str, str]]) -> list[str]:
     ]
 
 
-def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: int, max_objects: int) -> dict:
-    allowed = [(s, c) for s in SHAPES for c in COLOURS if split == "test" or (s, c) not in HELD_OUT]
+def _allowed(split: str) -> list[tuple[str, str]]:
+    return [(s, c) for s in SHAPES for c in COLOURS if split == "test" or (s, c) not in HELD_OUT]
+
+
+def _render(background: np.ndarray, objects: list[dict]) -> tuple[PILImage.Image, list[np.ndarray]]:
+    """The image with `objects` ({shape, colour, centre, radius, angle, jitter}) painted bottom to top, and each
+    object's visible mask."""
+    image, visible = background.copy(), []
+    for drawn in objects:
+        mask = _polygon_mask(drawn["shape"], drawn["centre"], drawn["radius"], drawn["angle"], background.shape[0])
+        visible = [seen & ~mask for seen in visible] + [mask]
+        image[mask] = np.array(COLOURS[drawn["colour"]]) + drawn["jitter"]
+    return PILImage.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)), visible
+
+
+def _twins(rng: np.random.Generator, split: str, background: np.ndarray, objects: list[dict]) -> dict:
+    """The scene again with the first object recoloured, then with it reshaped (to partners `split` allows; all else
+    unchanged), and for each the captions whose match with the image the change must leave alone: recolouring keeps
+    every shape-only caption's, reshaping every colour-only caption's."""
+    allowed = _allowed(split)
+    shape, colour = objects[0]["shape"], objects[0]["colour"]
+    colours = [c for s, c in allowed if s == shape and c != colour]
+    shapes = [s for s, c in allowed if c == colour and s != shape]
+    recoloured = {**objects[0], "colour": colours[rng.integers(len(colours))]}
+    reshaped = {**objects[0], "shape": shapes[rng.integers(len(shapes))]}
+    rest = [(drawn["shape"], drawn["colour"]) for drawn in objects[1:]]
+    return {
+        "twins": [_png(_render(background, [changed, *objects[1:]])[0]) for changed in (recoloured, reshaped)],
+        "twin_captions": [
+            [_captions([(s, colour), *rest])[1] for s in SHAPES],
+            [_captions([(shape, c), *rest])[2] for c in COLOURS],
+        ],
+    }
+
+
+def _draw_example(
+    rng: np.random.Generator,
+    split: str,
+    size: int,
+    min_objects: int,
+    max_objects: int,
+    twin_rng: np.random.Generator | None = None,
+) -> dict:
+    allowed = _allowed(split)
     held_out = sorted(HELD_OUT)
-    image = _background(rng, size)
+    background = _background(rng, size)
     count = int(rng.integers(min_objects, max_objects + 1))
     # crowded images get smaller objects, so that every one of them can stay mostly visible
     max_radius = size * min(0.25, 0.45 / math.sqrt(count))
     min_radius = max(4.0, min(0.1 * size, 0.6 * max_radius))
-    pairs, full_areas, visible = [], [], []
+    objects, full_areas, visible = [], [], []
     for index in range(count):
         pool = held_out if split == "test" and index == 0 else allowed
         shape, colour = pool[rng.integers(len(pool))]
@@ -180,7 +225,8 @@ def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: 
             radius = rng.uniform(min_radius, max_radius)
             extent = radius * _EXTENTS[shape]  # whole shape inside the image
             centre = rng.uniform(extent, size - extent, size=2)
-            mask = _polygon_mask(shape, centre, radius, rng.uniform(0, 2 * math.pi), size)
+            angle = rng.uniform(0, 2 * math.pi)
+            mask = _polygon_mask(shape, centre, radius, angle, size)
             # later objects are drawn over earlier ones; redraw this one elsewhere if it would bury one of them
             covered = [seen & ~mask for seen in visible]
             if all(kept.sum() >= (1 - MAX_HIDDEN) * area for kept, area in zip(covered, full_areas)):
@@ -189,17 +235,18 @@ def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: 
             raise RuntimeError(f"could not place {count} objects in a {size}x{size} image; use fewer objects")
         visible = covered + [mask]
         full_areas.append(int(mask.sum()))
-        pairs.append((shape, colour))
-        shade = np.array(COLOURS[colour]) + rng.integers(-BRIGHTNESS_JITTER, BRIGHTNESS_JITTER + 1)
-        image[mask] = shade
+        jitter = rng.integers(-BRIGHTNESS_JITTER, BRIGHTNESS_JITTER + 1)
+        objects.append(dict(shape=shape, colour=colour, centre=centre, radius=radius, angle=angle, jitter=jitter))
 
-    image = PILImage.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    image, _ = _render(background, objects)
+    pairs = [(drawn["shape"], drawn["colour"]) for drawn in objects]
     boxes = []
     for mask in visible:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         boxes.append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1])
     categories = [CATEGORIES.index(f"{colour} {shape}") for shape, colour in pairs]
     captions = _captions(pairs)
+    twins = {} if twin_rng is None else _twins(twin_rng, split, background, objects)
     return {
         "image": _png(image),
         "caption": captions[0],
@@ -212,6 +259,7 @@ def _draw_example(rng: np.random.Generator, split: str, size: int, min_objects: 
             "colour": [colour for _, colour in pairs],
         },
         "masks": [_png(PILImage.fromarray(mask).convert("1")) for mask in visible],
+        **twins,
     }
 
 
@@ -222,6 +270,7 @@ def generate(
     image_size: int = 64,
     min_objects: int = 1,
     max_objects: int = 3,
+    twins: bool = False,
 ) -> Dataset:
     """Draw `num_images` images of the shapes world as a `datasets.Dataset`.
 
@@ -234,6 +283,11 @@ def generate(
         objects: `bbox` ([x0, y0, x1, y1] pixel corners of the visible part, x1 and y1 exclusive), `category`
             (`ClassLabel` over `CATEGORIES`), `shape` and `colour` (names), one entry per object in drawing order.
         masks: per object, a 1-bit image of its visible part (what later objects leave uncovered).
+        twins (with `twins=True`): the same scene with the first object in another colour, then in another shape
+            (pairs the split allows; background, place, size, angle and shading unchanged).
+        twin_captions (with `twins=True`): per twin, the captions whose match with the image the change must leave
+            alone: all six shape-only captions for the recoloured twin (first object's shape varied), all eight
+            colour-only ones for the reshaped twin. `vitlm train contrastive --twin-weight` trains on them.
 
     Objects are drawn bottom to top, each placed so that none of the earlier ones is hidden by more than
     `MAX_HIDDEN`. In "train" and "validation" no object is a `HELD_OUT` pair; in "test" the first object of every
@@ -262,17 +316,20 @@ def generate(
     for index in tqdm(range(num_images), desc=f"Drawing shapes ({split})", disable=num_images < 1000):
         # one stream per image, keyed by a stable split index (never `hash(split)`, which is salted per process)
         rng = np.random.default_rng([int(seed), split_index, index])
-        rows.append(_draw_example(rng, split, int(image_size), min_objects, max_objects))
+        # the twins' own stream, so that asking for them leaves every other column as it was
+        twin_rng = np.random.default_rng([int(seed), split_index, index, 1]) if twins else None
+        rows.append(_draw_example(rng, split, int(image_size), min_objects, max_objects, twin_rng))
 
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    features = TWIN_FEATURES if twins else FEATURES
+    columns = {name: [row[name] for row in rows] for name in features}
     info = DatasetInfo(
         description=(
             f"vitlm shapes world, split {split!r}, seed {seed}, {image_size}px, {min_objects}-{max_objects} objects "
             f"per image; held-out pairs: {sorted(HELD_OUT)}"
         ),
-        features=FEATURES,
+        features=features,
     )
-    return Dataset.from_dict(columns, features=FEATURES, info=info, split=split)
+    return Dataset.from_dict(columns, features=features, info=info, split=split)
 
 
 def to_imagefolder(dataset: Dataset, folder) -> pathlib.Path:

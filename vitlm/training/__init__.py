@@ -6,6 +6,7 @@ from .collators import (
     DetectionCollator,
     InpaintingCollator,
     soft_target_cross_entropy,
+    twin_contrastive_loss,
 )
 from .metrics import accuracy, average_precision, masked_psnr, mean_average_precision
 from .trainer import TASKS, VitlmTrainer, build_trainer, layerwise_lr_decay_groups, training_arguments
@@ -24,5 +25,6 @@ __all__ = [
     "masked_psnr",
     "mean_average_precision",
     "soft_target_cross_entropy",
+    "twin_contrastive_loss",
     "training_arguments",
 ]

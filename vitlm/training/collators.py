@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from ..models.modeling_dual_encoder import contrastive_loss
 from .transforms import INDEX_COLUMN, EpochSeed
 
 
@@ -51,24 +52,41 @@ class ClassificationCollator:
 @dataclass
 class ContrastiveCollator:
     """`pixel_values` with their tokenized captions (padded to the longest, CLIP's right padding); `return_loss`
-    makes the dual encoder return its contrastive loss, in training and evaluation alike."""
+    makes the dual encoder return its contrastive loss, in training and evaluation alike.
+
+    Examples with twins (`twin_pixel_values`, `twin_captions`: `contrastive_transform(twin_columns=...)`) make one
+    forward pass for `twin_contrastive_loss` instead: the twins follow the images in `pixel_values` (image-major),
+    the distinct twin captions follow the captions in `input_ids`, `twin_caption_index` (batch, twins, captions)
+    numbers each twin's captions among those (-1: padding), and the model is not asked for its loss (it would
+    pair every image with a text)."""
 
     tokenizer: object
     max_length: int | None = None
 
     def __call__(self, examples):
-        text = self.tokenizer(
-            [example["caption"] for example in examples],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        texts = [example["caption"] for example in examples]
+        images = torch.stack([example["pixel_values"] for example in examples])
+        extra = {"return_loss": True}
+        if "twin_pixel_values" in examples[0]:
+            twin_texts = {}  # the distinct twin captions, numbered in order of first appearance
+            index = [
+                [
+                    [twin_texts.setdefault(caption, len(twin_texts)) for caption in kept]
+                    for kept in example["twin_captions"]
+                ]
+                for example in examples
+            ]
+            width = max(len(kept) for twins in index for kept in twins)
+            padded = [[kept + [-1] * (width - len(kept)) for kept in twins] for twins in index]
+            extra = {"twin_caption_index": torch.tensor(padded)}
+            texts += list(twin_texts)
+            images = torch.cat([images, *(example["twin_pixel_values"] for example in examples)])
+        text = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {
-            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "pixel_values": images,
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "return_loss": True,
+            **extra,
         }
 
 
@@ -152,10 +170,30 @@ def soft_target_cross_entropy(outputs, labels, num_items_in_batch=None):
     return -(labels * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
+def twin_contrastive_loss(outputs, twin_caption_index: torch.Tensor, loss_type: str, twin_weight: float):
+    """(total, contrastive, consistency) for a `ContrastiveCollator` batch with twins.
+
+    The contrastive loss pairs the first `batch` images with the first `batch` texts. The consistency term asks each
+    twin to match its captions exactly as its image does: the squared change of cosine similarity between image and
+    twin, averaged over the twin's captions and the batch, summed over the twins. Trained on the shapes world's
+    twins, it makes recolouring leave every shape caption's score alone and reshaping every colour caption's, so that
+    no colour becomes evidence for or against a shape (which held-out shape x colour pairs otherwise teach)."""
+    batch, num_twins, _ = twin_caption_index.shape
+    contrastive = contrastive_loss(outputs.logits_per_text[:batch, :batch], loss_type)
+    images = outputs.image_embeds
+    change = images[:batch, None] - images[batch:].view(batch, num_twins, -1)
+    scores = change @ outputs.text_embeds[batch:].t()  # (batch, twins, distinct twin captions)
+    kept = twin_caption_index >= 0
+    squared = scores.gather(-1, twin_caption_index.clamp(min=0)).square() * kept
+    consistency = (squared.sum((0, 2)) / kept.sum((0, 2))).sum()
+    return contrastive + twin_weight * consistency, contrastive, consistency
+
+
 __all__ = [
     "ClassificationCollator",
     "ContrastiveCollator",
     "DetectionCollator",
     "InpaintingCollator",
     "soft_target_cross_entropy",
+    "twin_contrastive_loss",
 ]

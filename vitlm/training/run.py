@@ -2,6 +2,7 @@
 Auto classes (model, processor, loss curves, model card)."""
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -99,16 +100,18 @@ def load_datasets(
     shapes_test: int = 128,
     shapes_size: int = 64,
     shapes_max_objects: int = 3,
+    shapes_twins: bool = False,
 ):
-    """(train, eval) datasets: `shapes` (the synthetic world, generated), an image folder, or a Hub dataset. Without
-    an evaluation split, 10% of the training set is held out."""
+    """(train, eval) datasets: `shapes` (the synthetic world, generated; `shapes_twins`: the training images'
+    twins too), an image folder, or a Hub dataset. Without an evaluation split, 10% of the training set is held
+    out."""
     from datasets import DatasetDict, load_dataset
 
     if name == "shapes":
         from ..data.shapes import generate
 
         sizes = dict(image_size=shapes_size, max_objects=shapes_max_objects)
-        return generate(shapes_train, seed=seed, split="train", **sizes), generate(
+        return generate(shapes_train, seed=seed, split="train", twins=shapes_twins, **sizes), generate(
             shapes_test, seed=seed + 1, split="test", **sizes
         )
     splits = load_dataset("imagefolder", data_dir=name) if Path(name).is_dir() else load_dataset(name)
@@ -147,12 +150,26 @@ def class_names_of(task: str, dataset) -> list[str] | None:
 
 
 def with_transforms(
-    task: str, train, eval_dataset, image_processor, bbox_format="xyxy", augment=True, caption_weights=None
+    task: str,
+    train,
+    eval_dataset,
+    image_processor,
+    bbox_format="xyxy",
+    augment=True,
+    caption_weights=None,
+    twins: bool = False,
 ):
     """The task's transforms on both sets; `augment=False` trains on the evaluation transform (for data whose
     labels crops and colour jitter would falsify, such as the shapes world's captions); `caption_weights` weigh an
-    example's captions when contrastive training draws one."""
+    example's captions when contrastive training draws one; `twins` adds the training images' twins (columns
+    `twins` and `twin_captions`) to contrastive batches."""
     image = image_column(train)
+    twin_columns = None
+    if twins:
+        twin_columns = (
+            find_column(train, ("twins",), "twins"),
+            find_column(train, ("twin_captions",), "twin captions"),
+        )
     make = {
         "classify": lambda is_train: transforms.classification_transform(
             image_processor, is_train and augment, image, find_column(train, ("label", "labels"), "label")
@@ -165,6 +182,7 @@ def with_transforms(
             find_column(train, ("captions", "caption", "text"), "caption"),
             augment_images=augment,
             caption_weights=caption_weights,
+            twin_columns=twin_columns,
         ),
         "detect": lambda is_train: transforms.detection_transform(
             image_processor, is_train and augment, image, find_column(train, ("objects",), "objects"), bbox_format
@@ -201,6 +219,7 @@ def train(
     augment: bool = True,
     block_masking: bool = False,
     caption_weights: list[float] | None = None,
+    twin_weight: float = 0.0,
     save_checkpoints: bool = True,
     save_dtype: str | None = None,
     command: str | None = None,
@@ -209,7 +228,8 @@ def train(
 ):
     """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics).
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
-    the final weights."""
+    the final weights; `twin_weight` > 0 adds the twin consistency loss to contrastive training (data with twins:
+    `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates)."""
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if not save_checkpoints:
@@ -219,7 +239,13 @@ def train(
         if task != "contrastive":
             raise ValueError(f"caption weights apply to contrastive training, not {task!r}")
         transforms.caption_weights_tensor(caption_weights)
-    train_set, eval_set = load_datasets(dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects)
+    if not (isinstance(twin_weight, (int, float)) and math.isfinite(twin_weight) and twin_weight >= 0):
+        raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
+    if twin_weight and task != "contrastive":
+        raise ValueError(f"the twin consistency loss applies to contrastive training, not {task!r}")
+    train_set, eval_set = load_datasets(
+        dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects, shapes_twins=twin_weight > 0
+    )
     class_names = class_names_of(task, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
@@ -228,7 +254,7 @@ def train(
     if task == "contrastive" and class_names is not None:
         eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
     train_set, eval_set = with_transforms(
-        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights
+        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights, twins=twin_weight > 0
     )
 
     args = training_arguments(
@@ -257,6 +283,7 @@ def train(
         layer_decay=layer_decay,
         block_masking=block_masking,
         callbacks=callbacks,
+        twin_weight=twin_weight,
     )
     checkpoint = get_last_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if resume and checkpoint is None:

@@ -20,6 +20,7 @@ from .collators import (
     DetectionCollator,
     InpaintingCollator,
     soft_target_cross_entropy,
+    twin_contrastive_loss,
 )
 from .metrics import classification_metrics, detection_metrics, inpainting_metrics, zero_shot_metrics
 
@@ -147,14 +148,36 @@ class DataEpochCallback(TrainerCallback):
 
 
 class VitlmTrainer(Trainer):
-    """Trainer with a separate training collator (mixup / cutmix must not touch evaluation batches) and the
-    prediction outputs each task's metrics read."""
+    """Trainer with a separate training collator (mixup / cutmix must not touch evaluation batches), the prediction
+    outputs each task's metrics read, and the twin consistency loss for contrastive batches with twins
+    (`twin_contrastive_loss`; its two terms are logged as `contrastive_loss` and `twin_loss`)."""
 
-    def __init__(self, *args, train_data_collator=None, ignored_outputs=None, **kwargs):
+    def __init__(self, *args, train_data_collator=None, ignored_outputs=None, twin_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_data_collator = train_data_collator
         self.ignored_outputs = ignored_outputs
+        self.twin_weight = twin_weight
+        self.twin_terms = []  # (contrastive, consistency) per step since the last log
         self.add_callback(DataEpochCallback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "twin_caption_index" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        twin_caption_index = inputs.pop("twin_caption_index")
+        outputs = model(**inputs)  # one pass through the (possibly distributed) wrapper for images, twins and texts
+        loss_type = self.accelerator.unwrap_model(model).config.loss_type
+        loss, contrastive, consistency = twin_contrastive_loss(
+            outputs, twin_caption_index, loss_type, self.twin_weight
+        )
+        self.twin_terms.append(torch.stack([contrastive, consistency]).detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self.twin_terms and "loss" in logs:
+            contrastive, consistency = torch.stack(self.twin_terms).mean(0).tolist()
+            logs = {**logs, "contrastive_loss": round(contrastive, 4), "twin_loss": round(consistency, 6)}
+            self.twin_terms.clear()
+        super().log(logs, *args, **kwargs)
 
     def get_train_dataloader(self):
         if self.train_data_collator is None:
@@ -185,6 +208,7 @@ def build_trainer(
     block_masking: bool = False,
     templates=None,
     callbacks=None,
+    twin_weight: float = 0.0,
 ) -> Trainer:
     """A Trainer for `task` on datasets already carrying the task's transform (`vitlm.training.transforms`).
 
@@ -196,6 +220,7 @@ def build_trainer(
         block_masking: inpaint: train half the images on blob-shaped masks (`InpaintingCollator`).
         templates: zero-shot evaluation prompts and the detection queries' (first one); default: the model's
             `config.prompt_templates`, else CLIP's "a photo of a {}.".
+        twin_weight: contrastive: weight of the twin consistency loss on training batches with twins.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -251,6 +276,7 @@ def build_trainer(
         optimizers=optimizers,
         callbacks=callbacks,
         ignored_outputs=IGNORED_OUTPUTS[task],
+        twin_weight=twin_weight,
         **extra,
     )
 

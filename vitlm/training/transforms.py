@@ -107,16 +107,25 @@ def augmentation(image_processor, scale=(0.35, 1.0), flip: bool = True, jitter: 
 
 
 def pixel_values(images, image_processor, augment=None, rngs=None) -> list[torch.Tensor]:
-    images = [image.convert("RGB") for image in images]
+    return [group[0] for group in grouped_pixel_values([[image] for image in images], image_processor, augment, rngs)]
+
+
+def grouped_pixel_values(groups, image_processor, augment=None, rngs=None) -> list[torch.Tensor]:
+    """One (group size, channels, height, width) tensor per group of images; the images of a group (an image and its
+    twins) share one augmentation draw: the same crop, the same jitter."""
+    groups = [[image.convert("RGB") for image in group] for group in groups]
     if augment is None:  # evaluation: the processor's own resize and crop
-        return list(image_processor(images, return_tensors="pt")["pixel_values"])
+        processed = image_processor([image for group in groups for image in group], return_tensors="pt")
+        return list(processed["pixel_values"].split([len(group) for group in groups]))
     augmented = []
-    for image, rng in zip(images, rngs or [nullcontext()] * len(images)):
+    for group, rng in zip(groups, rngs or [nullcontext()] * len(groups)):
         with rng:
-            augmented.append(augment(image))
+            augmented.append(list(augment(*group)) if len(group) > 1 else [augment(group[0])])
     # already at the output size: the processor only rescales and normalizes
-    images = augmented
-    return list(image_processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"])
+    processed = image_processor(
+        [image for group in augmented for image in group], do_resize=False, do_center_crop=False, return_tensors="pt"
+    )
+    return list(processed["pixel_values"].split([len(group) for group in augmented]))
 
 
 def classification_transform(image_processor, train: bool, image_column="image", label_column="label", **augment):
@@ -147,14 +156,18 @@ def contrastive_transform(
     caption_column="caption",
     augment_images=True,
     caption_weights=None,
+    twin_columns=None,
     **augment,
 ):
     """Images and their captions. Where an image has several captions (a list), training draws one per step (keyed
     like the augmentations), uniformly or with `caption_weights` (one per list position; the shapes world's
-    [full, shape-only, colour-only] at `[0, 1, 0]` trains on shape words alone), and evaluation takes the first."""
+    [full, shape-only, colour-only] at `[0, 1, 0]` trains on shape words alone), and evaluation takes the first.
+    `twin_columns` ((twins, twin captions), training only) adds each image's twins, augmented as the image is, and
+    the captions each twin must match as the image does (`vitlm.data.shapes.generate(twins=True)`)."""
     # no flip: captions may say "left" or "right"
     augment = augmentation(image_processor, **{"flip": False, **augment}) if train and augment_images else None
     weights = None if caption_weights is None else caption_weights_tensor(caption_weights)
+    twins, twin_captions = twin_columns if train and twin_columns else (None, None)
 
     def pick(captions, rng):
         if isinstance(captions, str):
@@ -174,10 +187,18 @@ def contrastive_transform(
 
     def transform(examples, rngs=None):
         rngs = rngs or [nullcontext()] * len(examples[caption_column])
-        return {
-            "pixel_values": pixel_values(examples[image_column], image_processor, augment, rngs),
+        groups = [[image] for image in examples[image_column]]
+        if twins is not None:
+            groups = [[*group, *others] for group, others in zip(groups, examples[twins])]
+        grouped = grouped_pixel_values(groups, image_processor, augment, rngs)
+        outputs = {
+            "pixel_values": [group[0] for group in grouped],
+            # drawn after the image's augmentation, from the same stream
             "caption": [pick(captions, rng) for captions, rng in zip(examples[caption_column], rngs)],
         }
+        if twins is not None:
+            outputs.update(twin_pixel_values=[group[1:] for group in grouped], twin_captions=examples[twin_captions])
+        return outputs
 
     return TrainTransform(transform) if train else transform
 
