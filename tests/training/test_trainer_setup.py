@@ -20,6 +20,7 @@ from vitlm.training.transforms import (
     contrastive_transform,
     grouped_pixel_values,
     pixel_values,
+    with_example_index,
 )
 
 
@@ -58,11 +59,11 @@ def test_mixup_collator_makes_soft_targets_and_matching_loss():
 
 @pytest.fixture(scope="module")
 def twin_batch():
-    """A tiny dual encoder and a collated batch of three shapes-world images with their twins."""
+    """A tiny dual encoder and a collated batch of three shapes-world images (1-3 objects) with their twins."""
     config = tiny_clip_config()
     size = config.vision_config.image_size
     processor = VitlmImageProcessor(size={"height": size, "width": size}, crop_size={"height": size, "width": size})
-    data = generate(3, seed=0, split="train", image_size=32, max_objects=1, twins=True)
+    data = generate(3, seed=0, split="train", image_size=32, max_objects=3, twins=True)
     transform = contrastive_transform(
         processor, True, caption_column="captions", augment_images=False, twin_columns=("twins", "twin_captions")
     )
@@ -80,10 +81,12 @@ def test_twin_collator_puts_twins_and_their_captions_after_the_pairs(twin_batch)
     for i, example in enumerate(examples):
         assert torch.equal(batch["pixel_values"][i], example["pixel_values"])
         assert torch.equal(batch["pixel_values"][3 + 2 * i : 5 + 2 * i], example["twin_pixel_values"])
-    texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    texts = [text.replace(" ,", ",") for text in tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)]
     assert texts[:3] == [example["caption"] for example in examples]
     twin_texts = texts[3:]
-    assert len(twin_texts) == len(set(twin_texts)) == len(SHAPES) + len(COLOURS)  # distinct, single objects
+    # each distinct caption once, whichever examples share it
+    assert len(twin_texts) == len({text for example in examples for kept in example["twin_captions"] for text in kept})
+    assert len(twin_texts) > len(SHAPES) + len(COLOURS)  # not the same captions for every example
     index = batch["twin_caption_index"]
     assert index.shape == (3, 2, len(COLOURS))
     for example, twins in zip(examples, index.tolist()):
@@ -96,7 +99,7 @@ def test_twin_loss_is_the_contrastive_loss_plus_the_weighted_score_changes(twin_
     model, _, _, batch = twin_batch
     inputs = {key: value for key, value in batch.items() if key != "twin_caption_index"}
     outputs = model(**inputs)
-    total, contrastive, consistency = twin_contrastive_loss(outputs, batch["twin_caption_index"], "softmax", 10.0)
+    total, contrastive, consistency = twin_contrastive_loss(outputs, batch["twin_caption_index"], model, 10.0)
     pairs = model(pixel_values=inputs["pixel_values"][:3], input_ids=inputs["input_ids"][:3], return_loss=True)
     torch.testing.assert_close(contrastive, pairs.loss)
     # by hand: per twin, the mean squared change of the cosine similarity with each of its captions
@@ -118,7 +121,7 @@ def test_twin_loss_is_the_contrastive_loss_plus_the_weighted_score_changes(twin_
         inputs,
         pixel_values=torch.cat([inputs["pixel_values"][:3], inputs["pixel_values"][:3].repeat_interleave(2, 0)]),
     )
-    assert twin_contrastive_loss(model(**same), batch["twin_caption_index"], "softmax", 10.0)[2] < 1e-10
+    assert twin_contrastive_loss(model(**same), batch["twin_caption_index"], model, 10.0)[2] < 1e-10
 
 
 def test_twins_share_the_images_augmentation():
@@ -128,3 +131,37 @@ def test_twins_share_the_images_augmentation():
         group = grouped_pixel_values([[image, image.copy()]], processor, augmentation(processor))[0]
     torch.testing.assert_close(group[0], group[1], rtol=0, atol=0)
     assert not torch.equal(group[0], pixel_values([image], processor)[0])  # augmented
+
+
+def test_twins_leave_the_images_augmentation_and_caption_as_they_were():
+    processor = VitlmImageProcessor(size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16})
+    data = with_example_index(generate(6, seed=0, split="train", image_size=32, twins=True))
+
+    def transformed(twin_columns):
+        transform = contrastive_transform(processor, True, caption_column="captions", twin_columns=twin_columns)
+        transform.set_epoch(2, seed=5)
+        return data.with_transform(transform)[:]
+
+    plain, twinned = transformed(None), transformed(("twins", "twin_captions"))
+    assert twinned["caption"] == plain["caption"]
+    torch.testing.assert_close(
+        torch.stack(twinned["pixel_values"]), torch.stack(plain["pixel_values"]), rtol=0, atol=0
+    )
+    assert [len(twins) for twins in twinned["twin_pixel_values"]] == [2] * 6
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e: e.update(twin_pixel_values=e["twin_pixel_values"][:1]), "same number"),
+        (lambda e: e.update(twin_captions=e["twin_captions"][:1]), "one list of captions per twin"),
+        (lambda e: e.update(twin_captions=["a circle", "a red shape"]), "non-empty list of caption strings"),
+        (lambda e: e.update(twin_captions=[["a circle"], []]), "non-empty list of caption strings"),
+    ],
+)
+def test_bad_twins_are_named(twin_batch, change, message):
+    _, tokenizer, examples, _ = twin_batch
+    broken = [dict(example) for example in examples]
+    change(broken[1])
+    with pytest.raises(ValueError, match=message):
+        ContrastiveCollator(tokenizer)(broken)

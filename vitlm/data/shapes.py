@@ -171,15 +171,13 @@ def _allowed(split: str) -> list[tuple[str, str]]:
     return [(s, c) for s in SHAPES for c in COLOURS if split == "test" or (s, c) not in HELD_OUT]
 
 
-def _render(background: np.ndarray, objects: list[dict]) -> tuple[PILImage.Image, list[np.ndarray]]:
-    """The image with `objects` ({shape, colour, centre, radius, angle, jitter}) painted bottom to top, and each
-    object's visible mask."""
-    image, visible = background.copy(), []
+def _render(background: np.ndarray, objects: list[dict]) -> PILImage.Image:
+    """The image with `objects` ({shape, colour, centre, radius, angle, jitter}) painted bottom to top."""
+    image = background.copy()
     for drawn in objects:
         mask = _polygon_mask(drawn["shape"], drawn["centre"], drawn["radius"], drawn["angle"], background.shape[0])
-        visible = [seen & ~mask for seen in visible] + [mask]
         image[mask] = np.array(COLOURS[drawn["colour"]]) + drawn["jitter"]
-    return PILImage.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)), visible
+    return PILImage.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
 
 
 def _twins(rng: np.random.Generator, split: str, background: np.ndarray, objects: list[dict]) -> dict:
@@ -194,7 +192,7 @@ def _twins(rng: np.random.Generator, split: str, background: np.ndarray, objects
     reshaped = {**objects[0], "shape": shapes[rng.integers(len(shapes))]}
     rest = [(drawn["shape"], drawn["colour"]) for drawn in objects[1:]]
     return {
-        "twins": [_png(_render(background, [changed, *objects[1:]])[0]) for changed in (recoloured, reshaped)],
+        "twins": [_png(_render(background, [changed, *objects[1:]])) for changed in (recoloured, reshaped)],
         "twin_captions": [
             [_captions([(s, colour), *rest])[1] for s in SHAPES],
             [_captions([(shape, c), *rest])[2] for c in COLOURS],
@@ -238,7 +236,7 @@ def _draw_example(
         jitter = rng.integers(-BRIGHTNESS_JITTER, BRIGHTNESS_JITTER + 1)
         objects.append(dict(shape=shape, colour=colour, centre=centre, radius=radius, angle=angle, jitter=jitter))
 
-    image, _ = _render(background, objects)
+    image = _render(background, objects)
     pairs = [(drawn["shape"], drawn["colour"]) for drawn in objects]
     boxes = []
     for mask in visible:
@@ -284,7 +282,8 @@ def generate(
             (`ClassLabel` over `CATEGORIES`), `shape` and `colour` (names), one entry per object in drawing order.
         masks: per object, a 1-bit image of its visible part (what later objects leave uncovered).
         twins (with `twins=True`): the same scene with the first object in another colour, then in another shape
-            (pairs the split allows; background, place, size, angle and shading unchanged).
+            (pairs the split allows; background, centre, size, angle and shading unchanged, so a reshaped object
+            with a longer reach, a star for a circle, can cross the image's edge or lose more to later objects).
         twin_captions (with `twins=True`): per twin, the captions whose match with the image the change must leave
             alone: all six shape-only captions for the recoloured twin (first object's shape varied), all eight
             colour-only ones for the reshaped twin. `vitlm train contrastive --twin-weight` trains on them.

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from ..models.modeling_dual_encoder import contrastive_loss
+from ..models.modeling_dual_encoder import contrastive_loss, scaled_similarity
 from .transforms import INDEX_COLUMN, EpochSeed
 
 
@@ -68,16 +68,14 @@ class ContrastiveCollator:
         images = torch.stack([example["pixel_values"] for example in examples])
         extra = {"return_loss": True}
         if "twin_pixel_values" in examples[0]:
+            check_twins(examples)
             twin_texts = {}  # the distinct twin captions, numbered in order of first appearance
             index = [
-                [
-                    [twin_texts.setdefault(caption, len(twin_texts)) for caption in kept]
-                    for kept in example["twin_captions"]
-                ]
-                for example in examples
+                [[twin_texts.setdefault(caption, len(twin_texts)) for caption in captions] for captions in twins]
+                for twins in (example["twin_captions"] for example in examples)
             ]
-            width = max(len(kept) for twins in index for kept in twins)
-            padded = [[kept + [-1] * (width - len(kept)) for kept in twins] for twins in index]
+            width = max(len(captions) for twins in index for captions in twins)
+            padded = [[captions + [-1] * (width - len(captions)) for captions in twins] for twins in index]
             extra = {"twin_caption_index": torch.tensor(padded)}
             texts += list(twin_texts)
             images = torch.cat([images, *(example["twin_pixel_values"] for example in examples)])
@@ -170,8 +168,24 @@ def soft_target_cross_entropy(outputs, labels, num_items_in_batch=None):
     return -(labels * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
-def twin_contrastive_loss(outputs, twin_caption_index: torch.Tensor, loss_type: str, twin_weight: float):
-    """(total, contrastive, consistency) for a `ContrastiveCollator` batch with twins.
+def check_twins(examples):
+    """Refuse twins a batch cannot hold: every example needs the same number of twin images (at least one), each with
+    a non-empty list of captions."""
+    counts = {len(example["twin_pixel_values"]) for example in examples}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"every example needs the same number (>= 1) of twins, got {sorted(counts)} in one batch")
+    for example in examples:
+        captions = example.get("twin_captions")
+        if not isinstance(captions, list) or len(captions) != len(example["twin_pixel_values"]):
+            raise ValueError(f"twin_captions must hold one list of captions per twin, got {captions!r}")
+        for kept in captions:
+            if not isinstance(kept, list) or not kept or not all(isinstance(text, str) for text in kept):
+                raise ValueError(f"each twin needs a non-empty list of caption strings, got {kept!r}")
+
+
+def twin_contrastive_loss(outputs, twin_caption_index: torch.Tensor, model, twin_weight: float):
+    """(total, contrastive, consistency) for a `ContrastiveCollator` batch with twins; `model` is the dual encoder
+    (unwrapped), for its temperature and loss type.
 
     The contrastive loss pairs the first `batch` images with the first `batch` texts. The consistency term asks each
     twin to match its captions exactly as its image does: the squared change of cosine similarity between image and
@@ -179,13 +193,15 @@ def twin_contrastive_loss(outputs, twin_caption_index: torch.Tensor, loss_type: 
     twins, it makes recolouring leave every shape caption's score alone and reshaping every colour caption's, so that
     no colour becomes evidence for or against a shape (which held-out shape x colour pairs otherwise teach)."""
     batch, num_twins, _ = twin_caption_index.shape
-    contrastive = contrastive_loss(outputs.logits_per_text[:batch, :batch], loss_type)
-    images = outputs.image_embeds
-    change = images[:batch, None] - images[batch:].view(batch, num_twins, -1)
-    scores = change @ outputs.text_embeds[batch:].t()  # (batch, twins, distinct twin captions)
-    kept = twin_caption_index >= 0
-    squared = scores.gather(-1, twin_caption_index.clamp(min=0)).square() * kept
-    consistency = (squared.sum((0, 2)) / kept.sum((0, 2))).sum()
+    image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds
+    # from the embeddings, not `outputs.logits_per_text`: DataParallel concatenates those per device
+    logits = scaled_similarity(text_embeds[:batch], image_embeds[:batch], model.logit_scale, model.logit_bias)
+    contrastive = contrastive_loss(logits, model.config.loss_type)
+    change = image_embeds[:batch, None] - image_embeds[batch:].view(batch, num_twins, -1)
+    scores = change @ text_embeds[batch:].t()  # (batch, twins, distinct twin captions)
+    present = twin_caption_index >= 0
+    squared = scores.gather(-1, twin_caption_index.clamp(min=0)).square() * present
+    consistency = (squared.sum((0, 2)) / present.sum((0, 2))).sum()
     return contrastive + twin_weight * consistency, contrastive, consistency
 
 
@@ -194,6 +210,7 @@ __all__ = [
     "ContrastiveCollator",
     "DetectionCollator",
     "InpaintingCollator",
+    "check_twins",
     "soft_target_cross_entropy",
     "twin_contrastive_loss",
 ]

@@ -243,8 +243,9 @@ def train(
         raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
     if twin_weight and task != "contrastive":
         raise ValueError(f"the twin consistency loss applies to contrastive training, not {task!r}")
+    twins = twin_weight > 0
     train_set, eval_set = load_datasets(
-        dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects, shapes_twins=twin_weight > 0
+        dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects, shapes_twins=twins
     )
     class_names = class_names_of(task, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
@@ -254,7 +255,7 @@ def train(
     if task == "contrastive" and class_names is not None:
         eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
     train_set, eval_set = with_transforms(
-        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights, twins=twin_weight > 0
+        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights, twins
     )
 
     args = training_arguments(

@@ -157,7 +157,8 @@ class VitlmTrainer(Trainer):
         self.train_data_collator = train_data_collator
         self.ignored_outputs = ignored_outputs
         self.twin_weight = twin_weight
-        self.twin_terms = []  # (contrastive, consistency) per step since the last log
+        # since the last log: the sums of the contrastive and consistency terms, and the number of batches
+        self.twin_terms = None
         self.add_callback(DataEpochCallback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -165,18 +166,18 @@ class VitlmTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         twin_caption_index = inputs.pop("twin_caption_index")
         outputs = model(**inputs)  # one pass through the (possibly distributed) wrapper for images, twins and texts
-        loss_type = self.accelerator.unwrap_model(model).config.loss_type
-        loss, contrastive, consistency = twin_contrastive_loss(
-            outputs, twin_caption_index, loss_type, self.twin_weight
-        )
-        self.twin_terms.append(torch.stack([contrastive, consistency]).detach())
+        unwrapped = self.accelerator.unwrap_model(model)
+        loss, *terms = twin_contrastive_loss(outputs, twin_caption_index, unwrapped, self.twin_weight)
+        batch_terms = torch.stack([*terms, torch.ones_like(terms[0])]).detach()
+        self.twin_terms = batch_terms if self.twin_terms is None else self.twin_terms + batch_terms
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
-        if self.twin_terms and "loss" in logs:
-            contrastive, consistency = torch.stack(self.twin_terms).mean(0).tolist()
-            logs = {**logs, "contrastive_loss": round(contrastive, 4), "twin_loss": round(consistency, 6)}
-            self.twin_terms.clear()
+        if "loss" in logs and self.twin_terms is not None:  # every process logs together: the mean over all of them
+            terms = self.accelerator.reduce(self.twin_terms, "sum").cpu()
+            logs = {**logs, "contrastive_loss": round(float(terms[0] / terms[2]), 4)}
+            logs["twin_loss"] = round(float(terms[1] / terms[2]), 6)
+            self.twin_terms = None
         super().log(logs, *args, **kwargs)
 
     def get_train_dataloader(self):
