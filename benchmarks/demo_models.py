@@ -1,7 +1,9 @@
 """Quality of the demo's default models on shapes-world data none of them was trained on.
 
 - zero-shot: single-object images of the `HELD_OUT` shape x colour pairs (never in any training caption), classified
-  among all 48 categories with the model's own prompt templates (chance 1/48); the seen pairs' accuracy for context;
+  among all 48 categories with the model's own prompt templates (chance 1/48); the seen pairs' accuracy for context,
+  and on the held-out pairs whether the shape alone and the colour alone are named (shape-only and colour-only
+  captions; chance 1/6 and 1/8);
 - detection: test-split images (the first object of each is a held-out pair, 1-3 objects), queried with all 48
   category names; AP at IoU 0.5 per category, averaged over the categories present (COCO-style), and over the
   held-out categories alone;
@@ -37,7 +39,7 @@ from transformers import (
 )
 
 from vitlm import VitlmDualEncoderForImageClassification
-from vitlm.data.shapes import CATEGORIES, HELD_OUT, generate
+from vitlm.data.shapes import CATEGORIES, COLOURS, HELD_OUT, SHAPES, caption_variants, generate
 from vitlm.models.modeling_inpainting import poisson_fill
 from vitlm.training.metrics import average_precision, center_to_corners
 
@@ -61,18 +63,34 @@ def batches(dataset, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def zero_shot_accuracy(folder: Path, split: str, num_images: int, batch_size: int) -> float:
+def zero_shot_accuracy(folder: Path, split: str, num_images: int, batch_size: int) -> dict[str, float]:
+    """Top-1 among the 48 categories (the model's prompt templates), and naming the shape alone among the six
+    shape-only captions and the colour alone among the eight colour-only ones (the captions training used)."""
     model, processor = AutoModel.from_pretrained(folder).float().eval(), AutoProcessor.from_pretrained(folder)
-    classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, processor.tokenizer, CATEGORIES)
+    classifiers = {
+        "top1": VitlmDualEncoderForImageClassification.from_dual_encoder(model, processor.tokenizer, CATEGORIES),
+        "shape_top1": VitlmDualEncoderForImageClassification.from_dual_encoder(
+            model, processor.tokenizer, [caption_variants([(shape, "red")])[1] for shape in SHAPES], templates=["{}"]
+        ),
+        "colour_top1": VitlmDualEncoderForImageClassification.from_dual_encoder(
+            model, processor.tokenizer, [caption_variants([("circle", c)])[2] for c in COLOURS], templates=["{}"]
+        ),
+    }
     data = generate(
         num_images, seed=SEED, split=split, image_size=image_side(model.config), min_objects=1, max_objects=1
     )
-    correct = 0
+    correct = dict.fromkeys(classifiers, 0)
     for batch in batches(data, batch_size, f"zero-shot ({split})"):
         pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
-        predicted = classifier(pixel_values).logits.argmax(-1)
-        correct += int((predicted == torch.tensor(batch["label"])).sum())
-    return correct / num_images
+        labels = {
+            "top1": batch["label"],
+            "shape_top1": [SHAPES.index(objects["shape"][0]) for objects in batch["objects"]],
+            "colour_top1": [list(COLOURS).index(objects["colour"][0]) for objects in batch["objects"]],
+        }
+        for name, classifier in classifiers.items():
+            predicted = classifier(pixel_values).logits.argmax(-1)
+            correct[name] += int((predicted == torch.tensor(labels[name])).sum())
+    return {name: count / num_images for name, count in correct.items()}
 
 
 @torch.no_grad()
@@ -181,9 +199,13 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    held_out = zero_shot_accuracy(args.models / "zero-shot", "test", args.images, args.batch_size)
+    seen = zero_shot_accuracy(args.models / "zero-shot", "validation", args.images, args.batch_size)
     zero_shot = {
-        "held_out_top1": zero_shot_accuracy(args.models / "zero-shot", "test", args.images, args.batch_size),
-        "seen_top1": zero_shot_accuracy(args.models / "zero-shot", "validation", args.images, args.batch_size),
+        "held_out_top1": held_out["top1"],
+        "seen_top1": seen["top1"],
+        "held_out_shape_top1": held_out["shape_top1"],
+        "held_out_colour_top1": held_out["colour_top1"],
         "chance": 1 / len(CATEGORIES),
     }
     detection = detection_ap50(args.models / "detection", args.images, args.batch_size)
@@ -192,6 +214,13 @@ def main():
     rows = [
         ("zero-shot", "top-1, held-out shape x colour pairs, 48 classes", zero_shot["held_out_top1"], ">= 0.90"),
         ("zero-shot", "top-1, seen pairs (unseen images)", zero_shot["seen_top1"], ""),
+        ("zero-shot", "held-out pairs: shape named among 6 shape-only captions", zero_shot["held_out_shape_top1"], ""),
+        (
+            "zero-shot",
+            "held-out pairs: colour named among 8 colour-only captions",
+            zero_shot["held_out_colour_top1"],
+            "",
+        ),
         ("detection", "AP50, test images (48 queries)", detection["ap50"], ">= 0.80"),
         ("detection", "AP50, held-out categories only", detection["ap50_held_out"], ""),
         ("detection", "AP50, seen categories only", detection["ap50_seen"], ""),

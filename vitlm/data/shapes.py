@@ -157,9 +157,10 @@ def _phrase_list(descriptions: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _captions(objects: list[tuple[str, str]]) -> list[str]:
-    """The full caption, then the same objects by shape only and by colour only. Training on the partial ones too
-    teaches a dual encoder colour and shape words apart, which is what lets it name pairs it never saw."""
+def caption_variants(objects: list[tuple[str, str]]) -> list[str]:
+    """The captions of (shape, colour) `objects`: the full one, then by shape only and by colour only ("a red
+    circle", "a circle", "a red shape"). Training on the partial ones too teaches a dual encoder colour and shape
+    words apart, which is what lets it name pairs it never saw."""
     return [
         _phrase_list([f"{colour} {shape}" for shape, colour in objects]),
         _phrase_list([shape for shape, _ in objects]),
@@ -194,8 +195,8 @@ def _twins(rng: np.random.Generator, split: str, background: np.ndarray, objects
     return {
         "twins": [_png(_render(background, [changed, *objects[1:]])) for changed in (recoloured, reshaped)],
         "twin_captions": [
-            [_captions([(s, colour), *rest])[1] for s in SHAPES],
-            [_captions([(shape, c), *rest])[2] for c in COLOURS],
+            [caption_variants([(s, colour), *rest])[1] for s in SHAPES],
+            [caption_variants([(shape, c), *rest])[2] for c in COLOURS],
         ],
     }
 
@@ -243,7 +244,7 @@ def _draw_example(
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         boxes.append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1])
     categories = [CATEGORIES.index(f"{colour} {shape}") for shape, colour in pairs]
-    captions = _captions(pairs)
+    captions = caption_variants(pairs)
     twins = {} if twin_rng is None else _twins(twin_rng, split, background, objects)
     return {
         "image": _png(image),
