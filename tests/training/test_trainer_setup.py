@@ -4,11 +4,12 @@ import torch
 from tests.conftest import tiny_clip_config, tiny_config
 from vitlm import VitlmDualEncoderModel, VitlmViTForImageClassification
 from vitlm.clip_bpe import clip_tokenizer
-from vitlm.data.shapes import COLOURS, SHAPES, generate
+from vitlm.data.shapes import CATEGORIES, COLOURS, HELD_OUT, SHAPES, generate
 from vitlm.models import VitlmImageProcessor
 from vitlm.training import (
     ClassificationCollator,
     ContrastiveCollator,
+    DetectionCollator,
     layerwise_lr_decay_groups,
     soft_target_cross_entropy,
     twin_contrastive_loss,
@@ -165,3 +166,43 @@ def test_bad_twins_are_named(twin_batch, change, message):
     change(broken[1])
     with pytest.raises(ValueError, match=message):
         ContrastiveCollator(tokenizer)(broken)
+
+
+def test_detection_queries_can_leave_classes_out_and_renumber_the_labels():
+    tokenizer = clip_tokenizer(context_length=16)
+    collator = DetectionCollator(tokenizer, ["circle", "star", "cross"], "a {}", query_classes=[0, 2])
+    assert collator.num_queries == 2
+    assert tokenizer.batch_decode(collator.queries["input_ids"], skip_special_tokens=True) == ["a circle", "a cross"]
+    example = {
+        "pixel_values": torch.zeros(3, 8, 8),
+        "boxes": torch.rand(3, 4),
+        "class_labels": torch.tensor([2, 0, 2]),
+    }
+    batch = collator([example, {**example, "class_labels": torch.tensor([0, 0, 0])}])
+    assert batch["input_ids"].shape[0] == 2 * 2
+    assert [labels["class_labels"].tolist() for labels in batch["labels"]] == [[1, 0, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match="not queried"):
+        collator([{**example, "class_labels": torch.tensor([1])}])
+    everything = DetectionCollator(tokenizer, ["circle", "star", "cross"], "a {}")
+    assert everything([example])["labels"][0]["class_labels"].tolist() == [2, 0, 2]
+
+
+def test_detection_training_queries_only_the_classes_with_boxes(tmp_path):
+    from vitlm.training.run import train
+
+    trainer = train(
+        "detect",
+        "clip-tiny-test",
+        "shapes",
+        tmp_path / "out",
+        max_steps=1,
+        batch_size=8,
+        shapes_train=16,
+        shapes_test=8,
+        shapes_size=32,
+        save_checkpoints=False,
+    )
+    present = sorted({c for objects in generate(16, seed=42, image_size=32)["objects"] for c in objects["category"]})
+    assert trainer.train_data_collator.query_classes == present
+    assert not {CATEGORIES.index(f"{c} {s}") for s, c in HELD_OUT} & set(present)  # never trained as negatives
+    assert trainer.data_collator.num_queries == len(CATEGORIES)  # evaluation queries every class

@@ -92,30 +92,44 @@ class ContrastiveCollator:
 class DetectionCollator:
     """`pixel_values`, per-image `labels` ({"class_labels", "boxes"} in normalized cx, cy, w, h) and the text
     queries: every candidate class name as a prompt, the same `num_queries` for each image, flattened in
-    `input_ids` (batch * num_queries, length) as the detection model expects. The queries are tokenized once."""
+    `input_ids` (batch * num_queries, length) as the detection model expects. The queries are tokenized once.
+
+    `query_classes` (indices into `class_names`) limits the queries to those classes, with the labels renumbered
+    to match; training uses the classes that have boxes in the training set, since a class queried on every image
+    and never present would be taught as "never here", the opposite of open-vocabulary detection."""
 
     tokenizer: object
     class_names: list[str]
     template: str = "a photo of a {}."
     max_length: int | None = None
+    query_classes: list[int] | None = None
     queries: dict = field(init=False)
+    query_index: torch.Tensor = field(init=False)
 
     def __post_init__(self):
+        classes = range(len(self.class_names)) if self.query_classes is None else self.query_classes
         self.queries = self.tokenizer(
-            [self.template.format(name) for name in self.class_names],
+            [self.template.format(self.class_names[index]) for index in classes],
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
+        self.query_index = torch.full((len(self.class_names),), -1, dtype=torch.long)
+        self.query_index[list(classes)] = torch.arange(len(classes))
 
     @property
     def num_queries(self) -> int:
-        return len(self.class_names)
+        return len(self.queries["input_ids"])
 
     def __call__(self, examples):
         batch_size = len(examples)
-        labels = [{"class_labels": example["class_labels"], "boxes": example["boxes"]} for example in examples]
+        labels = []
+        for example in examples:
+            class_labels = self.query_index[torch.as_tensor(example["class_labels"], dtype=torch.long)]
+            if (class_labels < 0).any():
+                raise ValueError(f"an example has boxes of classes that are not queried: {example['class_labels']}")
+            labels.append({"class_labels": class_labels, "boxes": example["boxes"]})
         return {
             "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
             "input_ids": self.queries["input_ids"].repeat(batch_size, 1),

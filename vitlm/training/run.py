@@ -251,6 +251,16 @@ def train(
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
     image_processor = getattr(processor, "image_processor", processor)
+    train_query_classes = None
+    if task == "detect":
+        # classes without a box in training are left out of its queries (DetectionCollator); evaluation queries all
+        objects = train_set[find_column(train_set, ("objects",), "objects")]
+        train_query_classes = sorted({int(category) for row in objects for category in row["category"]})
+        if not train_query_classes:
+            raise ValueError("the training set has no boxes to train a detector on")
+        if len(train_query_classes) < len(class_names):
+            unseen = [class_names[index] for index in range(len(class_names)) if index not in train_query_classes]
+            print(f"{len(unseen)} classes have no box in the training set and are not queried in training: {unseen}")
     eval_labels = None
     if task == "contrastive" and class_names is not None:
         eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
@@ -285,6 +295,7 @@ def train(
         block_masking=block_masking,
         callbacks=callbacks,
         twin_weight=twin_weight,
+        train_query_classes=train_query_classes,
     )
     checkpoint = get_last_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if resume and checkpoint is None:

@@ -210,6 +210,7 @@ def build_trainer(
     templates=None,
     callbacks=None,
     twin_weight: float = 0.0,
+    train_query_classes=None,
 ) -> Trainer:
     """A Trainer for `task` on datasets already carrying the task's transform (`vitlm.training.transforms`).
 
@@ -222,6 +223,7 @@ def build_trainer(
         templates: zero-shot evaluation prompts and the detection queries' (first one); default: the model's
             `config.prompt_templates`, else CLIP's "a photo of a {}.".
         twin_weight: contrastive: weight of the twin consistency loss on training batches with twins.
+        train_query_classes: detect: the classes (indices into `class_names`) queried in training; default: all.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -246,6 +248,10 @@ def build_trainer(
     elif task == "detect":
         context = model.config.text_config.max_position_embeddings
         collator = DetectionCollator(tokenizer, class_names, template=templates[0], max_length=context)
+        if train_query_classes is not None:
+            train_collator = DetectionCollator(
+                tokenizer, class_names, templates[0], context, query_classes=list(train_query_classes)
+            )
         compute_metrics = detection_metrics()
         # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
         args.eval_do_concat_batches = False
