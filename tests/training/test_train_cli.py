@@ -112,6 +112,7 @@ def test_train_end_to_end(task, tmp_path):
     for name in [*metric_names, "loss"]:
         assert reported[name] == pytest.approx(final[f"eval_{name}"])
     assert "learning_rate" in card.text and "Intended use" in card.text
+    assert "| num_train_epochs | 3.0 |" in card.text and "| max_steps |" not in card.text  # the one that stopped it
     assert f"```bash\nvitlm train {task} --model {preset} " in card.text  # how to reproduce it
 
 
@@ -143,8 +144,10 @@ def test_a_release_folder_float16_without_checkpoints_trains_on_in_float32(tmp_p
     after = trained["dual_encoder.vision_model.embeddings.stem.projection.weight"]
     assert not torch.equal(before, after)  # trained on from the release's weights
     assert (before - after).abs().max() < 0.05
+    card = ModelCard.load(detector / "README.md").text
+    assert "| max_steps | 2 |" in card and "| num_train_epochs |" not in card  # max_steps overrides --epochs
     # the detector's card reproduces the chain: the release's command, then its own
-    commands = ModelCard.load(detector / "README.md").text.partition("```bash\n")[2].partition("\n```")[0]
+    commands = card.partition("```bash\n")[2].partition("\n```")[0]
     first, second = commands.splitlines()
     assert first.startswith("vitlm train contrastive --model clip-tiny-test ") and f"--output-dir {release} " in first
     assert second.startswith(f"vitlm train detect --model {release} ")

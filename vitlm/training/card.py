@@ -93,7 +93,8 @@ def write_model_card(
         or None,
     )
     args = trainer.args
-    rows = "\n".join(f"| {name} | {getattr(args, name)} |" for name in HYPERPARAMETERS)
+    overridden = "num_train_epochs" if args.max_steps > 0 else "max_steps"  # Trainer stops on max_steps when set
+    rows = "\n".join(f"| {name} | {getattr(args, name)} |" for name in HYPERPARAMETERS if name != overridden)
     results = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items())) or "| - | - |"
     if from_scratch:
         license_text = "Apache-2.0, as vitlm: the model was trained from random weights."
