@@ -1,9 +1,9 @@
 """Quality of the demo's default models on shapes-world data none of them was trained on.
 
 - zero-shot: single-object images of the `HELD_OUT` shape x colour pairs (never in any training caption), classified
-  among all 48 categories with the model's own prompt templates (chance 1/48); the seen pairs' accuracy for context,
-  and on the held-out pairs whether the shape alone and the colour alone are named (shape-only and colour-only
-  captions; chance 1/6 and 1/8);
+  among all 48 categories with the model's own prompt templates (chance 1/48), with a 95% interval; the seen pairs'
+  accuracy for context, and on the held-out pairs whether the shape alone and the colour alone are named (shape-only
+  and colour-only captions; chance 1/6 and 1/8);
 - detection: test-split images (the first object of each is a held-out pair, 1-3 objects), queried with all 48
   category names; AP at IoU 0.5 per category, averaged over the categories present (COCO-style), and over the
   held-out categories alone;
@@ -14,7 +14,7 @@
 The images are drawn at each model's input size, from their own seed, so none of them was seen in training or in
 training-time evaluation.
 
-    python benchmarks/demo_models.py [--images 256] [--update-cards]
+    python benchmarks/demo_models.py [--images 1024] [--update-cards]
 
 Prints a markdown table, writes benchmarks/results/demo_models.json and, with --update-cards, the figures into each
 model's card (README.md).
@@ -127,6 +127,14 @@ def detection_ap50(folder: Path, num_images: int, batch_size: int) -> dict[str, 
     }
 
 
+def wilson_interval(fraction: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% interval of a proportion measured on `count` samples (Wilson score): whether a target is met is read
+    from it, not from the point estimate alone."""
+    centre = (fraction + z**2 / (2 * count)) / (1 + z**2 / count)
+    half = z / (1 + z**2 / count) * np.sqrt(fraction * (1 - fraction) / count + z**2 / (4 * count**2))
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
 def psnr(predicted: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
     error = (predicted[mask].astype(np.float64) - target[mask].astype(np.float64)) / 255
     return float(10 * np.log10(1 / max(np.mean(error**2), 1e-10)))
@@ -176,6 +184,10 @@ def inpainting_psnr(folder: Path, num_images: int) -> dict[str, float]:
     }
 
 
+def shown(value: float | tuple[float, float]) -> str:
+    return "{:.3f} to {:.3f}".format(*value) if isinstance(value, tuple) else f"{value:.3f}"
+
+
 def update_card(folder: Path, rows: list[tuple[str, str]]):
     """Replace (or append) the card's quality section with `rows` of (measure, value)."""
     card = folder / "README.md"
@@ -193,7 +205,7 @@ def update_card(folder: Path, rows: list[tuple[str, str]]):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=MODELS, help="folder with zero-shot/, detection/, inpainting/")
-    parser.add_argument("--images", type=int, default=256, help="evaluation images per measure")
+    parser.add_argument("--images", type=int, default=1024, help="evaluation images per measure")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--update-cards", action="store_true", help="write the figures into the models' cards")
     args = parser.parse_args()
@@ -203,6 +215,7 @@ def main():
     seen = zero_shot_accuracy(args.models / "zero-shot", "validation", args.images, args.batch_size)
     zero_shot = {
         "held_out_top1": held_out["top1"],
+        "held_out_top1_interval": wilson_interval(held_out["top1"], args.images),
         "seen_top1": seen["top1"],
         "held_out_shape_top1": held_out["shape_top1"],
         "held_out_colour_top1": held_out["colour_top1"],
@@ -213,6 +226,7 @@ def main():
 
     rows = [
         ("zero-shot", "top-1, held-out shape x colour pairs, 48 classes", zero_shot["held_out_top1"], ">= 0.90"),
+        ("zero-shot", "the same, 95% interval", zero_shot["held_out_top1_interval"], ""),
         ("zero-shot", "top-1, seen pairs (unseen images)", zero_shot["seen_top1"], ""),
         ("zero-shot", "held-out pairs: shape named among 6 shape-only captions", zero_shot["held_out_shape_top1"], ""),
         (
@@ -233,7 +247,7 @@ def main():
     ]
     print("| model | measure | value | target |\n| --- | --- | ---: | --- |")
     for model, measure, value, target in rows:
-        print(f"| {model} | {measure} | {value:.3f} | {target} |")
+        print(f"| {model} | {measure} | {shown(value)} | {target} |")
 
     RESULTS.mkdir(exist_ok=True)
     setup = {"date": str(date.today()), "images": args.images, "seed": SEED, "machine": platform.processor()}
@@ -241,7 +255,7 @@ def main():
     (RESULTS / "demo_models.json").write_text(json.dumps(results, indent=2))
     if args.update_cards:
         for folder in ("zero-shot", "detection", "inpainting"):
-            mine = [(measure, f"{value:.3f}") for model, measure, value, _ in rows if model == folder]
+            mine = [(measure, shown(value)) for model, measure, value, _ in rows if model == folder]
             update_card(args.models / folder, mine)
 
 

@@ -32,6 +32,15 @@ def test_random_rectangles_stay_inside_and_cover_a_fifth_to_half_of_each_side():
         assert mask.sum() == len(rows) * len(columns)  # one solid rectangle
 
 
+def test_wilson_intervals_match_hand_computed_values():
+    low, high = demo_models.wilson_interval(0.5, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = demo_models.wilson_interval(1.0, 10)  # all correct: the interval still admits misses
+    assert low == pytest.approx(0.7225, abs=1e-4) and high == 1.0
+    narrow, wide = demo_models.wilson_interval(0.9, 1024), demo_models.wilson_interval(0.9, 256)
+    assert wide[0] < narrow[0] < 0.9 < narrow[1] < wide[1]
+
+
 def test_cards_get_one_quality_section_replaced_on_every_run(tmp_path):
     (tmp_path / "README.md").write_text("---\nlibrary_name: vitlm\n---\n\n# model\n\n## License\n\nApache-2.0\n")
     demo_models.update_card(tmp_path, [("top-1", "0.500")])
