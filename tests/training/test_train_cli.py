@@ -113,6 +113,7 @@ def test_train_end_to_end(task, tmp_path):
         assert reported[name] == pytest.approx(final[f"eval_{name}"])
     assert "learning_rate" in card.text and "Intended use" in card.text
     assert "| num_train_epochs | 3.0 |" in card.text and "| max_steps |" not in card.text  # the one that stopped it
+    assert "| lr_scheduler_type | cosine |" in card.text and "| optim | adamw_torch" in card.text  # values, not reprs
     assert f"```bash\nvitlm train {task} --model {preset} " in card.text  # how to reproduce it
 
 
