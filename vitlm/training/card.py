@@ -94,8 +94,8 @@ def write_model_card(
     )
     args = trainer.args
     overridden = "num_train_epochs" if args.max_steps > 0 else "max_steps"  # Trainer stops on max_steps when set
-    values = {name: getattr(args, name) for name in HYPERPARAMETERS if name != overridden}
-    rows = "\n".join(f"| {name} | {getattr(value, 'value', value)} |" for name, value in values.items())  # enum values
+    values = args.to_dict()  # enums by their values ("cosine", not SchedulerType.COSINE)
+    rows = "\n".join(f"| {name} | {values[name]} |" for name in HYPERPARAMETERS if name != overridden)
     results = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items())) or "| - | - |"
     if from_scratch:
         license_text = "Apache-2.0, as vitlm: the model was trained from random weights."
