@@ -49,8 +49,9 @@ class VitlmTextPreTrainedModel(VitlmPreTrainedModel):
 
 class VitlmTextModel(VitlmTextPreTrainedModel):
     """CLIP's text transformer: token + learned position embeddings, causal pre-LN encoder, final LayerNorm, and
-    the pooled output taken at the first end-of-text token. Deliberately stricter than `CLIPTextModel`, which pools
-    wrongly without a word: left-padded batches and sequences without an end-of-text token are refused."""
+    the pooled output taken at the first end-of-text token. Deliberately stricter than `CLIPTextModel`, which
+    silently pools at the wrong token for them: left-padded batches and sequences without an end-of-text token are
+    refused."""
 
     pipeline_tag = "feature-extraction"
 
