@@ -130,18 +130,35 @@ def test_bad_label_lists_are_refused(tokenizer, class_names, templates, message)
         VitlmDualEncoderForImageClassification.from_dual_encoder(dual_encoder(), tokenizer, class_names, templates)
 
 
-def test_a_classifier_without_class_embeddings_refuses_to_guess():
-    classifier = VitlmDualEncoderForImageClassification(tiny_clip_config(num_labels=3))
-    with pytest.raises(ValueError, match="from_dual_encoder"):
-        classifier(pixel_batch(classifier.config))
+def test_a_classifier_built_from_a_config_runs_until_from_dual_encoder_sets_its_classes(tokenizer):
+    torch.manual_seed(0)
+    classifier = VitlmDualEncoderForImageClassification(tiny_clip_config(num_labels=len(CLASSES))).eval()
+    pixel_values = pixel_batch(classifier.config)
+    with torch.no_grad():
+        logits = classifier(pixel_values).logits
+    assert logits.shape == (2, len(CLASSES)) and torch.isfinite(logits).all() and logits.std() > 0
+    norms = classifier.class_embeddings.norm(dim=-1)  # random directions, of about unit norm
+    assert ((norms > 0.3) & (norms < 3)).all(), norms
+    built = VitlmDualEncoderForImageClassification.from_dual_encoder(dual_encoder(), tokenizer, CLASSES)
+    assert not torch.equal(built.class_embeddings, classifier.class_embeddings)
+    torch.testing.assert_close(built.class_embeddings.norm(dim=-1), torch.ones(len(CLASSES)))
 
 
 def test_a_dual_encoder_repo_loaded_as_a_classifier_refuses_to_guess(tmp_path):
     dual_encoder().save_pretrained(tmp_path)
-    classifier = AutoModelForImageClassification.from_pretrained(tmp_path)
-    assert type(classifier) is VitlmDualEncoderForImageClassification
-    with pytest.raises(ValueError, match="from_dual_encoder"):
-        classifier(pixel_batch(classifier.config))
+    with pytest.raises(ValueError, match="no class embeddings.*from_dual_encoder"):
+        AutoModelForImageClassification.from_pretrained(tmp_path)
+
+
+def test_the_classifier_owns_copies_of_the_dual_encoders_weights(tokenizer):
+    model = dual_encoder()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, CLASSES)
+    assert not any(tensor.is_meta for tensor in classifier.state_dict().values())
+    with torch.no_grad():
+        for parameter in classifier.parameters():
+            parameter.add_(1.0)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
 
 
 def test_templates_default_to_the_models_own(tokenizer):

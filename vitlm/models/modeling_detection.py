@@ -161,8 +161,8 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
 
     def forward(
         self,
+        pixel_values: torch.Tensor,
         input_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         query_embeds: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
@@ -174,6 +174,8 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         **kwargs,
     ) -> VitlmObjectDetectionOutput | tuple:
         r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): the images, the main
+            input (`main_input_name`), hence first; pass the queries by name.
         input_ids (`torch.LongTensor` of shape `(batch_size * num_queries, length)`): text queries, `num_queries`
             per image in order.
         query_embeds (`torch.FloatTensor` of shape `(batch_size, num_queries, projection_dim)`): queries given as
@@ -182,8 +184,6 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
             logits become the dtype's minimum.
         labels (`list[dict]`): per image, `class_labels` (query indices) and `boxes` (normalized cx, cy, w, h).
         """
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         tower_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         features, vision_outputs = self.image_features(pixel_values, interpolate_pos_encoding, **tower_kwargs)

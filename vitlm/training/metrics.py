@@ -39,7 +39,7 @@ def zero_shot_metrics(model, tokenizer, class_names, labels, templates=None):
     def compute_metrics(eval_pred):
         image_embeds = eval_pred.predictions
         classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, class_names, templates)
-        logits = image_embeds @ classifier.class_embeddings.float().cpu().numpy().T
+        logits = image_embeds @ classifier.class_embeddings.detach().float().cpu().numpy().T
         metrics = {"zero_shot_accuracy": accuracy(logits, labels)}
         if len(class_names) > 5:
             metrics["zero_shot_top5_accuracy"] = accuracy(logits, labels, k=5)

@@ -6,9 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmTextConfig
 from .layers import VitlmEncoder
@@ -50,7 +49,9 @@ class VitlmTextPreTrainedModel(VitlmPreTrainedModel):
 
 class VitlmTextModel(VitlmTextPreTrainedModel):
     """CLIP's text transformer: token + learned position embeddings, causal pre-LN encoder, final LayerNorm, and
-    the pooled output taken at the first end-of-text token."""
+    the pooled output taken at the first end-of-text token. Deliberately stricter than `CLIPTextModel`, which
+    silently pools at the wrong token for them: left-padded batches and sequences without an end-of-text token are
+    refused."""
 
     pipeline_tag = "feature-extraction"
 
@@ -191,20 +192,24 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
             if self.logit_bias is not None:
                 init.constant_(self.logit_bias, self.config.logit_bias_init_value)
 
+    @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """The vision tower's outputs, with `pooler_output` replaced by the projected (unnormalized) embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The vision tower's outputs, with `pooler_output` replaced by the projected (unnormalized) embedding; a
+        tuple with `return_dict=False` (or `config.return_dict=False`), as `CLIPModel`'s."""
         outputs = self.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 
+    @can_return_tuple
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """The text tower's outputs, with `pooler_output` replaced by the projected (unnormalized) embedding."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The text tower's outputs, with `pooler_output` replaced by the projected (unnormalized) embedding; a
+        tuple with `return_dict=False` (or `config.return_dict=False`), as `CLIPModel`'s."""
         outputs = self.text_model(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
@@ -258,9 +263,15 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
 
 class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
     """Zero-shot classification compiled into an image classifier: the normalized class embeddings (CLIP's prompt
-    ensemble) are computed once by `from_dual_encoder` and stored as a buffer, so classifying runs only the image
+    ensemble) are computed once by `from_dual_encoder` and stored in the model, so classifying runs only the image
     tower and costs the same for 10 or 10,000 classes. Saved and reloaded like any classifier (`id2label` holds the
-    class names), it also serves `pipeline("image-classification")`."""
+    class names), it also serves `pipeline("image-classification")`.
+
+    The class embeddings are a weight like a linear head's (logits are the scaled dot products of the normalized
+    image embedding with them): fine-tuning, e.g. with `Trainer`, starts from the zero-shot classes and adapts them
+    with the image tower. Built from a config alone, the model runs with random class embeddings, as any untrained
+    head does. Stricter than transformers: loading a repo whose image tower loads but which has no class embeddings
+    (a dual encoder's) is refused, not filled with random classes."""
 
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
@@ -278,17 +289,32 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
         self.logit_bias = (
             nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "sigmoid" else None
         )
-        self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
+        self.class_embeddings = nn.Parameter(torch.empty(config.num_labels, config.projection_dim))
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if module is self:  # a dual encoder's checkpoint has no class embeddings: zeros make `forward` refuse
-            init.zeros_(self.class_embeddings)
+        if module is self:
+            # random directions of unit expected norm, like the normalized text embeddings `from_dual_encoder` stores
+            init.normal_(self.class_embeddings, std=self.config.projection_dim**-0.5)
             init.constant_(self.logit_scale, self.config.logit_scale_init_value)
             if self.logit_bias is not None:
                 init.constant_(self.logit_bias, self.config.logit_bias_init_value)
+
+    @classmethod
+    def from_pretrained(cls, *args, output_loading_info: bool = False, **kwargs):
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = loading_info["missing_keys"]
+        if "class_embeddings" in missing and "visual_projection.weight" not in missing:
+            # A dual encoder's repo: random class embeddings would give confident, meaningless answers. (A checkpoint
+            # missing everything is transformers' case of a new model, reported as such.)
+            raise ValueError(
+                "this checkpoint has no class embeddings (it is a dual encoder's, not a zero-shot classifier's); "
+                "load it with `AutoModel` and build the classifier with "
+                "`VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, class_names)`"
+            )
+        return (model, loading_info) if output_loading_info else model
 
     @classmethod
     @torch.no_grad()
@@ -297,7 +323,7 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
     ) -> "VitlmDualEncoderForImageClassification":
         """Build the classifier: each class embedding is the normalized mean of its normalized prompt embeddings.
         `templates` default to the model's own `config.prompt_templates` (the captions' style it was trained on),
-        else CLIP's "a photo of a {}."."""
+        else CLIP's "a photo of a {}.". Safe to call from many threads at once."""
         class_names = list(class_names)
         templates = default_templates(model.config) if templates is None else list(templates)
         if not class_names or any(not str(name).strip() for name in class_names):
@@ -317,16 +343,21 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
                 "problem_type": "multi_label_classification" if model.config.loss_type == "sigmoid" else None,
             }
         )
-        with no_init_weights():  # every weight but the class embeddings comes from `model`
-            classifier = cls(config).to(model.device, model.dtype).eval()
-        image_side = {
-            k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))
+        state_dict = {
+            name: tensor.clone()  # copies: the classifier must not share (and, fine-tuned, change) the model's weights
+            for name, tensor in model.state_dict().items()
+            if not name.startswith(("text_model.", "text_projection."))
         }
-        result = classifier.load_state_dict(image_side, strict=False)
-        if result.missing_keys != ["class_embeddings"] or result.unexpected_keys:
-            raise ValueError(f"the dual encoder's weights do not fit the classifier: {result}")
-        classifier.class_embeddings.copy_(encode_class_names(model, tokenizer, class_names, templates, batch_size))
-        return classifier
+        state_dict["class_embeddings"] = encode_class_names(model, tokenizer, class_names, templates, batch_size).to(
+            model.dtype
+        )
+        # Every tensor comes from `state_dict`, so the classifier is built without values on the meta device and
+        # then takes them. The device context is per thread, unlike transformers' `no_init_weights`, which patches
+        # `torch.nn.init` for the whole process: models built in other threads meanwhile must initialize normally.
+        with torch.device("meta"):
+            classifier = cls(config)
+        classifier.load_state_dict(state_dict, assign=True)
+        return classifier.eval()
 
     def forward(
         self,
@@ -338,11 +369,6 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
-        if not self.class_embeddings.any():
-            raise ValueError(
-                "this classifier has no class embeddings; build it with "
-                "`VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, class_names)`"
-            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.vision_model(
             pixel_values,
@@ -373,7 +399,9 @@ def encode_class_names(model: VitlmDualEncoderModel, tokenizer, class_names, tem
         tokens = tokenizer(prompts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt").to(
             model.device
         )
-        features = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
+        features = model.get_text_features(
+            tokens["input_ids"], tokens["attention_mask"], return_dict=True
+        ).pooler_output
         embeddings.append(nn.functional.normalize(features.float(), dim=-1))
     per_prompt = torch.cat(embeddings).view(len(class_names), len(templates), -1)
     return nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
