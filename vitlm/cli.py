@@ -179,6 +179,12 @@ def _add_demo_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    parser.add_argument(
+        "--allow-local-models",
+        action="store_true",
+        help="let the model boxes load folders and files of this machine even when the demo serves other machines "
+        "(--share, or a --host other than 127.0.0.1): anyone who reaches the demo can then read them",
+    )
 
 
 def _run_demo(args) -> int:
@@ -189,7 +195,7 @@ def _run_demo(args) -> int:
             raise
         print("vitlm demo: error: the demo needs gradio; install it with: pip install 'vitlm[demo]'", file=sys.stderr)
         return 2
-    launch(host=args.host, port=args.port, share=args.share)
+    launch(host=args.host, port=args.port, share=args.share, allow_local_models=args.allow_local_models)
     return 0
 
 

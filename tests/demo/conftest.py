@@ -17,8 +17,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def demo_url(tmp_path_factory):
-    """`vitlm demo` served on 127.0.0.1 from a subprocess, offline (no Hub, no analytics), for the whole session."""
+def demo_server(tmp_path_factory):
+    """`vitlm demo` served on 127.0.0.1 from a subprocess, offline (no Hub, no analytics), for the whole session:
+    its URL and the file its output goes to."""
     home = tmp_path_factory.mktemp("demo-home")
     port = free_port()
     env = {
@@ -27,6 +28,7 @@ def demo_url(tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "GRADIO_TEMP_DIR": str(home / "gradio"),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",  # the log is read while the server runs
     }
     log = open(home / "demo.log", "w+")  # noqa: SIM115  (closed at teardown)
     command = [sys.executable, "-m", "vitlm.cli", "demo", "--host", "127.0.0.1", "--port", str(port)]
@@ -48,7 +50,7 @@ def demo_url(tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"`vitlm demo` did not answer on {url} within {START_TIMEOUT} s:\n{log.read()}")
             time.sleep(0.5)
-        yield url
+        yield url, home / "demo.log"
     finally:
         process.terminate()
         try:
@@ -56,3 +58,8 @@ def demo_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def demo_url(demo_server):
+    return demo_server[0]

@@ -360,12 +360,14 @@ def test_cli_and_launcher_pass_the_options(monkeypatch):
     monkeypatch.setattr(vitlm.demo, "launch", lambda **options: calls.append(options))
     assert main(["demo"]) == 0
     assert main(["demo", "--host", "0.0.0.0", "--port", "8080", "--share"]) == 0
+    assert main(["demo", "--host", "0.0.0.0", "--allow-local-models"]) == 0
     monkeypatch.setattr(sys, "argv", ["demos/app.py", "--port", "7000"])
     with pytest.raises(SystemExit) as exit_status:
         runpy.run_path(str(REPO / "demos" / "app.py"), run_name="__main__")
     assert exit_status.value.code == 0
     assert calls == [
-        {"host": "127.0.0.1", "port": 7860, "share": False},
-        {"host": "0.0.0.0", "port": 8080, "share": True},
-        {"host": "127.0.0.1", "port": 7000, "share": False},
+        {"host": "127.0.0.1", "port": 7860, "share": False, "allow_local_models": False},
+        {"host": "0.0.0.0", "port": 8080, "share": True, "allow_local_models": False},
+        {"host": "0.0.0.0", "port": 7860, "share": False, "allow_local_models": True},
+        {"host": "127.0.0.1", "port": 7000, "share": False, "allow_local_models": False},
     ]

@@ -1,5 +1,6 @@
 """The Gradio demo (`vitlm demo`): zero-shot classification, open-vocabulary detection and inpainting, each tab with
-a model selector (the shipped shapes-world defaults, a folder, a Hub repo id or a converter source)."""
+a model selector (the shipped shapes-world defaults, a Hub repo id, a converter source, or a local folder while the
+demo serves this machine alone)."""
 
 from .app import build_app, classify, detect, inpaint, launch, model_status
 from .models import DEFAULT_SOURCE, ModelLoadError, ModelStore

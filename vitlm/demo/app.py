@@ -9,22 +9,35 @@ Each tab calls one plain function, usable without a browser (the tests call them
 - `inpaint(editor, source)` -> (original, inpainted)
 - `model_status(task, source)` -> (markdown status, the model's prompt templates)
 
-Bad input raises `gr.Error` with a message for the user (shown in the app, never a traceback); a repairable one
-(duplicate labels, too many boxes) warns with `gr.Warning` and goes on.
+Bad input raises `gr.Error` with a message for the user (shown in the app, logged as one line, never a traceback); a
+repairable one (duplicate labels, too many boxes) warns with `gr.Warning` and goes on.
+
+Served on 127.0.0.1 the model selectors also read local folders; served to other machines (`--host 0.0.0.0`,
+`--share`) they take only the default models and models on the Hub (`ModelStore(allow_local=False)`), unless the
+demo is started with `--allow-local-models`.
 """
 
+import collections
 import functools
+import hashlib
 import html
+import io
+import ipaddress
+import logging
 import math
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 import PIL.ImageOps
 import torch
+from gradio.components.annotated_image import AnnotatedImageData, Annotation
+from gradio.data_classes import FileData
 
 from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification
@@ -34,8 +47,10 @@ from .models import DEFAULT_SOURCE, Loaded, ModelLoadError, ModelStore
 
 MAX_PIXELS = 40_000_000
 MAX_FILE_SIZE = 25 * 1024 * 1024  # bytes, per upload
-MAX_LABELS = 100
+MAX_LABELS = 64  # labels, or detection queries
 MAX_TEMPLATES = 16
+MAX_TEXT_LENGTH = 200  # characters in a label, query or template: tokenizing a long one stalls the requests behind it
+MAX_BOX_LENGTH = 100_000  # characters in a text box, refused before it is parsed
 MAX_DETECTIONS = 50
 HEATMAP_SIDE = 1024  # the attention overlay is drawn on a copy at most this large
 CONCURRENCY = 2  # requests computed at once; the others wait in the queue
@@ -69,6 +84,7 @@ INPAINTING_EXAMPLES = [
 ]
 
 _default_store = ModelStore()
+logger = logging.getLogger(__name__)
 
 
 def _escaped(text) -> str:
@@ -76,21 +92,26 @@ def _escaped(text) -> str:
     return html.escape(str(text), quote=False)
 
 
+def refusal(message: str) -> gr.Error:
+    """The error that refuses a request, shown to the user; the server logs it as one line (gradio would print its
+    traceback, as for a bug)."""
+    logger.warning("vitlm demo: refused a request: %s", " ".join(message.split()))
+    return gr.Error(message, print_exception=False)
+
+
 def too_many_pixels(name: str = "image") -> gr.Error:
     """PIL refuses to open an image of more than twice `PIL.Image.MAX_IMAGE_PIXELS` (its decompression-bomb guard)."""
-    return gr.Error(
-        f"The {name} has more than {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {MAX_PIXELS:,}."
-    )
+    return refusal(f"The {name} has more than {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {MAX_PIXELS:,}.")
 
 
 def open_image(image, name: str = "image") -> PIL.Image.Image | np.ndarray:
     """`image` (a file path, PIL image or array), opened without decoding, refusing missing, unreadable, oversized and
     huge ones."""
     if image is None:
-        raise gr.Error(f"Upload an {name} first.")
+        raise refusal(f"Upload an {name} first.")
     if isinstance(image, (str, os.PathLike)):
         if os.path.getsize(image) > MAX_FILE_SIZE:
-            raise gr.Error(f"The {name} file has {os.path.getsize(image):,} bytes; the limit is {MAX_FILE_SIZE:,}.")
+            raise refusal(f"The {name} file has {os.path.getsize(image):,} bytes; the limit is {MAX_FILE_SIZE:,}.")
         try:
             with warnings.catch_warnings():  # PIL warns above its own limit; ours, below, refuses
                 warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
@@ -98,10 +119,10 @@ def open_image(image, name: str = "image") -> PIL.Image.Image | np.ndarray:
         except PIL.Image.DecompressionBombError as error:
             raise too_many_pixels(name) from error
         except OSError as error:
-            raise gr.Error(f"Cannot read the {name}: {_escaped(error)}") from error
+            raise refusal(f"Cannot read the {name}: {_escaped(error)}") from error
     size = image.size if isinstance(image, PIL.Image.Image) else np.shape(image)[:2]
     if math.prod(size) > MAX_PIXELS:
-        raise gr.Error(f"The {name} has {math.prod(size):,} pixels; the limit is {MAX_PIXELS:,}.")
+        raise refusal(f"The {name} has {math.prod(size):,} pixels; the limit is {MAX_PIXELS:,}.")
     return image
 
 
@@ -115,36 +136,50 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
             image = PIL.ImageOps.exif_transpose(image)
         return _to_rgb(_to_pil(image, None))
     except (OSError, ValueError) as error:
-        raise gr.Error(f"Cannot read the {name}: {_escaped(error)}") from error
+        raise refusal(f"Cannot read the {name}: {_escaped(error)}") from error
+
+
+def check_length(text: str, what: str, limit: int = MAX_TEXT_LENGTH):
+    """Refuse `text` longer than `limit` characters, before any work on it."""
+    if len(text) > limit:
+        raise refusal(f"{what} has {len(text):,} characters ({_escaped(repr(text[:30]))}...); the limit is {limit:,}.")
 
 
 def parse_names(text, what: str, limit: int) -> list[str]:
-    """Comma-separated names: blanks ignored, duplicates dropped with a warning, at least one and at most `limit`."""
-    names = [name.strip() for name in str(text or "").split(",") if name.strip()]
+    """Comma-separated names: blanks ignored, duplicates dropped with a warning, at least one and at most `limit`,
+    each at most `MAX_TEXT_LENGTH` characters."""
+    text = str(text or "")
+    check_length(text, f"The box of {what}", MAX_BOX_LENGTH)
+    names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise gr.Error(f"Enter at least one of the {what}, separated by commas.")
+        raise refusal(f"Enter at least one of the {what}, separated by commas.")
     unique = list(dict.fromkeys(names))
     if len(unique) < len(names):
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         gr.Warning(f"Duplicate {what} ignored: {_escaped(', '.join(repeated))}.")
     if len(unique) > limit:
-        raise gr.Error(f"Too many {what}: {len(unique)}; the limit is {limit}.")
+        raise refusal(f"Too many {what}: {len(unique)}; the limit is {limit}.")
+    for name in unique:
+        check_length(name, f"One of the {what}")
     return unique
 
 
 def parse_templates(text, model_config) -> list[str]:
     """One prompt template per line, each with a `{}` where the label goes; blank: the model's own."""
-    templates = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    text = str(text or "")
+    check_length(text, "The box of prompt templates", MAX_BOX_LENGTH)
+    templates = [line.strip() for line in text.splitlines() if line.strip()]
     templates = list(dict.fromkeys(templates)) or default_templates(model_config)
     if len(templates) > MAX_TEMPLATES:
-        raise gr.Error(f"Too many prompt templates: {len(templates)}; the limit is {MAX_TEMPLATES}.")
+        raise refusal(f"Too many prompt templates: {len(templates)}; the limit is {MAX_TEMPLATES}.")
     for template in templates:
+        check_length(template, "A prompt template")
         try:
             valid = "{}" in template and template.format("label")
         except (IndexError, KeyError, ValueError):
             valid = False
         if not valid:
-            raise gr.Error(
+            raise refusal(
                 f"The prompt template {_escaped(repr(template))} must contain {{}} where the label goes "
                 "(and no other braces)."
             )
@@ -157,7 +192,7 @@ def check_threshold(threshold) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise gr.Error(f"The score threshold must be between 0 and 1, got {_escaped(threshold)}.")
+        raise refusal(f"The score threshold must be between 0 and 1, got {_escaped(threshold)}.")
     return value
 
 
@@ -165,7 +200,7 @@ def get_model(task: str, source, store: ModelStore | None = None) -> Loaded:
     try:
         return (store or _default_store).get(task, source)
     except ModelLoadError as error:
-        raise gr.Error(_escaped(error)) from error
+        raise refusal(_escaped(error)) from error
 
 
 def model_status(task: str, source, store: ModelStore | None = None) -> tuple[str, list[str]]:
@@ -259,12 +294,12 @@ def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> t
             alpha = alpha.resize(picture.size, PIL.Image.Resampling.NEAREST)
         mask |= np.asarray(alpha) > 0
     if not mask.any():
-        raise gr.Error("The mask is empty: paint over the area to fill with the brush first.")
+        raise refusal("The mask is empty: paint over the area to fill with the brush first.")
     loaded = get_model("inpainting", source, store)
     try:
         return picture, loaded.model.inpaint(picture, mask, loaded.processor)
     except ValueError as error:  # e.g. a model that predicts normalized pixels
-        raise gr.Error(_escaped(error)) from error
+        raise refusal(_escaped(error)) from error
 
 
 def load_alpha(layer) -> PIL.Image.Image:
@@ -274,7 +309,7 @@ def load_alpha(layer) -> PIL.Image.Image:
         layer = layer if isinstance(layer, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(layer))
         return layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
     except (OSError, TypeError, ValueError) as error:
-        raise gr.Error(f"Cannot read the painted mask: {_escaped(error)}") from error
+        raise refusal(f"Cannot read the painted mask: {_escaped(error)}") from error
 
 
 def _status_handler(task: str, store: ModelStore):
@@ -292,10 +327,11 @@ def _status_handler(task: str, store: ModelStore):
     return update
 
 
-def refusing_bombs(component):
-    """`component` whose uploads, opened by gradio before the handler runs, are refused with the app's message when
-    PIL's decompression-bomb guard trips (instead of a processing error quoting the raw request). Wrapped on the
-    instance: gradio writes a stub file next to the module of any component subclass."""
+def refusing_unreadable(component):
+    """`component` whose uploads, opened by gradio before the handler runs, are refused with the app's messages when
+    PIL cannot read them or its decompression-bomb guard trips (instead of a traceback in the log and a processing
+    error quoting the raw request). Wrapped on the instance: gradio writes a stub file next to the module of any
+    component subclass."""
     preprocess = component.preprocess
 
     def guarded(payload):
@@ -303,9 +339,69 @@ def refusing_bombs(component):
             return preprocess(payload)
         except PIL.Image.DecompressionBombError as error:
             raise too_many_pixels() from error
+        except OSError as error:  # not an image, or a truncated one
+            raise refusal(f"Cannot read the image: {_escaped(error)}") from error
 
     component.preprocess = guarded
     return component
+
+
+def cached_png(image: PIL.Image.Image, cache_dir: str, name: str = "image") -> str:
+    """`image` as a PNG file in gradio's cache, in a folder named by its content as gradio names its own, but never
+    rewritten: the file is written under a temporary name and renamed into place, and left alone when it exists."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    path = Path(cache_dir) / hashlib.sha256(buffer.getvalue()).hexdigest() / f"{name}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", delete=False) as staging:
+            staging.write(buffer.getvalue())
+        os.replace(staging.name, path)
+    return str(path)
+
+
+# gradio writes an output image to a cache file named by its content, rewriting the file in place when it already
+# exists: two requests with the same result (the same image, the same box) then cut each other's downloads, and 8 of
+# 80 concurrent detections came back short ("Too little data for declared Content-Length"). The app's image outputs
+# are written by `cached_png` instead, wrapped on the instance as in `refusing_unreadable`.
+
+
+def image_output(**options) -> gr.Image:
+    image = gr.Image(format="png", height=300, **options)
+    postprocess = image.postprocess
+    image.postprocess = lambda value: postprocess(
+        cached_png(value, image.GRADIO_CACHE) if isinstance(value, PIL.Image.Image) else value
+    )
+    return image
+
+
+def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> PIL.Image.Image:
+    """How `gr.AnnotatedImage` draws a box: a translucent red rectangle with an opaque 3-pixel frame."""
+    mask = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    x0, y0, x1, y1 = box
+    if x1 > x0 and y1 > y0:  # PIL's rectangle includes its far corner
+        corners = (x0, y0, x1 - 1, y1 - 1)
+        PIL.ImageDraw.Draw(mask).rectangle(corners, fill=(255, 0, 0, 127), outline=(255, 0, 0), width=3)
+    return mask
+
+
+def annotated_output(**options) -> gr.AnnotatedImage:
+    """`gr.AnnotatedImage` for (image, [(box, label)]), its image and box masks written by `cached_png`."""
+    annotated = gr.AnnotatedImage(format="png", **options)
+
+    def postprocess(value) -> AnnotatedImageData | None:
+        if value is None:
+            return None
+        picture, boxes = value
+        cache = annotated.GRADIO_CACHE
+        annotations = [
+            Annotation(image=FileData(path=cached_png(box_mask(picture.size, box), cache, "mask")), label=label)
+            for box, label in boxes
+        ]
+        return AnnotatedImageData(image=FileData(path=cached_png(picture, cache)), annotations=annotations)
+
+    annotated.postprocess = postprocess
+    return annotated
 
 
 def image_input(elem_id: str) -> gr.Image:
@@ -313,23 +409,25 @@ def image_input(elem_id: str) -> gr.Image:
     image = gr.Image(
         type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image", height=300, elem_id=elem_id
     )
-    return refusing_bombs(image)
+    return refusing_unreadable(image)
 
 
-def model_selector(task: str, choices: list[str]) -> gr.Dropdown:
+def model_selector(task: str, choices: list[str], store: ModelStore) -> gr.Dropdown:
+    local = "a local folder, " if store.allow_local else ""
     return gr.Dropdown(
         [DEFAULT_SOURCE, *choices],
         value=DEFAULT_SOURCE,
         allow_custom_value=True,
         label="Model",
-        info="default (shapes world), a local folder, a vitlm Hub repo id, or a converter source "
+        info=f"default (shapes world), {local}a vitlm Hub repo id, or a converter source "
         "(open_clip:..., hf:..., timm:...), converted on first use and cached",
         elem_id=f"{task}-model",
     )
 
 
 def build_app(store: ModelStore | None = None) -> gr.Blocks:
-    """The three-tab app; `store` loads and caches the models (default: one shared by every app of the process)."""
+    """The three-tab app; `store` loads and caches the models (default: one shared by every app of the process,
+    which reads local folders: pass `ModelStore(allow_local=False)` to serve the app beyond this machine)."""
     store = store or _default_store
     with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -348,15 +446,13 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                         elem_id="zero-shot-templates",
                     )
                     source = model_selector(
-                        "zero-shot", ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"]
+                        "zero-shot", ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"], store
                     )
                     status = gr.Markdown(label="Model status", elem_id="zero-shot-status")
                     button = gr.Button("Classify", variant="primary", elem_id="zero-shot-button")
                 with gr.Column():
                     probabilities = gr.Label(num_top_classes=10, label="Probabilities", elem_id="zero-shot-result")
-                    heatmap = gr.Image(
-                        label="Attention rollout", format="png", height=300, elem_id="zero-shot-heatmap"
-                    )
+                    heatmap = image_output(label="Attention rollout", elem_id="zero-shot-heatmap")
             gr.Examples(ZERO_SHOT_EXAMPLES, [image, labels])
             button.click(
                 functools.partial(classify, store=store),
@@ -379,11 +475,11 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                     template = gr.Textbox(
                         label="Prompt template ({} stands for the query)", elem_id="detection-template"
                     )
-                    source = model_selector("detection", ["hf:google/owlvit-base-patch32"])
+                    source = model_selector("detection", ["hf:google/owlvit-base-patch32"], store)
                     status = gr.Markdown(label="Model status", elem_id="detection-status")
                     button = gr.Button("Detect", variant="primary", elem_id="detection-button")
                 with gr.Column():
-                    boxes = gr.AnnotatedImage(label="Detections", format="png", elem_id="detection-result")
+                    boxes = annotated_output(label="Detections", elem_id="detection-result")
                     table = gr.Dataframe(
                         headers=["query", "score", "x0", "y0", "x1", "y1"],
                         label="Boxes (pixels)",
@@ -399,7 +495,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
 
         with gr.Tab("Inpainting", id="inpainting"):
             with gr.Row():
-                editor = refusing_bombs(
+                editor = refusing_unreadable(
                     gr.ImageEditor(
                         type="pil",
                         image_mode="RGBA",
@@ -414,9 +510,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                 )
                 with gr.Column():
                     with gr.Row():
-                        original = gr.Image(label="Original", format="png", height=300, elem_id="inpainting-original")
-                        filled = gr.Image(label="Inpainted", format="png", height=300, elem_id="inpainting-result")
-                    source = model_selector("inpainting", ["hf:facebook/vit-mae-base"])
+                        original = image_output(label="Original", elem_id="inpainting-original")
+                        filled = image_output(label="Inpainted", elem_id="inpainting-result")
+                    source = model_selector("inpainting", ["hf:facebook/vit-mae-base"], store)
                     status = gr.Markdown(label="Model status", elem_id="inpainting-status")
                     button = gr.Button("Inpaint", variant="primary", elem_id="inpainting-button")
             gr.Examples([[example] for example in INPAINTING_EXAMPLES], [editor])
@@ -432,13 +528,26 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **launch_kwargs) -> gr.Blocks:
-    """Build the app, queue its requests and serve it (blocking, unless `prevent_thread_lock=True` is passed)."""
+def is_loopback(host: str) -> bool:
+    """Whether `host` serves this machine only (127.0.0.1, ::1, localhost)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, which other machines may reach
+        return False
+
+
+def launch(
+    host: str = "127.0.0.1", port: int = 7860, share: bool = False, allow_local_models: bool = False, **launch_kwargs
+) -> gr.Blocks:
+    """Build the app, queue its requests and serve it (blocking, unless `prevent_thread_lock=True` is passed). The
+    model selectors read local folders only when the app serves this machine alone (`host` a loopback address and no
+    `share`), or with `allow_local_models`."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the demo runs offline
     # gradio decodes the image editor's uploads before the handler can look at their size: PIL then refuses any
     # image of more than twice MAX_PIXELS (between once and twice, `load_image` refuses it undecoded)
     PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    demo = build_app().queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    store = ModelStore(allow_local=allow_local_models or (is_loopback(host) and not share))
+    demo = build_app(store).queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.launch(
         server_name=host,
         server_port=port,
