@@ -42,7 +42,9 @@ class VitlmImageProcessor(BaseImageProcessor):
     Every image thus first becomes an 8-bit RGB image (float and 16-bit values rounded to the nearest level), so
     `do_rescale` always sees values in 0..255, whatever the input dtype: unlike other transformers processors, a float
     image in [0, 1] is not taken as already rescaled.
-    Anything else raises a `ValueError` naming the problem.
+    Anything else raises a `ValueError` naming the problem. Deliberately stricter than transformers' CLIP image
+    processors: a 4-channel image is RGBA (composited, as above), never four channels to normalize, so `image_mean`
+    and `image_std` always have three values.
 
     Args:
         do_resize (`bool`, *optional*, defaults to `True`):
