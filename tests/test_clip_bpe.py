@@ -7,7 +7,7 @@ import ftfy
 import open_clip
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, CLIPTokenizer
 
 from vitlm.clip_bpe import clip_tokenizer, default_bpe_path
 
@@ -146,3 +146,51 @@ def test_missing_bpe_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="open_clip_torch") as error:
         clip_tokenizer(bpe_path=missing)
     assert str(missing) in str(error.value)
+
+
+def clip_reference_tokenizer(tokenizer):
+    """transformers' own CLIPTokenizer on the same vocabulary and merges (its pad token is "<|endoftext|>")."""
+    merges = [tuple(merge) for merge in json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]]
+    return CLIPTokenizer(vocab=tokenizer.get_vocab(), merges=merges)
+
+
+ADDED_TOKEN_TEXTS = [
+    "a photo of <OBJ> on a table",
+    "two<OBJ><OBJ>cats and <|region|>",
+    "Lower-cased: <obj> is text, NEWword and newword are the added token",
+    "wow! <OBJ>!! the end",
+]
+
+
+def test_added_tokens_are_found_as_by_clip_tokenizer():
+    """Added special tokens were never found in text: the text was lower-cased before the backend looked for them."""
+    tokenizer = clip_tokenizer()
+    reference = clip_reference_tokenizer(tokenizer)
+    for tok in (tokenizer, reference):
+        assert tok.add_special_tokens({"additional_special_tokens": ["<OBJ>", "<|region|>"]}) == 2
+        assert tok.add_tokens(["NEWword"]) == 1
+    expected = reference(ADDED_TOKEN_TEXTS)["input_ids"]
+    assert tokenizer(ADDED_TOKEN_TEXTS)["input_ids"] == expected
+    obj, region, word = tokenizer.convert_tokens_to_ids(["<OBJ>", "<|region|>", "NEWword"])
+    assert expected[1].count(obj) == 2 and region in expected[1] and expected[2].count(word) == 2
+    assert tokenizer.decode(tokenizer("a <OBJ> b")["input_ids"], skip_special_tokens=True) == "a b"
+
+
+def test_added_tokens_survive_save_and_reload(tmp_path):
+    tokenizer = clip_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<OBJ>"]})
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(ADDED_TOKEN_TEXTS)["input_ids"] == tokenizer(ADDED_TOKEN_TEXTS)["input_ids"]
+    assert reloaded.convert_tokens_to_ids("<OBJ>") in reloaded("a <OBJ>")["input_ids"]
+
+
+def test_clip_special_strings_stay_text_and_split_special_tokens_is_honoured(tokenizer, reference):
+    # "!" (the pad token) and CLIP's own start / end strings are text inside a text, as open_clip has them
+    texts = ["wow!! <|endoftext|> and <|startoftext|> !"]
+    assert torch.equal(encode(tokenizer, texts), reference(texts))
+    splitting = clip_tokenizer()
+    splitting.add_special_tokens({"additional_special_tokens": ["<OBJ>"]})
+    splitting.split_special_tokens = True
+    assert splitting.convert_tokens_to_ids("<OBJ>") not in splitting("a <OBJ>")["input_ids"]
+    assert splitting("a <OBJ>")["input_ids"] == splitting("a <obj>")["input_ids"]

@@ -1,5 +1,6 @@
 import ast
 import inspect
+import json
 
 import numpy as np
 import open_clip
@@ -126,6 +127,14 @@ def test_batches(small, tmp_path):
     hwc = np.stack([np.array(same_size), np.array(other)])
     assert torch.equal(small(hwc).pixel_values, expected)
     assert torch.equal(small(torch.from_numpy(hwc).permute(0, 3, 1, 2)).pixel_values, expected)
+
+
+def test_one_list_of_images_per_sample_is_one_flat_batch(small):
+    # as CLIPProcessor takes them; these used to be refused ("unsupported image type list")
+    images = [random_rgb(30, 20), random_rgb(20, 30, seed=1)]
+    expected = small(images).pixel_values
+    assert torch.equal(small([[images[0]], [images[1]]]).pixel_values, expected)
+    assert torch.equal(small([images]).pixel_values, expected)
 
 
 def test_grayscale_inputs(small):
@@ -272,9 +281,12 @@ def test_save_and_load_round_trip(tmp_path):
         image_mean=[0.5, 0.4, 0.3],
         image_std=[0.2, 0.25, 0.3],
     )
+    before = processor.to_dict()
     processor.save_pretrained(tmp_path)
+    assert "AutoImageProcessor" in json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"]
     loaded = VitlmImageProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()
+    assert processor.to_dict() == before and "auto_map" not in before  # saving left the processor as it was
     assert loaded.resample == PIL.Image.Resampling.BILINEAR
     images = [random_rgb(30, 20), random_rgb(97, 64, seed=1)]
     assert torch.equal(loaded(images).pixel_values, processor(images).pixel_values)
@@ -315,7 +327,7 @@ def test_module_imports_only_portable_packages():
         (PIL.Image.new("F", (4, 4), 300.0), r"\[0, 1\] or \[0, 255\], got \[300, 300\]"),
         (PIL.Image.new("I", (4, 4), 70000), r"16-bit image \(mode 'I'\) values must lie in \[0, 65535\]"),
         ([PIL.Image.new("RGB", (4, 4)), 7], "unsupported image type int"),
-        ([[PIL.Image.new("RGB", (4, 4))]], "unsupported image type list"),
+        ([PIL.Image.new("RGB", (4, 4)), [PIL.Image.new("RGB", (4, 4))]], "unsupported image type list"),
     ],
 )
 def test_bad_images(small, images, match):

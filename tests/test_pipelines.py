@@ -1,8 +1,15 @@
 """transformers' own pipelines run vitlm models and processors loaded from a folder."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
+import transformers.dynamic_module_utils
 from PIL import Image
 from transformers import pipeline
 
@@ -91,3 +98,62 @@ def test_image_feature_extraction_pipeline(tmp_path, images):
     np.testing.assert_allclose(features, outputs.last_hidden_state.numpy(), atol=1e-5)
     pooled = np.array(extractor(images[0], pool=True))
     np.testing.assert_allclose(pooled.reshape(-1), outputs.pooler_output[0].numpy(), atol=1e-5)
+
+
+NO_PROMPT_SCRIPT = textwrap.dedent(
+    """
+    import builtins, json, sys
+    sys.modules["vitlm"] = None  # the remote code must not need vitlm
+    import transformers, transformers.dynamic_module_utils
+
+    prompts = []
+    builtins.input = lambda prompt="": prompts.append(prompt) or "n"
+    transformers.dynamic_module_utils.TIME_OUT_REMOTE_CODE = 15
+    for task, folder in json.loads(sys.argv[1]):
+        loaded = transformers.pipeline(task, model=folder, trust_remote_code=True)
+        assert type(loaded.model).__module__.startswith("transformers_modules"), type(loaded.model).__module__
+    assert not prompts, prompts
+    """
+)
+
+
+@pytest.fixture
+def saved_pipeline_models(tmp_path):
+    """A saved ViT classifier and a saved dual encoder with its processor: (task, folder) pairs."""
+    torch.manual_seed(0)
+    config = tiny_config("vit", num_labels=3)
+    VitlmViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    image_processor_for(config).save_pretrained(tmp_path / "vit")
+    config = tiny_clip_config()
+    VitlmDualEncoderModel(config).save_pretrained(tmp_path / "dual")
+    processor = VitlmDualEncoderProcessor(image_processor_for(config.vision_config), clip_tokenizer())
+    processor.save_pretrained(tmp_path / "dual")
+    return [
+        ("image-classification", str(tmp_path / "vit")),
+        ("zero-shot-image-classification", str(tmp_path / "dual")),
+    ]
+
+
+def test_pipelines_never_ask_to_run_custom_code(saved_pipeline_models, monkeypatch):
+    """Pipelines probe `AutoVideoProcessor` for every model, which guessed a remote video processor from the image
+    processor's `auto_map` and asked "Do you wish to run the custom code? [y/N]" on the terminal (waiting 15 s)."""
+    prompts = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": prompts.append(prompt) or "n")
+    monkeypatch.setattr(transformers.dynamic_module_utils, "TIME_OUT_REMOTE_CODE", 15)
+    for task, folder in saved_pipeline_models:
+        assert pipeline(task, model=folder).model.__module__.startswith("vitlm.")
+    assert prompts == []
+
+
+def test_pipelines_load_as_remote_code_without_asking(saved_pipeline_models, tmp_path):
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_PROMPT_SCRIPT, json.dumps(saved_pipeline_models)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -10,10 +10,11 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from transformers import AutoConfig, AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
 import vitlm
 from vitlm.cli import main
+from vitlm.clip_bpe import clip_tokenizer
 from vitlm.presets import (
     build_empty_model,
     count_parameters,
@@ -183,6 +184,73 @@ def test_packaging_ships_every_package_and_the_presets():
     assert setuptools["package-dir"]["vitlm.hub_configs"] == "hub_configs"
     patterns = setuptools["package-data"]["vitlm.hub_configs"]
     for name in preset_names():
-        for filename in ("config.json", "preprocessor_config.json"):
+        filenames = {path.name for path in (REPO / "hub_configs" / name).iterdir()}
+        assert {"config.json", "preprocessor_config.json"} <= filenames
+        for filename in filenames:
             path = (REPO / "hub_configs" / name / filename).relative_to(REPO / "hub_configs")
             assert any(path.match(pattern) for pattern in patterns), path
+
+
+DUAL_ENCODERS = [name for name in preset_names() if expected_model_type(name) == "vitlm_dual_encoder"]
+CLIP_VOCAB = [name for name in DUAL_ENCODERS if load_preset_config(name).text_config.vocab_size == 49408]
+
+
+def test_dual_encoder_presets_with_clip_vocab_hold_its_tokenizer():
+    assert set(CLIP_VOCAB) == set(DUAL_ENCODERS) - {"clip-tiny-test"}
+
+
+@pytest.mark.parametrize("name", CLIP_VOCAB)
+def test_preset_processor_tokenizes_like_open_clip(name):
+    """These presets gave a 3-token vocabulary ("a red circle" -> [0, 1, 1, ...]) without a word of warning."""
+    import open_clip
+
+    config = load_preset_config(name)
+    processor = AutoProcessor.from_pretrained(preset_path(name))
+    assert isinstance(processor, vitlm.VitlmDualEncoderProcessor)
+    tokenizer = processor.tokenizer
+    assert isinstance(tokenizer, vitlm.VitlmCLIPTokenizer)
+    assert tokenizer.model_max_length == config.text_config.max_position_embeddings
+    assert tokenizer.get_vocab() == clip_tokenizer().get_vocab()
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert ids == (config.text_config.bos_token_id, config.text_config.eos_token_id, config.text_config.pad_token_id)
+    texts = ["a red circle", "Two BLUE squares & a caf\u00e9!!", " ".join(["word"] * 100)]
+    encoded = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+    context = config.text_config.max_position_embeddings
+    assert torch.equal(encoded, open_clip.get_tokenizer("ViT-B-32", context_length=context)(texts))
+
+
+def test_shapes_preset_processor_feeds_its_model():
+    config = load_preset_config("shapes-clip-small")
+    processor = AutoProcessor.from_pretrained(preset_path("shapes-clip-small"))
+    inputs = processor(
+        images=[torch.zeros(3, 50, 70)], text=["a red circle", "a blue square"], padding=True, return_tensors="pt"
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits = model_class_for(config)(config).eval()(**inputs).logits_per_image
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_preset_without_tokenizer_files_says_so():
+    """clip-tiny-test has a toy vocabulary and no tokenizer: loading one is refused, naming the folder and the fix."""
+    for auto_class in (AutoTokenizer, AutoProcessor):
+        with pytest.raises(ValueError, match="holds no tokenizer files") as error:
+            auto_class.from_pretrained(preset_path("clip-tiny-test"))
+        assert "clip-tiny-test" in str(error.value) and "clip_tokenizer" in str(error.value)
+    with pytest.raises(ValueError, match="got no vocabulary"):
+        vitlm.VitlmCLIPTokenizer()
+
+
+def test_readme_gets_a_processor_from_a_preset():
+    """The README's snippet, run as written."""
+    import open_clip
+
+    readme = (REPO / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    snippet = next(block for block in blocks if 'AutoProcessor.from_pretrained(preset_path("clip-' in block)
+    namespace = {}
+    exec(snippet, namespace)
+    input_ids = namespace["inputs"]["input_ids"]
+    expected = open_clip.get_tokenizer("ViT-B-32")(namespace["texts"])
+    assert torch.equal(input_ids, expected[:, : input_ids.shape[1]])
+    assert namespace["inputs"]["pixel_values"].shape == (1, 3, 224, 224)

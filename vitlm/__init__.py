@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForZeroShotObjectDetection,
     AutoProcessor,
     AutoTokenizer,
+    AutoVideoProcessor,
 )
 
 from . import models
@@ -73,6 +74,11 @@ def _register():
         image_processors = {"slow_image_processor_class": VitlmImageProcessor}
     for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
         AutoImageProcessor.register(config_class, **image_processors, exist_ok=True)
+        if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:
+            # Known to have no video processor (no backend). Newer pipelines probe `AutoVideoProcessor` for every
+            # image model, and it guesses a remote `VitlmVideoProcessor` from the image processor's `auto_map`: unless
+            # the model type is registered there, that guess asks on the terminal whether to run custom code.
+            AutoVideoProcessor.register(config_class, video_processor_classes={}, exist_ok=True)
     VitlmImageProcessor.register_for_auto_class("AutoImageProcessor")
     AutoTokenizer.register(VitlmDualEncoderConfig, tokenizer_class=VitlmCLIPTokenizer, exist_ok=True)
     VitlmCLIPTokenizer.register_for_auto_class("AutoTokenizer")

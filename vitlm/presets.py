@@ -1,8 +1,12 @@
 """Named architectures: the `hub_configs/<preset>/` folders (`config.json` + `preprocessor_config.json`).
 
 Every published architecture is data, not code: a preset folder loads with `AutoConfig.from_pretrained` and
-`AutoImageProcessor.from_pretrained` like any Hub repo without weights. In a source checkout the presets are the
-repository's top-level `hub_configs/` folder; an installed vitlm ships them as the `vitlm.hub_configs` package data.
+`AutoImageProcessor.from_pretrained` like any Hub repo without weights. Dual encoders with CLIP's vocabulary (the
+`clip-vit-*` presets and `shapes-clip-small`) also hold CLIP's BPE tokenizer (`vocab.json`, `merges.txt`, as
+`vitlm.clip_bpe.clip_tokenizer` builds it from open_clip's file; ids equal open_clip's), so `AutoTokenizer` and
+`AutoProcessor` load them too; `clip-tiny-test` (a 1000-token toy vocabulary) has none, and loading its tokenizer
+raises an error saying so. In a source checkout the presets are the repository's top-level `hub_configs/` folder; an
+installed vitlm ships them as the `vitlm.hub_configs` package data.
 
     >>> from transformers import AutoConfig
     >>> config = AutoConfig.from_pretrained(preset_path("vit-base-patch16-224"))

@@ -15,8 +15,9 @@ Remaining differences come from Unicode tables of different ages, or from an ope
 - Code points unassigned in this Python's Unicode version (e.g. 3.11: Unicode 14) may be letters to open_clip's
   `regex` module or have a lower-case form in Rust's tables, and then split or lower-case differently. So does
   U+0345 (a combining mark that open_clip's case-insensitive pattern counts as a letter).
-- open_clip turns the literal strings "<start_of_text>" / "<end_of_text>" inside a text into special tokens; here text
-  never yields special tokens (`split_special_tokens=True`), so they are tokenized as written.
+- open_clip turns the literal strings "<start_of_text>" / "<end_of_text>" inside a text into special tokens; here
+  they are tokenized as written, and so are CLIP's own special strings "!", "<|startoftext|>" and "<|endoftext|>"
+  (as open_clip does). Tokens added with `add_tokens` / `add_special_tokens` are found in text as by CLIPTokenizer.
 """
 
 import html
@@ -116,39 +117,76 @@ def clean_text(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _clean_texts(texts):
-    if isinstance(texts, str):
-        return clean_text(texts)
-    if isinstance(texts, (list, tuple)):
-        return [_clean_texts(text) for text in texts]
-    return texts
+# CLIP's own special strings, which a text never yields (as in open_clip): "!" is also the pad token, and "!!" one BPE
+# token. Before the backend looks for added tokens in a text, their "!" and "|" become control characters that
+# `clean_text` never leaves, and the normalizer turns them back first thing; tokens added by the user are not hidden.
+CLIP_SPECIAL_STRINGS = ("!", "<|startoftext|>", "<|endoftext|>")
+_HIDDEN = {"!": "\x00", "|": "\x01"}
+_HIDE = str.maketrans(_HIDDEN)
 
 
 class VitlmCLIPTokenizer(CLIPTokenizer):
     """`CLIPTokenizer` that cleans text the way open_clip does (see `clean_text`) and pads like open_clip.
 
+    Text is cleaned (lower-cased, HTML unescaped, ...) before tokenization, except for the tokens added with
+    `add_tokens` / `add_special_tokens`: those with `normalized=False` (special tokens by default) are found in the
+    text as written, the others after lower-casing, as by `CLIPTokenizer`. CLIP's own special strings ("!",
+    "<|startoftext|>", "<|endoftext|>") inside a text are text, as in open_clip.
+
+    Deliberately stricter than `CLIPTokenizer`: there is no empty tokenizer. Building one without a vocabulary (e.g.
+    `from_pretrained` on a folder without tokenizer files) raises a `ValueError` saying where to get CLIP's.
+
     Args:
-        vocab (`dict[str, int]`, *optional*), merges (`list[tuple[str, str]]`, *optional*):
-            CLIP's BPE vocabulary and merges.
+        vocab (`dict[str, int]`), merges (`list[tuple[str, str]]`):
+            CLIP's BPE vocabulary and merges (`vitlm.clip_bpe.clip_tokenizer` builds them from open_clip's file).
         pad_token (`str`, *optional*, defaults to `"!"`):
             open_clip pads with id 0, which is the token "!".
-        split_special_tokens (`bool`, *optional*, defaults to `True`):
-            Tokenize special-token strings inside text as text: "!" is the pad token, yet must stay ordinary text
-            ("!!" is one BPE token).
+        split_special_tokens (`bool`, *optional*, defaults to `False`):
+            Whether special tokens added by the user are tokenized as text too.
     """
 
-    def __init__(self, vocab=None, merges=None, pad_token="!", split_special_tokens=True, **kwargs):
+    def __init__(self, vocab=None, merges=None, pad_token="!", split_special_tokens=False, **kwargs):
+        if vocab is None and kwargs.get("tokenizer_object") is None and kwargs.get("tokenizer_file") is None:
+            source = kwargs.get("name_or_path") or "the arguments"
+            raise ValueError(
+                f"VitlmCLIPTokenizer got no vocabulary: {source} holds no tokenizer files (tokenizer.json, or "
+                "vocab.json and merges.txt). Load the tokenizer from a folder that has them (the clip-vit-* and "
+                "shapes-clip-small presets, a converted or trained model), or build CLIP's with "
+                "`vitlm.clip_bpe.clip_tokenizer(context_length=...)` (needs open_clip_torch)."
+            )
         super().__init__(
             vocab=vocab, merges=merges, pad_token=pad_token, split_special_tokens=split_special_tokens, **kwargs
         )
         # CLIP's normalizer minus NFC: `clean_text` ran NFC where ftfy does, before HTML unescaping and lower-casing.
         # Composing again would change what open_clip leaves decomposed: "e&#769;", or "T\u0308" lower-cased.
         self.backend_tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+            [normalizers.Replace(hidden, char) for char, hidden in _HIDDEN.items()]
+            + [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
         )
 
+    def _clean(self, texts):
+        """`clean_text` on the text between the added tokens the backend matches as written, which stay as they are."""
+        if isinstance(texts, (list, tuple)):
+            return [self._clean(text) for text in texts]
+        if not isinstance(texts, str):
+            return texts
+        kept = sorted(
+            {
+                token.content
+                for token in self.added_tokens_decoder.values()
+                if not token.normalized
+                and token.content not in CLIP_SPECIAL_STRINGS
+                and not (token.special and self.split_special_tokens)
+            },
+            key=len,
+            reverse=True,
+        )
+        pieces = re.split("(" + "|".join(map(re.escape, kept)) + ")", texts) if kept else [texts]
+        # odd pieces are the added tokens themselves
+        return "".join(piece if i % 2 else clean_text(piece).translate(_HIDE) for i, piece in enumerate(pieces))
+
     def _encode_plus(self, text, text_pair=None, *args, **kwargs):
-        return super()._encode_plus(_clean_texts(text), _clean_texts(text_pair), *args, **kwargs)
+        return super()._encode_plus(self._clean(text), self._clean(text_pair), *args, **kwargs)
 
 
 __all__ = ["VitlmCLIPTokenizer", "clean_text"]

@@ -27,7 +27,8 @@ class VitlmImageProcessor(BaseImageProcessor):
     matches torchvision's `Resize(224, interpolation=BICUBIC)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(mean,
     std)` (same resized sizes, same crop offsets, same PIL resampling).
 
-    Accepted images, alone or as a batch (a list or tuple of them, or a 4-D array / tensor):
+    Accepted images, alone or as a batch (a list or tuple of them, a list of such lists, one per sample, which is
+    flattened, or a 4-D array / tensor):
 
     - PIL images of any mode. Transparency (RGBA, LA, PA, palette or `transparency` info) is composited on white.
       16-bit modes (`I;16*`, and `I`, which is how PIL opens 16-bit PNGs) map their full range 0..65535 onto
@@ -41,7 +42,9 @@ class VitlmImageProcessor(BaseImageProcessor):
     Every image thus first becomes an 8-bit RGB image (float and 16-bit values rounded to the nearest level), so
     `do_rescale` always sees values in 0..255, whatever the input dtype: unlike other transformers processors, a float
     image in [0, 1] is not taken as already rescaled.
-    Anything else raises a `ValueError` naming the problem.
+    Anything else raises a `ValueError` naming the problem. Deliberately stricter than transformers' CLIP image
+    processors: a 4-channel image is RGBA (composited, as above), never four channels to normalize, so `image_mean`
+    and `image_std` always have three values.
 
     Args:
         do_resize (`bool`, *optional*, defaults to `True`):
@@ -93,6 +96,8 @@ class VitlmImageProcessor(BaseImageProcessor):
         do_convert_rgb: bool = True,
         **kwargs,
     ):
+        # a saved file's `auto_map` names the remote code to load; it is not a setting of the loaded processor
+        kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         options = _validated_options(
             do_resize=do_resize,
@@ -110,6 +115,12 @@ class VitlmImageProcessor(BaseImageProcessor):
         )
         for name, value in options.items():
             setattr(self, name, value)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            drop_auto_map(self)
 
     def preprocess(
         self,
@@ -226,6 +237,14 @@ class VitlmImageProcessor(BaseImageProcessor):
         return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
 
 
+def drop_auto_map(*owners) -> None:
+    """Saving with transformers' `custom_object_save` sets `auto_map` (for `trust_remote_code`) on the saved objects,
+    for the files written next; it is taken off again afterwards, as transformers does for tokenizers, so that saving
+    leaves `to_dict()` unchanged and a reloaded object equals the saved one."""
+    for owner in owners:
+        owner.__dict__.pop("auto_map", None)
+
+
 def _validated_options(size, crop_size, crop_rounding, resample, image_mean, image_std, **flags) -> dict:
     if crop_rounding not in ("round", "floor"):
         raise ValueError(f"`crop_rounding` must be 'round' or 'floor', got {crop_rounding!r}")
@@ -267,6 +286,9 @@ def _per_channel(values, name: str) -> list[float]:
 
 
 def _as_list(images) -> list:
+    if isinstance(images, (list, tuple)) and images and all(isinstance(sample, (list, tuple)) for sample in images):
+        # one list of images per sample, as processors of multi-image models get them: one flat batch, as in CLIP
+        images = [image for sample in images for image in sample]
     if isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4):
         images = list(images)
     else:
