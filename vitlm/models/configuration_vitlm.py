@@ -56,8 +56,9 @@ def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# Field rules: `rule(name, value)` returns the value to store (lists for pairs, int keys for `id2label`) or raises a
-# ValueError naming the field. They look at one value; rules across fields live in each config's `check_values`.
+# Field rules: `rule(name, value)` returns the value to store (lists for pairs, int keys for `id2label`, floats for
+# real-valued fields, so that `logit_scale_init_value=0` does not make an integer parameter) or raises a ValueError
+# naming the field. They look at one value; rules across fields live in each config's `check_values`.
 
 
 def _int_at_least(minimum: int, optional: bool = False, maximum: float = math.inf):
@@ -94,7 +95,7 @@ def _real_in(low: float, high: float, low_open: bool, high_open: bool):
             and (low < value if low_open else low <= value)
             and (value < high if high_open else value <= high)
         ):
-            return value
+            return float(value)
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}")
 
@@ -104,7 +105,7 @@ def _real_in(low: float, high: float, low_open: bool, high_open: bool):
 def _real(name, value):
     if not _is_real(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    return value
+    return float(value)
 
 
 def _flag(name, value):
