@@ -9,8 +9,8 @@ plain attribute assignment all check every value they set against its field's ru
 that tie fields together (e.g. `hidden_size` divisible by `num_attention_heads`). A value that breaks a rule raises a
 `ValueError` naming the field, and the config is left as it was. Fields that must change together are changed with
 one `update({...})`; changing them one assignment at a time fails at the first one that leaves the config invalid.
-Values mutated in place (`config.image_size[0] = 30`) escape the checks until `validate()` runs, as it does when the
-config is saved.
+A value mutated in place (`config.image_size[0] = 30`) is caught at the next change, when a model is built from the
+config, or by `validate()`, which saving runs.
 """
 
 import json
@@ -214,9 +214,9 @@ FIELD_RULES = {
     **dict.fromkeys(
         ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "mask_ratio"), _probability
     ),
-    # an epsilon guards a division by a (unit-scale) variance; one above 1 would swamp it
+    # an epsilon only guards a division by a (unit-scale) variance: above 1 it would replace it
     **dict.fromkeys(("layer_norm_eps", "backbone_std_conv_eps"), _epsilon),
-    # the std of weights drawn at initialisation: 0 gives dead weights, above 1 activations that overflow
+    # the std of the weights drawn at initialisation: 0 is no distribution, and no model trains from weights above 1
     "initializer_range": _real_in(0.0, 1.0, low_open=True, high_open=False),
     # rotary frequencies are theta ** (-i/d): a base below 1 makes them grow past one turn per position, then overflow
     "rope_theta": _real_in(1.0, math.inf, low_open=False, high_open=True),
@@ -268,21 +268,27 @@ class VitlmConfigMixin:
         try:
             yield
             del self.__dict__["_changing"]
-            self.check_values()
+            self._check()
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
 
-    def validate(self):
-        """transformers' validation hook (also run by `save_pretrained`): vitlm's rules, then transformers' own."""
+    def _check(self):
+        """Every field's rule again (a list or dict may have been changed in place since it was set), then the rules
+        across fields. Run after every change, so also when a model is built (transformers sets the config's
+        attention implementation then)."""
         for name, rule in FIELD_RULES.items():
             if name in self.__dict__ and name not in ("vision_config", "text_config"):
                 rule(name, self.__dict__[name])
+        self.check_values()
+
+    def validate(self):
+        """transformers' validation hook (also run by `save_pretrained`): vitlm's rules, then transformers' own."""
         for name in ("vision_config", "text_config"):
             if isinstance(self.__dict__.get(name), PretrainedConfig):
                 self.__dict__[name].validate()
-        self.check_values()
+        self._check()
         super().validate()
 
     def update(self, config_dict: dict):
