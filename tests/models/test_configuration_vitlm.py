@@ -1,6 +1,6 @@
 import pytest
 
-from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
+from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig, VitlmViTModel
 
 VIT_BAD_VALUES = [
     ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
@@ -97,3 +97,26 @@ def test_dual_encoder_config_round_trips_a_hybrid_vision_tower(tmp_path):
     assert loaded.vision_config.grid_size == (8, 8)
     assert loaded.loss_type == "sigmoid" and loaded.projection_dim == 16
     assert loaded.to_dict()["vision_config"] == config.to_dict()["vision_config"]
+
+
+def test_in_place_mutation_is_caught_when_the_config_is_saved_or_a_model_built(tmp_path):
+    # a list changed in place escapes the check on assignment; saving and building a model catch it
+    config = VitlmViTConfig(image_size=[32, 32], patch_size=8, hidden_size=32, num_attention_heads=4)
+    config.image_size[0] = 30
+    with pytest.raises(ValueError, match="image_size"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    with pytest.raises(ValueError, match="image_size"):
+        VitlmViTModel(config)
+    config.image_size[0] = float("nan")
+    with pytest.raises(ValueError, match="image_size"):
+        VitlmViTModel(config)
+
+
+def test_nested_tower_errors_name_the_tower_and_the_field():
+    with pytest.raises(ValueError, match=r"`text_config`: `layer_norm_eps` must be a number"):
+        VitlmDualEncoderConfig(text_config={"layer_norm_eps": float("inf")})
+    config = VitlmDualEncoderConfig()
+    with pytest.raises(ValueError, match="use_cls_token"):
+        config.vision_config.use_cls_token = "false"
+    assert config.vision_config.use_cls_token is True

@@ -15,10 +15,12 @@ from transformers import (
     AutoModelForMaskedImageModeling,
     AutoModelForZeroShotObjectDetection,
     AutoProcessor,
+    PretrainedConfig,
 )
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from ..convert import DTYPES
+from ..models.configuration_vitlm import split_assignments
 from . import transforms
 from .card import write_model_card
 from .trainer import build_trainer, plot_log_history, training_arguments
@@ -35,17 +37,37 @@ EVAL_SPLITS = ("validation", "valid", "val", "test")
 
 
 def parse_overrides(text: str | None) -> dict:
-    """`"decoder_hidden_size=32,mask_ratio=0.5"` -> a dict of JSON values (strings where not JSON)."""
+    """`"decoder_hidden_size=32,image_size=[224, 320]"` -> a dict of JSON values (strings where not JSON). A dotted key
+    changes a tower of a dual encoder: `vision_config.hidden_size=64` -> `{"vision_config": {"hidden_size": 64}}`."""
     overrides = {}
-    for item in filter(None, (text or "").split(",")):
+    for item in filter(None, split_assignments(text or "")):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"config override {item!r} is not key=value")
         try:
-            overrides[key.strip()] = json.loads(value)
+            value = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key.strip()] = value
+            pass
+        *parents, name = key.strip().split(".")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[name] = value
     return overrides
+
+
+def apply_overrides(config, overrides: dict):
+    """Apply config overrides as one change, checked like any config change (the config is left as it was if one
+    is invalid). A key the config (or the named tower) does not have is refused rather than added unused."""
+    for key, value in overrides.items():
+        tower = getattr(config, key, None)
+        owner, names = (
+            (tower, value) if isinstance(tower, PretrainedConfig) and isinstance(value, dict) else (config, [key])
+        )
+        for name in names:
+            if not hasattr(owner, name):
+                raise ValueError(f"config override {name!r} is not a field of the {owner.model_type} config")
+    config.update(overrides)
 
 
 def load_model(task: str, name: str, class_names=None, config_overrides=None, work_dir=None):
@@ -73,7 +95,7 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     if task in DUAL_TASKS and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
-    config.update(overrides)
+    apply_overrides(config, overrides)
     if is_preset:
         model = AUTO_CLASSES[task].from_config(config)
     else:
