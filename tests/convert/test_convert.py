@@ -1,13 +1,23 @@
-"""The converter framework: source parsing, strict state-dict loading, atomic saving, the CLI's error path."""
+"""The converter framework: source parsing, strict state-dict loading, thread-safe building, atomic saving, the CLI's
+error path."""
+
+import threading
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import pixel_batch, tiny_config
-from vitlm import VitlmImageProcessor, VitlmViTModel
+from vitlm import VitlmDualEncoderModel, VitlmImageProcessor, VitlmViTModel
 from vitlm.cli import main
-from vitlm.convert import Converted, UnsupportedSourceError, load_converted_state_dict, parse_source, save
+from vitlm.convert import (
+    Converted,
+    UnsupportedSourceError,
+    load_converted_state_dict,
+    parse_source,
+    save,
+    uninitialized,
+)
 
 
 def converted():
@@ -109,3 +119,59 @@ def test_cli_exports_a_vitlm_folder_to_transformers(tmp_path, capsys):
         torch.testing.assert_close(outputs.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
         torch.testing.assert_close(outputs.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
     assert main(["export", str(vitlm_folder), str(tmp_path / "hf")]) == 2  # exists: refused in one line
+
+
+def test_building_a_model_to_convert_changes_no_global_state():
+    """Converters build their model without random initialization; models built meanwhile in other threads must
+    still be initialized (transformers' `no_init_weights` patched torch.nn.init and transformers process-wide)."""
+    from transformers import PreTrainedModel
+
+    seen = {}
+
+    class Probe(VitlmViTModel):
+        def __init__(self, config):
+            seen["functions"] = (torch.nn.init.normal_, torch.nn.init.trunc_normal_, PreTrainedModel.init_weights)
+            super().__init__(config)
+
+    before = (torch.nn.init.normal_, torch.nn.init.trunc_normal_, PreTrainedModel.init_weights)
+    model = uninitialized(Probe, tiny_config("vit"))
+    assert seen["functions"] == before
+    assert all(parameter.is_meta for parameter in model.parameters())  # no memory until the weights come
+
+
+def test_converting_while_other_threads_build_models():
+    config, source = tiny_config("vit"), converted().model
+    state_dict = {key: tensor.clone() for key, tensor in source.state_dict().items()}
+    built, conversions = [], []
+
+    def build():
+        for _ in range(8):
+            built.append(VitlmViTModel(config))
+
+    def convert_one():
+        for _ in range(8):
+            conversions.append(load_converted_state_dict(uninitialized(VitlmViTModel, config), state_dict, "test"))
+
+    threads = [threading.Thread(target=target) for target in (build, convert_one) * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == len(conversions) == 24  # no thread failed
+    for model in built:  # initialized as configured: unit LayerNorms, weights of std initializer_range
+        assert torch.equal(model.layernorm.weight, torch.ones_like(model.layernorm.weight))
+        weight = model.encoder.layers[0].mlp.fc1.weight
+        assert torch.isfinite(weight).all() and 0.7 < weight.std().item() / config.initializer_range < 1.3
+    for model in conversions:
+        assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in state_dict.items())
+
+
+def test_computed_buffers_are_computed():
+    """transformers' CLIPModel keeps position ids as a buffer no state dict holds: built on the meta device, it must
+    still have them after loading."""
+    from vitlm.convert.to_transformers import to_clip_model
+
+    torch.manual_seed(0)
+    clip = to_clip_model(VitlmDualEncoderModel(tiny_config("dual")))
+    position_ids = clip.text_model.embeddings.position_ids
+    assert not position_ids.is_meta and torch.equal(position_ids[0], torch.arange(position_ids.shape[1]))

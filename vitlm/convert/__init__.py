@@ -14,7 +14,6 @@ from typing import NamedTuple
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.initialization import no_init_weights
 
 SOURCES = {
     "open_clip": "vitlm.convert.from_open_clip",
@@ -112,24 +111,36 @@ def load(source: str, checkpoint: str | Path | None = None) -> Converted:
 
 
 def uninitialized(model_class, config):
-    """`model_class(config)` without the random initialisation: converters overwrite every weight, and the strict
-    loaders make sure of it."""
-    with no_init_weights():
+    """`model_class(config)` on the meta device, without memory or random initialisation, for
+    `load_converted_state_dict` to fill: converters overwrite every weight. The device context is the calling
+    thread's own, so models built at the same time in other threads initialise as usual (unlike patching
+    `torch.nn.init`)."""
+    with torch.device("meta"):
         return model_class(config)
 
 
 def load_converted_state_dict(model: PreTrainedModel, state_dict: dict[str, torch.Tensor], source: str):
-    """Load a mapped state dict, refusing any weight left unmapped on either side rather than converting half."""
+    """Load a mapped state dict, refusing any weight left unmapped on either side rather than converting half. A model
+    from `uninitialized` gets its memory here; buffers no state dict holds (computed tables such as CLIP's position
+    ids) are then computed by the model's own `_init_weights`, as transformers' `from_pretrained` does."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape]
     if missing or unexpected or mismatched:
         raise UnsupportedSourceError(
-            f"{source}: the weights do not map onto a vitlm model (missing {missing[:5]}, unexpected "
+            f"{source}: the weights do not map onto a {type(model).__name__} (missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, shape mismatches {sorted(mismatched)[:5]})"
         )
+    on_meta = any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
+    if on_meta:
+        model.to_empty(device="cpu")
     model.load_state_dict(state_dict)
+    if on_meta and any(name not in expected for name, _ in model.named_buffers()):
+        # loaded tensors carry transformers' "initialized" flag, which its init functions leave alone
+        for tensor in model.state_dict(keep_vars=True).values():
+            tensor._is_hf_initialized = True
+        model.initialize_weights()
     return model.eval()
 
 

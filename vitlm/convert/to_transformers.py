@@ -44,7 +44,7 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
+from . import Converted, UnsupportedSourceError, check_out_dir, load_converted_state_dict, save, uninitialized
 from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
 
 logger = logging.get_logger(__name__)
@@ -57,10 +57,10 @@ def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
     if config.loss_type == "sigmoid":
         problems.append("a sigmoid loss with a logit bias (loss_type='sigmoid')")
     refuse_if(problems, "CLIPModel")
-    clip_model = uninitialized(CLIPModel, clip_config(config))
     key_map = clip_key_map(config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)
-    clip_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
-    return clip_model.to(model.dtype).eval()
+    state_dict = unmap_state_dict(model.state_dict(), key_map)
+    clip_model = load_converted_state_dict(uninitialized(CLIPModel, clip_config(config)), state_dict, "CLIPModel")
+    return clip_model.to(model.dtype)
 
 
 def to_vit_model(
@@ -77,13 +77,13 @@ def to_vit_model(
     if not classifier and not config.representation_size:
         problems.append("no pooler (representation_size=None; ViTModel's pooler is a dense + tanh layer)")
     refuse_if(problems, target)
-    vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
     prefix = "vit." if classifier else ""
     key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, not classifier, config.qkv_bias)
     if classifier and config.num_labels > 0:
         key_map += _params("classifier", "classifier")
-    vit_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
-    return vit_model.to(model.dtype).eval()
+    vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
+    vit_model = load_converted_state_dict(vit_model, unmap_state_dict(model.state_dict(), key_map), target)
+    return vit_model.to(model.dtype)
 
 
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
