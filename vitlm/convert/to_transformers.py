@@ -48,6 +48,7 @@ from . import Converted, UnsupportedSourceError, check_out_dir, load_converted_s
 from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
 
 logger = logging.get_logger(__name__)
+EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
 
 
 def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
@@ -248,13 +249,13 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         model_or_folder, processor = load_folder(model_or_folder, processor)
     if processor is None:
         raise ValueError("pass the model's `processor` to export it with the model")
+    if not isinstance(model_or_folder, EXPORTABLE):
+        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
     if isinstance(model_or_folder, VitlmDualEncoderModel):
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
-    elif isinstance(model_or_folder, (VitlmViTModel, VitlmViTForImageClassification)):
+    else:
         image_processor = getattr(processor, "image_processor", processor)
         converted = Converted(to_vit_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
-    else:
-        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
     return save(converted, out_dir, overwrite=overwrite)
 
 
@@ -264,10 +265,14 @@ def load_folder(folder, processor=None):
 
     from .. import models
 
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
     architectures = AutoConfig.from_pretrained(folder).architectures or [""]
     model_class = getattr(models, architectures[0], None)
     if model_class is None or not architectures[0].startswith("Vitlm"):
         raise UnsupportedSourceError(f"{folder} holds a {architectures[0] or 'model of no architecture'}, not vitlm's")
+    if not issubclass(model_class, EXPORTABLE):  # refused before loading weights and processor
+        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders and ViTs export")
     model = model_class.from_pretrained(folder)
     if processor is None:
         auto_class = AutoProcessor if isinstance(model, VitlmDualEncoderModel) else AutoImageProcessor
