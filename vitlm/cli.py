@@ -295,7 +295,8 @@ def _exit_on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # as typed, for the model card's "Reproduce"
-    if argv is None:  # the `vitlm` process itself (not a caller's `main([...])`): a SIGTERM cleans up as it exits
+    if argv is None and args.command in ("convert", "export"):
+        # the `vitlm` process itself (not a caller's `main([...])`), writing a folder: a SIGTERM cleans up as it exits
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.run(args) or 0

@@ -193,6 +193,12 @@ def test_a_source_without_weights_is_refused_unless_random_weights_are_asked_for
         load("open_clip:ViT-B-32", checkpoint="weights.safetensors", random_weights=True)
 
 
+def test_random_weights_build_the_architecture_without_a_download():
+    model = load("timm:test_vit", random_weights=True).model  # no network here: nothing may be downloaded
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (64, 6)
+    assert all(torch.isfinite(tensor).all() for tensor in model.state_dict().values())
+
+
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A tiny transformers ViT folder: the quickest source to convert."""
