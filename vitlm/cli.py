@@ -6,6 +6,7 @@ Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; 
 
 import argparse
 import shlex
+import signal
 import sys
 
 
@@ -49,6 +50,11 @@ def _add_convert_arguments(parser: argparse.ArgumentParser):
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the architecture with random weights (open_clip:<name>, timm:<name>); its card says so",
+    )
 
 
 def _run_convert(args) -> int:
@@ -61,6 +67,7 @@ def _run_convert(args) -> int:
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,
         push_to_hub=args.push_to_hub,
+        random_weights=args.random_weights,
     )
     print(f"wrote {out_dir}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
@@ -175,9 +182,19 @@ def _run_train(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return port
+
+
 def _add_demo_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=_port, default=7860)
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
     parser.add_argument(
         "--allow-local-models",
@@ -276,14 +293,23 @@ def hub_error_message(error: BaseException | None) -> str | None:
     return f"the Hub answered {status}: {detail}"
 
 
+def _exit_on_sigterm(signum, frame):
+    # raised in the main thread, so `finally` blocks run: a convert removes its staging folder
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # as typed, for the model card's "Reproduce"
+    if argv is None and args.command in ("convert", "export"):
+        # the `vitlm` process itself (not a caller's `main([...])`), writing a folder: a SIGTERM cleans up as it exits
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.run(args) or 0
     except (ValueError, OSError) as error:
         # bad input (an unknown preset, a missing file or repo, a refused token): one line, no traceback
-        print(f"vitlm {args.command}: error: {hub_error_message(error) or error}", file=sys.stderr)
+        message = " ".join(str(hub_error_message(error) or error).split()) or type(error).__name__
+        print(f"vitlm {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

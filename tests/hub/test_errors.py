@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
 from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
@@ -86,3 +86,28 @@ def test_cli_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
         "vitlm convert: error: the Hub refused your token (401: Invalid credentials in Authorization header); "
         "check HF_TOKEN or `hf auth login`"
     )
+
+
+def test_damaged_and_pickled_hub_weights_are_refused_by_name(hub, tmp_path):
+    """A Hub repo whose weights are truncated, or only pickled, is refused in one error naming the repo; pickles are
+    never unpickled (vitlm reads safetensors only), also when the Hub serves them."""
+    api = HfApi()
+    model = VitlmViTModel(tiny_config("vit"))
+    model.save_pretrained(tmp_path / "model")
+    weights = (tmp_path / "model" / "model.safetensors").read_bytes()
+
+    truncated = f"{USER}/truncated-vit"
+    model.push_to_hub(truncated)
+    api.upload_file(path_or_fileobj=weights[: len(weights) // 2], path_in_repo="model.safetensors", repo_id=truncated)
+    with pytest.raises(OSError, match=f"the weights of {truncated} cannot be read .*truncated or damaged"):
+        AutoModel.from_pretrained(truncated)
+
+    pickled = f"{USER}/pickled-vit"
+    api.create_repo(pickled)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    api.upload_file(path_or_fileobj=tmp_path / "model" / "config.json", path_in_repo="config.json", repo_id=pickled)
+    api.upload_file(path_or_fileobj=tmp_path / "pytorch_model.bin", path_in_repo="pytorch_model.bin", repo_id=pickled)
+    with pytest.raises(
+        OSError, match=f"{pickled} has no model.safetensors: vitlm reads weights from safetensors files"
+    ):
+        AutoModel.from_pretrained(pickled)

@@ -38,7 +38,7 @@ from ..models import (
     VitlmViTConfig,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
+from . import Converted, UnsupportedSourceError, check_checkpoint, load_converted_state_dict, uninitialized
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 CLIP_VOCAB_SIZE, CLIP_BOS_ID, CLIP_EOS_ID, CLIP_PAD_ID = 49408, 49406, 49407, 0
@@ -90,18 +90,38 @@ BLOCK_WEIGHTS = {
 }
 
 
-def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
-    """Build `spec` with open_clip (downloading the tag's weights, or reading `checkpoint` instead) and convert it."""
+def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
+    """Build `spec` with open_clip (downloading the tag's weights, or reading `checkpoint` instead) and convert it.
+    A model name alone names no weights: it is refused unless `random_weights`."""
     import open_clip
 
     if spec.startswith(SCHEMAS):
-        if checkpoint is not None:
-            raise ValueError(f"`checkpoint` replaces a pretrained tag; {spec!r} names its weights itself")
+        if checkpoint is not None or random_weights:
+            raise ValueError(f"{spec!r} names its weights itself: it takes neither a checkpoint nor random weights")
         name, tag = spec, ""
     else:
         name, _, tag = spec.partition("/")
+        if name not in open_clip.list_models():
+            raise ValueError(f"open_clip has no model {name!r} (`open_clip.list_models()` lists them, e.g. ViT-B-32)")
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag and tag not in tags and not Path(tag).is_file():
+            raise ValueError(
+                f"{tag!r} is not one of open_clip's pretrained tags for {name!r} ({', '.join(tags) or 'none'}) "
+                "nor a weights file"
+            )
+        if tag and tag not in tags:
+            check_checkpoint(tag)  # a local weights file in the tag's place
+        if random_weights and tag:
+            raise ValueError(f"random weights and the pretrained tag {tag!r} exclude each other: pass one of them")
+        if not (tag or checkpoint or random_weights):
+            example = f"open_clip:{name}/{tags[0]}" if tags else f"open_clip:{name}/<weights file>"
+            raise ValueError(
+                f"open_clip:{name} names no pretrained weights: add a tag ({example}), pass a checkpoint file, or ask "
+                "for random weights explicitly (--random-weights, random_weights=True)"
+            )
     pretrained, preprocess = tag or None, {}
     if checkpoint is not None:
+        check_checkpoint(checkpoint)
         pretrained = str(checkpoint)
         if tag:
             # the local file stands in for the tag's download; the tag still decides the preprocessing
@@ -111,7 +131,13 @@ def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
             preprocess = {
                 f"image_{key}": tag_config.get(key) for key in ("mean", "std", "interpolation", "resize_mode")
             }
-    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, **preprocess)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, **preprocess)
+    except (RuntimeError, AssertionError) as error:
+        if pretrained is None or not Path(pretrained).is_file():
+            raise
+        # torch's load_state_dict (missing, unexpected or mis-shaped weights) or open_clip's own checks of them
+        raise ValueError(f"checkpoint {pretrained} does not fit open_clip's {name}: {error}") from None
     return convert_model(model, open_clip.get_tokenizer(name), source=f"open_clip:{spec}")
 
 

@@ -26,7 +26,7 @@ from ..models import (
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
-from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
+from . import Converted, UnsupportedSourceError, check_checkpoint, load_converted_state_dict, uninitialized
 
 MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmViTConfig, True): VitlmViTForImageClassification,
@@ -60,21 +60,30 @@ HEAD_RULES = [(r"^head\.", "classifier."), (r"^head_dist\.", "distillation_class
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
-def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
-    """Convert `timm:<spec>`; `checkpoint` is a local .safetensors file that timm loads instead of downloading."""
+def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
+    """Convert `timm:<spec>`; `checkpoint` is a local .safetensors file that timm loads instead of downloading;
+    `random_weights` builds the architecture with timm's random initialisation instead."""
     import timm
 
     source = f"timm:{spec}"
-    skeleton = timm.create_model(spec, pretrained=False, device="meta")
+    try:
+        skeleton = timm.create_model(spec, pretrained=False, device="meta")
+    except RuntimeError as error:  # an unknown model name or pretrained tag
+        raise ValueError(f"{source}: {error} (`timm.list_models(pretrained=True)` lists timm's models)") from None
     config = vitlm_config(skeleton, source)
     processor = image_processor(timm.data.resolve_data_config({}, model=skeleton), source)
 
     overlay = None
     if checkpoint is not None:
-        if Path(checkpoint).suffix != ".safetensors":
-            raise ValueError(f"checkpoint must be a .safetensors file, got {str(checkpoint)!r}")
+        check_checkpoint(checkpoint)
         overlay = {"file": str(checkpoint)}
-    timm_model = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
+    try:
+        timm_model = timm.create_model(spec, pretrained=not random_weights, pretrained_cfg_overlay=overlay)
+    except (RuntimeError, AssertionError) as error:
+        if checkpoint is None:
+            raise
+        # torch's load_state_dict (missing, unexpected or mis-shaped weights) or timm's own checks of them
+        raise ValueError(f"checkpoint {checkpoint} does not fit timm's {spec}: {error}") from None
     return Converted(convert_model(timm_model, config, source), processor)
 
 

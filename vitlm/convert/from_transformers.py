@@ -114,12 +114,16 @@ VIT_BLOCK = {
 VIT_QKV = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
 
 
-def load(spec: str, checkpoint: str | Path | None = None) -> Converted:
+def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
     """Load `spec` (a Hub repo id or a local folder) with transformers and convert it."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    if checkpoint is not None:
-        raise ValueError("`checkpoint` is for open_clip and timm sources; an hf: source names its folder itself")
+    if checkpoint is not None or random_weights:
+        raise ValueError(
+            "a checkpoint or random weights are for open_clip and timm sources; an hf: source names its weights itself"
+        )
+    if spec.startswith(("/", ".")) and not Path(spec).is_dir():
+        raise FileNotFoundError(f"hf:{spec}: no such folder (a Hub repo id looks like org/name)")
     source = f"hf:{spec}"
     config = AutoConfig.from_pretrained(spec)
     architecture = source_architecture(config, source)

@@ -44,10 +44,11 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
+from . import Converted, UnsupportedSourceError, check_out_dir, load_converted_state_dict, save, uninitialized
 from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
 
 logger = logging.get_logger(__name__)
+EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
 
 
 def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
@@ -57,10 +58,10 @@ def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
     if config.loss_type == "sigmoid":
         problems.append("a sigmoid loss with a logit bias (loss_type='sigmoid')")
     refuse_if(problems, "CLIPModel")
-    clip_model = uninitialized(CLIPModel, clip_config(config))
     key_map = clip_key_map(config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)
-    clip_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
-    return clip_model.to(model.dtype).eval()
+    state_dict = unmap_state_dict(model.state_dict(), key_map)
+    clip_model = load_converted_state_dict(uninitialized(CLIPModel, clip_config(config)), state_dict, "CLIPModel")
+    return clip_model.to(model.dtype)
 
 
 def to_vit_model(
@@ -77,13 +78,13 @@ def to_vit_model(
     if not classifier and not config.representation_size:
         problems.append("no pooler (representation_size=None; ViTModel's pooler is a dense + tanh layer)")
     refuse_if(problems, target)
-    vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
     prefix = "vit." if classifier else ""
     key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, not classifier, config.qkv_bias)
     if classifier and config.num_labels > 0:
         key_map += _params("classifier", "classifier")
-    vit_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
-    return vit_model.to(model.dtype).eval()
+    vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
+    vit_model = load_converted_state_dict(vit_model, unmap_state_dict(model.state_dict(), key_map), target)
+    return vit_model.to(model.dtype)
 
 
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
@@ -248,13 +249,13 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         model_or_folder, processor = load_folder(model_or_folder, processor)
     if processor is None:
         raise ValueError("pass the model's `processor` to export it with the model")
+    if not isinstance(model_or_folder, EXPORTABLE):
+        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
     if isinstance(model_or_folder, VitlmDualEncoderModel):
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
-    elif isinstance(model_or_folder, (VitlmViTModel, VitlmViTForImageClassification)):
+    else:
         image_processor = getattr(processor, "image_processor", processor)
         converted = Converted(to_vit_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
-    else:
-        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
     return save(converted, out_dir, overwrite=overwrite)
 
 
@@ -264,10 +265,14 @@ def load_folder(folder, processor=None):
 
     from .. import models
 
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
     architectures = AutoConfig.from_pretrained(folder).architectures or [""]
     model_class = getattr(models, architectures[0], None)
     if model_class is None or not architectures[0].startswith("Vitlm"):
         raise UnsupportedSourceError(f"{folder} holds a {architectures[0] or 'model of no architecture'}, not vitlm's")
+    if not issubclass(model_class, EXPORTABLE):  # refused before loading weights and processor
+        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders and ViTs export")
     model = model_class.from_pretrained(folder)
     if processor is None:
         auto_class = AutoProcessor if isinstance(model, VitlmDualEncoderModel) else AutoImageProcessor

@@ -215,6 +215,82 @@ def with_transforms(
     return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_arguments(
+    task: str,
+    output_dir,
+    *,
+    epochs,
+    max_steps,
+    batch_size,
+    lr,
+    seed,
+    eval_steps,
+    logging_steps,
+    layer_decay,
+    mixup_alpha,
+    cutmix_alpha,
+    block_masking,
+):
+    """Refuse a training setting out of its range, naming it and its `vitlm train` option, before any data is
+    generated or model built: Trainer would otherwise fail late, or train silently with no effect (a learning rate
+    or layer decay of 0, mixup on a task without labels to mix)."""
+    if task not in AUTO_CLASSES:
+        raise ValueError(f"task must be one of {sorted(AUTO_CLASSES)}, got {task!r}")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
+    ranges = [  # (name, option, value, valid, what it must be)
+        ("epochs", "--epochs", epochs, _number(epochs) and epochs > 0, "a number > 0"),
+        (
+            "max_steps",
+            "--max-steps",
+            max_steps,
+            _integer(max_steps) and (max_steps >= 1 or max_steps == -1),
+            "an integer >= 1, or -1 (no limit)",
+        ),
+        ("batch_size", "--batch-size", batch_size, _integer(batch_size) and batch_size >= 1, "an integer >= 1"),
+        ("lr", "--lr", lr, _number(lr) and lr > 0, "a number > 0"),
+        ("seed", "--seed", seed, _integer(seed) and 0 <= seed < 2**32, "an integer from 0 to 2**32 - 1"),
+        (
+            "eval_steps",
+            "--eval-steps",
+            eval_steps,
+            eval_steps is None or _integer(eval_steps) and eval_steps >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "logging_steps",
+            "--logging-steps",
+            logging_steps,
+            _integer(logging_steps) and logging_steps >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "layer_decay",
+            "--layer-decay",
+            layer_decay,
+            layer_decay is None or _number(layer_decay) and 0 < layer_decay <= 1,
+            "a number in (0, 1]",
+        ),
+        ("mixup_alpha", "--mixup", mixup_alpha, _number(mixup_alpha) and mixup_alpha >= 0, "a number >= 0"),
+        ("cutmix_alpha", "--cutmix", cutmix_alpha, _number(cutmix_alpha) and cutmix_alpha >= 0, "a number >= 0"),
+    ]
+    for name, option, value, valid, expected in ranges:
+        if not valid:
+            raise ValueError(f"{name} ({option}) must be {expected}, got {value!r}")
+    if (mixup_alpha or cutmix_alpha) and task != "classify":
+        raise ValueError(f"mixup and cutmix (--mixup, --cutmix) apply to classification, not {task!r}")
+    if block_masking and task != "inpaint":
+        raise ValueError(f"block masking (--block-masking) applies to inpainting, not {task!r}")
+
+
 def train(
     task: str,
     model_name: str,
@@ -252,6 +328,21 @@ def train(
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
     the final weights; `twin_weight` > 0 adds the twin consistency loss to contrastive training (data with twins:
     `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates)."""
+    check_arguments(
+        task,
+        output_dir,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_steps=eval_steps,
+        logging_steps=logging_steps,
+        layer_decay=layer_decay,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        block_masking=block_masking,
+    )
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if not save_checkpoints:
@@ -347,4 +438,4 @@ def train(
     return trainer
 
 
-__all__ = ["class_names_of", "load_datasets", "load_model", "parse_overrides", "train"]
+__all__ = ["check_arguments", "class_names_of", "load_datasets", "load_model", "parse_overrides", "train"]

@@ -49,6 +49,82 @@ class VitlmPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
             init.trunc_normal_(module.position_embeddings, std=std)
 
+    # ---- loading checkpoints: refuse damaged ones in one error, report non-finite weights ----
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, stricter about what it reads. Weights come from safetensors only:
+        unpickling a `pytorch_model.bin` can run code (pass `use_safetensors=False` for a file you trust). A missing
+        config.json, a damaged safetensors file or weights of the wrong shape end in one error naming them (without
+        `ignore_mismatched_sizes`), and NaN / inf weights are reported as a warning."""
+        from safetensors import SafetensorError  # a dependency of transformers, as `tokenizers` is
+
+        source = str(pretrained_model_name_or_path)
+        safetensors_only = kwargs.get("use_safetensors") is None
+        if safetensors_only:
+            kwargs["use_safetensors"] = True
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            # transformers builds a default config when config.json is missing: a model the weights may not fit
+            hub_kwargs = (
+                "cache_dir",
+                "force_download",
+                "local_files_only",
+                "proxies",
+                "revision",
+                "subfolder",
+                "token",
+            )
+            hub_kwargs = {name: kwargs[name] for name in hub_kwargs if name in kwargs}
+            config_dict = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)[0]
+            if not config_dict or not isinstance(config_dict, dict):
+                raise OSError(f"{source} has no config.json holding a JSON object: it is not a saved model folder")
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                **kwargs,
+            )
+        except SafetensorError as error:
+            raise OSError(
+                f"the weights of {source} cannot be read ({error}): the safetensors file is truncated or damaged; "
+                "download or save it again"
+            ) from error
+        except OSError as error:
+            if not safetensors_only or "safetensors" not in str(error):
+                raise
+            raise OSError(
+                f"{source} has no model.safetensors: vitlm reads weights from safetensors files only, as a pickled "
+                "pytorch_model.bin can run code when loaded (pass use_safetensors=False to read one you trust)"
+            ) from error
+        if info["mismatched_keys"] and not ignore_mismatched_sizes:
+            shapes = [
+                f"{key} {tuple(stored)} (model: {tuple(built)})" for key, stored, built in info["mismatched_keys"]
+            ]
+            raise ValueError(
+                f"the weights of {source} do not fit its config: {len(shapes)} of the wrong shape, "
+                f"{', '.join(sorted(shapes)[:3])}; pass ignore_mismatched_sizes=True to initialize those afresh"
+            )
+        model.warn_if_nonfinite(source)
+        return (model, info) if output_loading_info else model
+
+    def warn_if_nonfinite(self, source: str):
+        """Log a warning naming the weights that hold NaN or inf values: such a model answers NaN, with no error."""
+        from transformers.utils import logging
+
+        bad = [
+            name
+            for name, tensor in self.state_dict().items()
+            if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all()
+        ]
+        if bad:
+            logging.get_logger(__name__).warning(
+                f"{source}: {len(bad)} weights hold NaN or inf values ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); the model's outputs will not be finite"
+            )
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes only the saved class's own Auto entry; list the family's others too, so that a repo
         # saved from a base model still loads as the head model (and vice versa) with `trust_remote_code=True`.
