@@ -2,9 +2,21 @@
 
 All four configs live in one file so that a dual encoder saved with remote code can rebuild its vision tower's
 config (ViT or hybrid) from `model_type` alone, without vitlm's Auto-class registrations.
+
+A vitlm config is valid at all times, however it is built or changed: the constructor, `from_dict`,
+`from_pretrained(path, **kwargs)`, `AutoConfig.from_pretrained(..., key=value)`, `update`, `update_from_string` and
+plain attribute assignment all check every value they set against its field's rule (type and range), then the rules
+that tie fields together (e.g. `hidden_size` divisible by `num_attention_heads`). A value that breaks a rule raises a
+`ValueError` naming the field, and the config is left as it was. Fields that must change together are changed with
+one `update({...})`; changing them one assignment at a time fails at the first one that leaves the config invalid.
+A value mutated in place (`config.image_size[0] = 30`) is caught at the next change, when a model is built from the
+config, or by `validate()`, which saving runs.
 """
 
+import json
 import math
+import re
+from contextlib import contextmanager
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
@@ -12,7 +24,12 @@ from transformers.activations import ACT2FN
 POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d")
 POOLING_TYPES = ("cls", "mean")
 LOSS_TYPES = ("softmax", "sigmoid")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)
+# Largest finite float16. Image-text logits are `exp(logit_scale) * cosine + logit_bias`; keeping their bound below it
+# keeps them finite in float16, the narrowest dtype vitlm saves and runs models in (bfloat16 and float32 reach higher).
+MAX_LOGIT = 65504.0
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 
 
 def to_pair(value) -> tuple[int, int]:
@@ -24,42 +41,313 @@ def to_pair(value) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _require_positive_ints(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+def split_assignments(text: str) -> list[str]:
+    """`"image_size=[224, 320],qkv_bias=false"` -> `["image_size=[224, 320]", "qkv_bias=false"]`: a comma starts a new
+    item only where a `key=` follows, so that list values keep theirs."""
+    return re.split(r",(?=\s*[\w.]+=)", text)
 
 
-def _require_choice(config, name, choices):
-    if getattr(config, name) not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {getattr(config, name)!r}")
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require_probabilities(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
+def _is_real(value) -> bool:
+    """An int or float (not a bool, which Python counts as an int) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _validate_transformer(config):
-    """Checks shared by every transformer tower (vision and text)."""
-    _require_positive_ints(config, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+# Field rules: `rule(name, value)` returns the value to store (lists for pairs, int keys for `id2label`, floats for
+# real-valued fields, so that `logit_scale_init_value=0` does not make an integer parameter) or raises a ValueError
+# naming the field. They look at one value; rules across fields live in each config's `check_values`.
+
+
+def _int_at_least(minimum: int, optional: bool = False, maximum: float = math.inf):
+    def rule(name, value):
+        if (value is None and optional) or (_is_int(value) and minimum <= value <= maximum):
+            return value
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        bound = f" up to {maximum:,}" if maximum < math.inf else ""
+        raise ValueError(f"`{name}` must be {kind}{bound}{' or None' if optional else ''}, got {value!r}")
+
+    return rule
+
+
+def _size(name, value):
+    """An int side, or a (height, width) pair stored as a list (its JSON form)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and all(_is_int(side) and side > 0 for side in value):
+            return list(value)
+    elif _is_int(value) and value > 0:
+        return value
+    raise ValueError(f"`{name}` must be a positive integer or a (height, width) pair of them, got {value!r}")
+
+
+def _depths(name, value):
+    if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) and v > 0 for v in value):
+        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {value!r}")
+    return list(value)
+
+
+def _real_in(low: float, high: float, low_open: bool, high_open: bool):
+    def rule(name, value):
+        if (
+            _is_real(value)
+            and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)
+        ):
+            return float(value)
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}")
+
+    return rule
+
+
+def _real(name, value):
+    if not _is_real(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):  # `"false"` or 0 would read as a silent True / False
+        raise ValueError(f"`{name}` must be true or false, got {value!r}")
+    return value
+
+
+def _choice(choices, optional: bool = False):
+    def rule(name, value):
+        if (value is None and optional) or (isinstance(value, str) and value in choices):
+            return value
+        raise ValueError(f"`{name}` must be one of {choices}{' or None' if optional else ''}, got {value!r}")
+
+    return rule
+
+
+def _activation(name, value):
+    if not isinstance(value, str) or value not in ACT2FN:
+        raise ValueError(f"`{name}` must be one of transformers' activations {sorted(ACT2FN)}, got {value!r}")
+    return value
+
+
+def _templates(name, value):
+    if value is not None and (
+        not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and "{}" in t for t in value)
+    ):
+        raise ValueError(f"`{name}` must be None or a list of prompts, each with a '{{}}' for the class name")
+    return None if value is None else list(value)
+
+
+def _id2label(name, value):
+    """Class index -> name; JSON's string keys ("0") become ints, as transformers does when loading."""
+    if value is None:
+        return value
+    if not isinstance(value, dict) or not all(isinstance(label, str) for label in value.values()):
+        raise ValueError(f"`{name}` must be a dict of class index -> class name (a string), got {value!r}")
+    try:
+        labels = {int(key): label for key, label in value.items() if not isinstance(key, bool)}
+    except (TypeError, ValueError):
+        labels = {}
+    if len(labels) != len(value) or sorted(labels) != list(range(len(labels))):
+        raise ValueError(f"`{name}` must have the class indices 0 .. {len(value) - 1} as keys, got {list(value)}")
+    return labels
+
+
+def _label2id(name, value):
+    if value is not None and (
+        not isinstance(value, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in value.items())
+    ):
+        raise ValueError(f"`{name}` must be a dict of class name -> class index, got {value!r}")
+    return value
+
+
+def _vision_config(name, value):
+    return vision_config_from(value)
+
+
+def _text_config(name, value):
+    if isinstance(value, VitlmTextConfig):
+        return value
+    if value is None or isinstance(value, dict):
+        try:
+            return VitlmTextConfig(**{k: v for k, v in (value or {}).items() if k != "model_type"})
+        except ValueError as error:
+            raise ValueError(f"`{name}`: {error}") from error
+    raise ValueError(f"`{name}` must be a dict or a VitlmTextConfig, got {type(value).__name__}")
+
+
+_positive = _int_at_least(1)
+_probability = _real_in(0.0, 1.0, low_open=False, high_open=True)
+_epsilon = _real_in(0.0, 1.0, low_open=True, high_open=False)
+
+# One rule per field name, whichever config holds it: a name means the same thing in every vitlm config.
+FIELD_RULES = {
+    **dict.fromkeys(
+        (
+            "patch_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+            "backbone_stem_width",
+            "backbone_width_factor",
+            "backbone_num_groups",
+            "max_position_embeddings",
+            "projection_dim",
+        ),
+        _positive,
+    ),
+    "image_size": _size,
+    "backbone_depths": _depths,
+    "representation_size": _int_at_least(1, optional=True),
+    "vocab_size": _int_at_least(2),  # at least the start- and end-of-text tokens
+    # 0: no classifier, features only (transformers' convention); setting it builds an `id2label` entry per class,
+    # so a stray huge value would exhaust memory: 10 million is far above any real label set (ImageNet-21k: 21,843)
+    "num_labels": _int_at_least(0, maximum=10_000_000),
+    "bos_token_id": _int_at_least(0),  # None in the constructor picks the default, so it is no stored value
+    "eos_token_id": _int_at_least(0),  # required: the text tower pools at it
+    "pad_token_id": _int_at_least(0, optional=True),
+    **dict.fromkeys(
+        ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "mask_ratio"), _probability
+    ),
+    # an epsilon only guards a division by a (unit-scale) variance: above 1 it would replace it
+    **dict.fromkeys(("layer_norm_eps", "backbone_std_conv_eps"), _epsilon),
+    # the std of the weights drawn at initialisation: 0 is no distribution, and no model trains from weights above 1
+    "initializer_range": _real_in(0.0, 1.0, low_open=True, high_open=False),
+    # rotary frequencies are theta ** (-i/d): a base below 1 makes them grow past one turn per position, then overflow
+    "rope_theta": _real_in(1.0, math.inf, low_open=False, high_open=True),
+    "logit_scale_init_value": _real,
+    "logit_bias_init_value": _real,
+    **dict.fromkeys(
+        ("qkv_bias", "patch_bias", "use_cls_token", "use_distillation_token", "pre_norm", "norm_pix_loss"), _flag
+    ),
+    "hidden_act": _activation,
+    "position_embedding_type": _choice(POSITION_EMBEDDING_TYPES),
+    "pooling": _choice(POOLING_TYPES),
+    "loss_type": _choice(LOSS_TYPES),
+    "problem_type": _choice(PROBLEM_TYPES, optional=True),
+    "prompt_templates": _templates,
+    "id2label": _id2label,
+    "label2id": _label2id,
+    "vision_config": _vision_config,
+    "text_config": _text_config,
+}
+
+
+class VitlmConfigMixin:
+    """Keeps a vitlm config valid: every value set is checked by its field's rule and every change, once made, by
+    the config's `check_values`; a change that fails is undone."""
+
+    def __post_init__(self, **kwargs):
+        if "num_labels" in kwargs:  # transformers ignores it, with a warning, when `id2label` is given too
+            FIELD_RULES["num_labels"]("num_labels", kwargs["num_labels"])
+        super().__post_init__(**kwargs)
+
+    def __setattr__(self, name, value):
+        rule = FIELD_RULES.get(name)
+        if rule is not None:
+            value = rule(name, value)
+        if not self.__dict__.get("_post_init_done"):  # still in __init__, which checks the whole config at its end
+            super().__setattr__(name, value)
+            return
+        with self._change():
+            super().__setattr__(name, value)
+
+    @contextmanager
+    def _change(self):
+        """The assignments made inside are checked together once all are made; if one fails, all are undone."""
+        if self.__dict__.get("_changing"):  # inside a larger change (e.g. the `num_labels` setter within `update`)
+            yield
+            return
+        snapshot = dict(self.__dict__)  # shallow: sub-configs are replaced, never changed in place, by a change
+        self.__dict__["_changing"] = True
+        try:
+            yield
+            del self.__dict__["_changing"]
+            self._check()
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(snapshot)
+            raise
+
+    def _check(self):
+        """Every field's rule again (a list or dict may have been changed in place since it was set), then the rules
+        across fields. Run after every change, so also when a model is built (transformers sets the config's
+        attention implementation then)."""
+        for name, rule in FIELD_RULES.items():
+            if name in self.__dict__ and name not in ("vision_config", "text_config"):
+                rule(name, self.__dict__[name])
+        self.check_values()
+
+    def validate(self):
+        """transformers' validation hook (also run by `save_pretrained`): vitlm's rules, then transformers' own."""
+        for name in ("vision_config", "text_config"):
+            if isinstance(self.__dict__.get(name), PretrainedConfig):
+                self.__dict__[name].validate()
+        self._check()
+        super().validate()
+
+    def update(self, config_dict: dict):
+        """Set several fields as one change, checked once all are set. A dict for `vision_config` or `text_config`
+        changes the fields it names in that tower and keeps the others, as `from_pretrained(..., text_config={...})`
+        does."""
+        with self._change():
+            for key, value in config_dict.items():
+                current = getattr(self, key, None)
+                if isinstance(current, PretrainedConfig) and isinstance(value, dict):
+                    value = {**current.to_dict(), **value}
+                setattr(self, key, value)
+
+    def update_from_string(self, update_str: str):
+        """`"hidden_size=64,num_attention_heads=8,qkv_bias=false"`: as transformers' (each field must exist, and its
+        value is read as the kind of value it holds now: a boolean word, a number, or a string), set as one change."""
+        changes = {}
+        for item in split_assignments(update_str):
+            key, sep, text = item.partition("=")
+            if not sep or not hasattr(self, key):
+                raise ValueError(f"{item!r} must be key=value with a key of this config")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                if text.lower() not in BOOLEAN_WORDS:
+                    raise ValueError(f"`{key}` must be true or false, got {text!r}")
+                changes[key] = BOOLEAN_WORDS[text.lower()]
+            elif isinstance(current, (int, float)):
+                try:
+                    changes[key] = json.loads(text)  # "NaN" and "Infinity" parse, and are refused by the field
+                except json.JSONDecodeError:
+                    raise ValueError(f"`{key}` must be a number, got {text!r}") from None
+            elif isinstance(current, str):
+                changes[key] = text
+            else:
+                raise ValueError(f"`{key}` holds a {type(current).__name__}; set it with `update`, not from a string")
+        self.update(changes)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # transformers sets the keyword overrides one by one after building the config; vitlm's fields among them are
+        # set with `update` instead, so that they are checked together (`hidden_size` with `num_attention_heads`)
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+        own = {key: kwargs.pop(key) for key in list(kwargs) if key in FIELD_RULES and key != "num_labels"}
+        config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
+        config.update({key: value for key, value in own.items() if hasattr(config, key)})
+        unused.update({key: value for key, value in own.items() if not hasattr(config, key)})
+        return (config, unused) if return_unused_kwargs else config
+
+
+def _check_transformer(config):
+    """Cross-field checks shared by every transformer tower (vision and text)."""
     if config.hidden_size % config.num_attention_heads:
         raise ValueError(
             f"`hidden_size` ({config.hidden_size}) must be divisible by `num_attention_heads` "
             f"({config.num_attention_heads})"
         )
-    if config.hidden_act not in ACT2FN:
-        raise ValueError(f"`hidden_act` must be one of transformers' activations, got {config.hidden_act!r}")
-    if config.layer_norm_eps <= 0:
-        raise ValueError(f"`layer_norm_eps` must be positive, got {config.layer_norm_eps!r}")
-    _require_probabilities(config, "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-class VitlmViTConfig(PretrainedConfig):
+class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a plain Vision Transformer: conv patch embedding, optional [CLS] (and DeiT distillation)
     token, a position encoding, a pre-LN encoder and a final LayerNorm.
@@ -126,7 +414,7 @@ class VitlmViTConfig(PretrainedConfig):
         initializer_range=0.02,
         **kwargs,
     ):
-        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.hidden_size = hidden_size
@@ -154,8 +442,8 @@ class VitlmViTConfig(PretrainedConfig):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.initializer_range = initializer_range
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
-        self.check_values()
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -173,26 +461,12 @@ class VitlmViTConfig(PretrainedConfig):
         return height // self.stem_stride, width // self.stem_stride
 
     def check_values(self):
-        _require_positive_ints(self, "image_size", "patch_size", "num_channels")
-        _validate_transformer(self)
-        _require_choice(self, "position_embedding_type", POSITION_EMBEDDING_TYPES)
-        _require_choice(self, "pooling", POOLING_TYPES)
-        _require_probabilities(self, "drop_path_rate")
-        if self.representation_size is not None:
-            _require_positive_ints(self, "representation_size")
-        _require_positive_ints(
-            self,
-            "decoder_hidden_size",
-            "decoder_num_hidden_layers",
-            "decoder_num_attention_heads",
-            "decoder_intermediate_size",
-        )
+        _check_transformer(self)
         if self.decoder_hidden_size % self.decoder_num_attention_heads or self.decoder_hidden_size % 4:
             raise ValueError(
                 f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
                 f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
             )
-        _require_probabilities(self, "mask_ratio")
         for side in to_pair(self.image_size):
             if side % self.stem_stride:
                 raise ValueError(
@@ -213,8 +487,12 @@ class VitlmViTConfig(PretrainedConfig):
                 f"`position_embedding_type='rope2d'` needs a head dimension (hidden_size / num_attention_heads) "
                 f"divisible by 4, got {head_dim}"
             )
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0 and math.isfinite(self.rope_theta)):
-            raise ValueError(f"`rope_theta` must be a positive number, got {self.rope_theta!r}")
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        if not self.use_cls_token and int(num_patches * (1 - self.mask_ratio)) == 0:
+            raise ValueError(
+                f"`mask_ratio` ({self.mask_ratio}) masks all {num_patches} patches, leaving the inpainting encoder "
+                "nothing to read without a [CLS] token: lower it, or set `use_cls_token=True`"
+            )
 
 
 class VitlmHybridConfig(VitlmViTConfig):
@@ -246,7 +524,7 @@ class VitlmHybridConfig(VitlmViTConfig):
         image_size=384,
         **kwargs,
     ):
-        self.backbone_depths = list(backbone_depths) if isinstance(backbone_depths, (list, tuple)) else backbone_depths
+        self.backbone_depths = backbone_depths
         self.backbone_stem_width = backbone_stem_width
         self.backbone_width_factor = backbone_width_factor
         self.backbone_num_groups = backbone_num_groups
@@ -268,13 +546,6 @@ class VitlmHybridConfig(VitlmViTConfig):
         return self.backbone_stride * self.patch_size
 
     def check_values(self):
-        if not isinstance(self.backbone_depths, list) or not self.backbone_depths:
-            raise ValueError(
-                f"`backbone_depths` must be a non-empty list of positive integers, got {self.backbone_depths!r}"
-            )
-        _require_positive_ints(
-            self, "backbone_depths", "backbone_stem_width", "backbone_width_factor", "backbone_num_groups"
-        )
         # every GroupNorm (stem and bottleneck widths; stage outputs are 4x the bottleneck width) splits into groups
         channels = [self.backbone_stem_width] + [width // 4 for width in self.backbone_widths]
         if any(c % self.backbone_num_groups for c in channels):
@@ -282,12 +553,10 @@ class VitlmHybridConfig(VitlmViTConfig):
                 f"`backbone_num_groups` ({self.backbone_num_groups}) must divide every backbone width {channels} "
                 "(set by `backbone_stem_width` and `backbone_width_factor`)"
             )
-        if self.backbone_std_conv_eps <= 0:
-            raise ValueError(f"`backbone_std_conv_eps` must be positive, got {self.backbone_std_conv_eps!r}")
         super().check_values()
 
 
-class VitlmTextConfig(PretrainedConfig):
+class VitlmTextConfig(VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a CLIP-style text tower: token + learned position embeddings, a causal pre-LN encoder, a final
     LayerNorm, and pooling at the first end-of-text token.
@@ -297,7 +566,13 @@ class VitlmTextConfig(PretrainedConfig):
         max_position_embeddings (`int`): context length (77 for CLIP).
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: width, layers and heads.
         hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob, qkv_bias: as for images.
-        bos_token_id, eos_token_id, pad_token_id (`int`): special tokens; pooling reads the state at `eos_token_id`.
+        bos_token_id, eos_token_id (`int`, *optional*): start- and end-of-text tokens; pooling reads the state at
+            `eos_token_id`. They default to the vocabulary's last two ids, where CLIP's BPE puts them (49406 and 49407
+            of 49408), so that a small test vocabulary (`VitlmTextConfig(vocab_size=99)`) works as it is.
+        pad_token_id (`int`, *optional*): padding token.
+
+    Stricter than transformers' `CLIPTextConfig`, which only warns: a special token id outside the vocabulary is
+    refused, since no valid input could hold it (an end-of-text token never found would leave nothing to pool).
     """
 
     model_type = "vitlm_text"
@@ -316,8 +591,8 @@ class VitlmTextConfig(PretrainedConfig):
         attention_probs_dropout_prob=0.0,
         qkv_bias=True,
         initializer_range=0.02,
-        bos_token_id=49406,
-        eos_token_id=49407,
+        bos_token_id=None,
+        eos_token_id=None,
         pad_token_id=0,
         **kwargs,
     ):
@@ -333,18 +608,18 @@ class VitlmTextConfig(PretrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.qkv_bias = qkv_bias
         self.initializer_range = initializer_range
-        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
-        self.check_values()
+        self.bos_token_id = vocab_size - 2 if bos_token_id is None else bos_token_id
+        self.eos_token_id = vocab_size - 1 if eos_token_id is None else eos_token_id
+        self.pad_token_id = pad_token_id
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
+        super().__init__(**kwargs)
 
     def check_values(self):
-        _require_positive_ints(self, "vocab_size", "max_position_embeddings")
-        _validate_transformer(self)
+        _check_transformer(self)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name)
-            if token_id is not None and not 0 <= token_id < self.vocab_size:
+            if token_id is not None and token_id >= self.vocab_size:
                 raise ValueError(f"`{name}` ({token_id}) must be a token id below `vocab_size` ({self.vocab_size})")
-        if self.eos_token_id is None:
-            raise ValueError("`eos_token_id` is required: the text tower pools at the end-of-text token")
 
 
 VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig)}
@@ -363,10 +638,13 @@ def vision_config_from(value) -> VitlmViTConfig:
         raise ValueError(
             f"`vision_config.model_type` must be one of {tuple(VISION_CONFIG_CLASSES)}, got {model_type!r}"
         )
-    return VISION_CONFIG_CLASSES[model_type](**{k: v for k, v in value.items() if k != "model_type"})
+    try:
+        return VISION_CONFIG_CLASSES[model_type](**{k: v for k, v in value.items() if k != "model_type"})
+    except ValueError as error:
+        raise ValueError(f"`vision_config`: {error}") from error
 
 
-class VitlmDualEncoderConfig(PretrainedConfig):
+class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a CLIP-style dual encoder: a vision tower (ViT or hybrid), a text tower, linear projections
     into a shared embedding space, and a learnable temperature.
@@ -383,6 +661,10 @@ class VitlmDualEncoderConfig(PretrainedConfig):
             with a learnable bias).
         prompt_templates (`list[str]`, *optional*): the prompts (with "{}" for the class name) whose embeddings a
             zero-shot classifier built from this model averaged per class; its `id2label` holds the class names.
+
+    The logits `exp(logit_scale) * cosine + logit_bias` must stay finite in float16 (at most 65504 in magnitude), the
+    narrowest dtype vitlm saves and runs models in: `exp(logit_scale_init_value) + |logit_bias_init_value|` is
+    refused above that (a scale of log(65504) ~ 11.1, where CLIP trains at most log(100) ~ 4.6).
     """
 
     model_type = "vitlm_dual_encoder"
@@ -399,27 +681,25 @@ class VitlmDualEncoderConfig(PretrainedConfig):
         prompt_templates=None,
         **kwargs,
     ):
-        self.vision_config = vision_config_from(vision_config)
-        if isinstance(text_config, VitlmTextConfig):
-            self.text_config = text_config
-        elif text_config is None or isinstance(text_config, dict):
-            self.text_config = VitlmTextConfig(**{k: v for k, v in (text_config or {}).items() if k != "model_type"})
-        else:
-            raise ValueError(f"`text_config` must be a dict or a VitlmTextConfig, got {type(text_config).__name__}")
+        self.vision_config = vision_config
+        self.text_config = text_config
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.logit_bias_init_value = logit_bias_init_value
         self.loss_type = loss_type
         self.prompt_templates = prompt_templates
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
-        self.check_values()
 
     def check_values(self):
-        _require_positive_ints(self, "projection_dim")
-        _require_choice(self, "loss_type", LOSS_TYPES)
-        for name in ("logit_scale_init_value", "logit_bias_init_value"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)!r}")
+        bias = abs(self.logit_bias_init_value) if self.loss_type == "sigmoid" else 0.0
+        scale = self.logit_scale_init_value
+        if scale > math.log(MAX_LOGIT) or math.exp(scale) + bias > MAX_LOGIT:
+            raise ValueError(
+                f"`logit_scale_init_value` ({scale}) with `logit_bias_init_value` "
+                f"({self.logit_bias_init_value}) gives logits beyond {MAX_LOGIT:g}, which overflow float16: "
+                f"exp(logit_scale) + |logit_bias| must stay below it"
+            )
 
 
 __all__ = ["VitlmViTConfig", "VitlmHybridConfig", "VitlmTextConfig", "VitlmDualEncoderConfig"]
