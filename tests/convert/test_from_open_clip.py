@@ -5,6 +5,7 @@ processor on the same PIL images and strings.
 """
 
 import json
+import re
 from operator import attrgetter
 
 import numpy as np
@@ -293,3 +294,18 @@ def test_convert_writes_a_folder_that_transformers_loads(vit_b_32, vit_b_32_chec
     with torch.no_grad():
         logits, _ = reference.get_logits(preprocess(images[0])[None], tokenizer([template.format(x) for x in labels]))
     assert result[0]["label"] == labels[logits[0].argmax()]
+
+
+def test_a_weight_the_tables_do_not_account_for_is_refused_by_name():
+    """A weight no rule maps and a missing one are named, on both sides for the missing one."""
+    torch.manual_seed(0)
+    reference = perturbed(open_clip.model.CLIP(**tiny()))
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    reference.visual.register_buffer("extra_scale", torch.ones(1))
+    with pytest.raises(UnsupportedSourceError, match=r"no rule maps: \['visual\.extra_scale'\]"):
+        convert_model(reference, tokenizer)
+    del reference.visual.extra_scale
+    reference.transformer.resblocks[0].mlp.c_proj.bias = None
+    missing = "text_model.encoder.layers.0.mlp.fc2.bias (from transformer.resblocks.0.mlp.c_proj.bias)"
+    with pytest.raises(UnsupportedSourceError, match=re.escape(f"missing: ['{missing}']")):
+        convert_model(reference, tokenizer)

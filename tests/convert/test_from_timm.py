@@ -315,3 +315,21 @@ def test_refused_conversion_leaves_no_folder(tmp_path):
 def test_checkpoint_must_be_safetensors(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         load("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "model.pth")
+
+
+def test_a_weight_the_tables_do_not_account_for_is_refused_by_name():
+    """An extra weight (under a block's attention, which a rule covers, but vitlm's attention lacks) and a missing one
+    are named on both sides."""
+    reference = random_timm_model("vit_tiny_patch16_224", depth=2)
+    config = vitlm_config(reference, "test")
+    reference.blocks[0].attn.register_buffer("extra_scale", torch.ones(1))
+    with pytest.raises(
+        UnsupportedSourceError, match=r"vit\.encoder\.layers\.0\.attention\.extra_scale \(from blocks\.0"
+    ):
+        convert_model(reference, config, "test")
+    del reference.blocks[0].attn.extra_scale
+    reference.blocks[1].mlp.fc2.bias = None
+    with pytest.raises(
+        UnsupportedSourceError, match=r"missing: \['vit\.encoder\.layers\.1\.mlp\.fc2\.bias \(from blocks"
+    ):
+        convert_model(reference, config, "test")

@@ -2,7 +2,7 @@
 
 A source is `<prefix>:<spec>`: `open_clip:ViT-B-32/laion2b_s34b_b79k`, `hf:openai/clip-vit-base-patch32`,
 `timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`. Each prefix has one module, imported only when used, holding a
-config translation and a pure state-dict mapping.
+config translation and a pure state-dict mapping written as a table of `weights.Rule`s (the one mapping mechanism).
 """
 
 import glob

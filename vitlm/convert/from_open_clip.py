@@ -20,13 +20,10 @@ other text pooling, a text projection with bias or none, non-CLIP vocabularies a
 non-square "shortest" resizing.
 """
 
-import re
 from pathlib import Path
 
 import PIL.Image
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..clip_bpe import clip_tokenizer
 from ..models import (
@@ -38,7 +35,8 @@ from ..models import (
     VitlmViTConfig,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, check_checkpoint, load_converted_state_dict, uninitialized
+from . import Converted, UnsupportedSourceError, check_checkpoint, uninitialized
+from .weights import SCALAR, TRANSPOSE, Rule, leading_dims, load_weights, nest
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 CLIP_VOCAB_SIZE, CLIP_BOS_ID, CLIP_EOS_ID, CLIP_PAD_ID = 49408, 49406, 49407, 0
@@ -50,44 +48,40 @@ INTERPOLATIONS = {
     "random": PIL.Image.Resampling.BICUBIC,
 }
 
-# open_clip name -> (vitlm name, how the tensor changes); CustomTextCLIP's `text.` prefix is removed first
-WEIGHTS = {
-    "visual.conv1.weight": ("vision_model.embeddings.stem.projection.weight", None),
-    "visual.class_embedding": ("vision_model.embeddings.cls_token", lambda t: t.reshape(1, 1, -1)),
-    "visual.positional_embedding": (
-        "vision_model.embeddings.position_encoding.position_embeddings",
-        lambda t: t[None],
-    ),
-    "visual.ln_pre.weight": ("vision_model.pre_layernorm.weight", None),
-    "visual.ln_pre.bias": ("vision_model.pre_layernorm.bias", None),
-    "visual.ln_post.weight": ("vision_model.layernorm.weight", None),
-    "visual.ln_post.bias": ("vision_model.layernorm.bias", None),
+# weight tables: open_clip's names -> vitlm's (see `weights`)
+BLOCK = [  # under one resblock; both attentions hold q, k, v fused along dim 0 in that order, like vitlm's `qkv`
+    Rule("*.ln_1.", "*.layer_norm1."),
+    Rule("*.attn.in_proj_weight", "*.attention.qkv.weight"),
+    Rule("*.attn.in_proj_bias", "*.attention.qkv.bias"),
+    Rule("*.attn.out_proj.", "*.attention.proj."),
+    Rule("*.ln_2.", "*.layer_norm2."),
+    Rule("*.mlp.c_fc.", "*.mlp.fc1."),
+    Rule("*.mlp.c_proj.", "*.mlp.fc2."),
+]
+TEXT = [
+    Rule("token_embedding.weight", "text_model.token_embedding.weight"),
+    Rule("positional_embedding", "text_model.position_embedding.weight"),
+    *nest(BLOCK, "transformer.resblocks.", "text_model.encoder.layers."),
+    Rule("ln_final.", "text_model.final_layer_norm."),
     # open_clip multiplies `x @ proj` with a (width, embed) matrix; a Linear stores (embed, width)
-    "visual.proj": ("visual_projection.weight", lambda t: t.t()),
-    "token_embedding.weight": ("text_model.token_embedding.weight", None),
-    "positional_embedding": ("text_model.position_embedding.weight", None),
-    "ln_final.weight": ("text_model.final_layer_norm.weight", None),
-    "ln_final.bias": ("text_model.final_layer_norm.bias", None),
-    "text_projection": ("text_projection.weight", lambda t: t.t()),
-    "logit_scale": ("logit_scale", lambda t: t.reshape(())),
-    "logit_bias": ("logit_bias", lambda t: t.reshape(())),
-}
-BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
-# both attentions hold q, k, v fused along dim 0 in that order, like vitlm's `qkv`
-BLOCK_WEIGHTS = {
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "attn.in_proj_weight": "attention.qkv.weight",
-    "attn.in_proj_bias": "attention.qkv.bias",
-    "attn.out_proj.weight": "attention.proj.weight",
-    "attn.out_proj.bias": "attention.proj.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
+    Rule("text_projection", "text_projection.weight", TRANSPOSE),
+]
+WEIGHTS = [
+    Rule("visual.conv1.weight", "vision_model.embeddings.stem.projection.weight"),
+    Rule("visual.class_embedding", "vision_model.embeddings.cls_token", leading_dims(2)),
+    Rule(
+        "visual.positional_embedding", "vision_model.embeddings.position_encoding.position_embeddings", leading_dims(1)
+    ),
+    Rule("visual.ln_pre.", "vision_model.pre_layernorm."),
+    *nest(BLOCK, "visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    Rule("visual.ln_post.", "vision_model.layernorm."),
+    Rule("visual.proj", "visual_projection.weight", TRANSPOSE),
+    # `CLIP` unpacks its text tower onto the model, `CustomTextCLIP` keeps it under `text.`
+    *TEXT,
+    *nest(TEXT, "text.", ""),
+    Rule("logit_scale", "logit_scale", SCALAR),
+    Rule("logit_bias", "logit_bias", SCALAR),
+]
 
 
 def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
@@ -149,10 +143,7 @@ def convert_model(model: nn.Module, tokenizer, source: str = "open_clip model") 
     if features:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent {'; '.join(features)}; nothing was converted")
     config = convert_config(model)
-    state_dict = {key.removeprefix("text."): tensor for key, tensor in model.state_dict().items()}
-    vitlm_model = load_converted_state_dict(
-        uninitialized(VitlmDualEncoderModel, config), convert_state_dict(state_dict), source
-    )
+    vitlm_model = load_weights(uninitialized(VitlmDualEncoderModel, config), model.state_dict(), WEIGHTS, source)
     processor = VitlmDualEncoderProcessor(
         convert_image_processor(open_clip.get_model_preprocess_cfg(model)),
         clip_tokenizer(context_length=config.text_config.max_position_embeddings),
@@ -326,31 +317,6 @@ def _encoder_config(transformer) -> dict:
         "layer_norm_eps": block.ln_1.eps,
         "qkv_bias": block.attn.in_proj_bias is not None,
     }
-
-
-def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map an open_clip `CLIP` state dict (or `CustomTextCLIP`'s, without its `text.` prefix) to vitlm's names."""
-    converted, unmapped = {}, []
-    for key, tensor in tqdm(state_dict.items(), desc="Mapping open_clip weights", unit="tensor"):
-        target = _target(key)
-        if target is None:
-            unmapped.append(key)
-            continue
-        name, transform = target
-        converted[name] = transform(tensor).contiguous() if transform else tensor
-    if unmapped:
-        raise UnsupportedSourceError(f"open_clip weights without a vitlm counterpart: {unmapped[:5]}")
-    return converted
-
-
-def _target(key: str):
-    if key in WEIGHTS:
-        return WEIGHTS[key]
-    match = BLOCK_KEY.fullmatch(key)
-    if match is None or match[3] not in BLOCK_WEIGHTS:
-        return None
-    tower = "vision_model" if match[1] else "text_model"
-    return f"{tower}.encoder.layers.{match[2]}.{BLOCK_WEIGHTS[match[3]]}", None
 
 
 def convert_image_processor(preprocess_cfg: dict) -> VitlmImageProcessor:

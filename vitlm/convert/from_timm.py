@@ -11,11 +11,9 @@ are refused with an `UnsupportedSourceError` naming them.
 """
 
 import math
-import re
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..models import (
     VitlmHybridConfig,
@@ -26,7 +24,8 @@ from ..models import (
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
-from . import Converted, UnsupportedSourceError, check_checkpoint, load_converted_state_dict, uninitialized
+from . import Converted, UnsupportedSourceError, check_checkpoint, uninitialized
+from .weights import Rule, load_weights, nest
 
 MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmViTConfig, True): VitlmViTForImageClassification,
@@ -35,26 +34,33 @@ MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmHybridConfig, False): VitlmHybridModel,
 }
 
-# timm name pattern -> vitlm name, for the parts of the model below the classifier
-_RESNET, _BACKBONE = r"^patch_embed\.backbone\.", "embeddings.stem.backbone."
-BACKBONE_RULES = [
-    (r"^cls_token$", "embeddings.cls_token"),
-    (r"^dist_token$", "embeddings.distillation_token"),
-    (r"^pos_embed$", "embeddings.position_encoding.position_embeddings"),
-    (r"^patch_embed\.proj\.", "embeddings.stem.projection."),
-    (_RESNET + r"stem\.conv\.", _BACKBONE + "stem_conv."),
-    (_RESNET + r"stem\.norm\.", _BACKBONE + "stem_norm."),
-    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.downsample\.conv\.", _BACKBONE + r"stages.\1.\2.downsample."),
-    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.downsample\.norm\.", _BACKBONE + r"stages.\1.\2.downsample_norm."),
-    (_RESNET + r"stages\.(\d+)\.blocks\.(\d+)\.", _BACKBONE + r"stages.\1.\2."),
-    (r"^norm_pre\.", "pre_layernorm."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-    (r"^blocks\.(\d+)\.attn\.", r"encoder.layers.\1.attention."),
-    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
-    (r"^norm\.", "layernorm."),
+# weight tables: timm's names -> vitlm's (see `weights`)
+RESNET = [  # the hybrids' ResNetV2 backbone
+    Rule("stem.conv.", "stem_conv."),
+    Rule("stem.norm.", "stem_norm."),
+    Rule("stages.*.blocks.*.downsample.conv.", "stages.*.*.downsample."),
+    Rule("stages.*.blocks.*.downsample.norm.", "stages.*.*.downsample_norm."),
+    Rule("stages.*.blocks.*.", "stages.*.*."),
 ]
-HEAD_RULES = [(r"^head\.", "classifier."), (r"^head_dist\.", "distillation_classifier.")]
+TRANSFORMER = [  # below the classifiers
+    Rule("cls_token", "embeddings.cls_token"),
+    Rule("dist_token", "embeddings.distillation_token"),
+    Rule("pos_embed", "embeddings.position_encoding.position_embeddings"),
+    Rule("patch_embed.proj.", "embeddings.stem.projection."),
+    *nest(RESNET, "patch_embed.backbone.", "embeddings.stem.backbone."),
+    Rule("norm_pre.", "pre_layernorm."),
+    Rule("blocks.*.norm1.", "encoder.layers.*.layer_norm1."),
+    Rule("blocks.*.norm2.", "encoder.layers.*.layer_norm2."),
+    Rule("blocks.*.attn.", "encoder.layers.*.attention."),
+    Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
+    Rule("norm.", "layernorm."),
+]
+# a classification model holds the transformer under `vit.`
+CLASSIFIER = [
+    Rule("head.", "classifier."),
+    Rule("head_dist.", "distillation_classifier."),
+    *nest(TRANSFORMER, "", "vit."),
+]
 
 # timm's interpolation names -> PIL filters (torchvision resizes PIL images with these)
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -91,22 +97,7 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    state_dict = convert_state_dict(timm_model.state_dict(), prefix="vit." if has_classifier else "")
-    return load_converted_state_dict(model, state_dict, source)
-
-
-def convert_state_dict(state_dict: dict, prefix: str = "") -> dict:
-    """Rename timm weights to vitlm's. `prefix` ("vit.") places the transformer inside a classification model. A key
-    no rule knows keeps its name, so that the strict loader refuses it rather than dropping it."""
-    return {rename(key, prefix): value for key, value in tqdm(state_dict.items(), desc="timm -> vitlm", unit="tensor")}
-
-
-def rename(key: str, prefix: str) -> str:
-    for rules, key_prefix in ((HEAD_RULES, ""), (BACKBONE_RULES, prefix)):
-        for pattern, replacement in rules:
-            if re.match(pattern, key):
-                return key_prefix + re.sub(pattern, replacement, key)
-    return key
+    return load_weights(model, timm_model.state_dict(), CLASSIFIER if has_classifier else TRANSFORMER, source)
 
 
 def vitlm_config(model, source: str) -> VitlmViTConfig:

@@ -3,7 +3,7 @@
 A spec is what follows `hf:` in a source: a Hub repo id (`openai/clip-vit-base-patch32`) or a local folder.
 transformers' own `from_pretrained` reads the weights (safetensors only) and its Auto classes the processor, so legacy
 weight names and config fields are settled by transformers; this module then translates the config and maps the
-state dict. `to_transformers` goes the other way with the same weight tables.
+state dict. `to_transformers` goes the other way with the same weight tables, reversed.
 
 Converted exactly:
 
@@ -49,7 +49,6 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from tqdm.auto import tqdm
 
 from ..models import (
     VitlmDualEncoderConfig,
@@ -64,7 +63,8 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.layers import grid_positions, sincos_2d_position_embeddings
-from . import Converted, UnsupportedSourceError, load_converted_state_dict, uninitialized
+from . import Converted, UnsupportedSourceError, uninitialized
+from .weights import Rule, leading_dims, load_weights, nest
 
 # architecture -> the model_type its config must have
 ARCHITECTURES = {
@@ -92,26 +92,69 @@ LEGACY_CLIP_EOS_ID = 2  # transformers then pools at argmax(input_ids)
 # float32 (vitlm) against float64 (MAE, transformers) evaluation of the sin-cos tables: 4e-6 on a 64x64 grid
 SINCOS_TOLERANCE = 1e-4
 
-# A weight table lists (vitlm name, transformers names, leading dims): the transformers tensors, concatenated along
-# dim 0 (q, k, v into vitlm's fused qkv), gain `leading dims` singleton dimensions in front to become vitlm's.
-KeyMap = list[tuple[str, tuple[str, ...], int]]
-
-CLIP_BLOCK = {
-    "attention.proj": "self_attn.out_proj",
-    "layer_norm1": "layer_norm1",
-    "layer_norm2": "layer_norm2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-CLIP_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-VIT_BLOCK = {
-    "attention.proj": "attention.o_proj",
-    "layer_norm1": "layernorm_before",
-    "layer_norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-VIT_QKV = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+# weight tables: transformers' names -> vitlm's (see `weights`), one per architecture, built from towers and blocks
+CLIP_BLOCK = [  # under one encoder layer
+    Rule(("*.self_attn.q_proj.", "*.self_attn.k_proj.", "*.self_attn.v_proj."), "*.attention.qkv."),
+    Rule("*.self_attn.out_proj.", "*.attention.proj."),
+    Rule("*.layer_norm1.", "*.layer_norm1."),
+    Rule("*.layer_norm2.", "*.layer_norm2."),
+    Rule("*.mlp.", "*.mlp."),
+]
+CLIP_VISION = [
+    Rule("embeddings.class_embedding", "embeddings.cls_token", leading_dims(2)),
+    Rule("embeddings.patch_embedding.weight", "embeddings.stem.projection.weight"),
+    Rule("embeddings.position_embedding.weight", "embeddings.position_encoding.position_embeddings", leading_dims(1)),
+    Rule("pre_layrnorm.", "pre_layernorm."),
+    *nest(CLIP_BLOCK, "encoder.layers.", "encoder.layers."),
+    Rule("post_layernorm.", "layernorm."),
+]
+CLIP_TEXT = [
+    Rule("embeddings.token_embedding.weight", "token_embedding.weight"),
+    Rule("embeddings.position_embedding.weight", "position_embedding.weight"),
+    *nest(CLIP_BLOCK, "encoder.layers.", "encoder.layers."),
+    Rule("final_layer_norm.", "final_layer_norm."),
+]
+CLIP = [
+    *nest(CLIP_VISION, "vision_model.", "vision_model."),
+    *nest(CLIP_TEXT, "text_model.", "text_model."),
+    Rule("visual_projection.weight", "visual_projection.weight"),
+    Rule("text_projection.weight", "text_projection.weight"),
+    Rule("logit_scale", "logit_scale"),
+]
+OWLVIT = [
+    Rule("owlvit.vision_model.pre_layernorm.", "dual_encoder.vision_model.pre_layernorm."),  # spelled right here
+    *nest(CLIP, "owlvit.", "dual_encoder."),
+    Rule("layer_norm.", "layer_norm."),  # after merging the [CLS] token into the patch tokens
+    Rule("class_head.", "class_head."),
+    Rule("box_head.", "box_head."),
+]
+VIT_BLOCK = [  # under one encoder layer
+    Rule(("*.attention.q_proj.", "*.attention.k_proj.", "*.attention.v_proj."), "*.attention.qkv."),
+    Rule("*.attention.o_proj.", "*.attention.proj."),
+    Rule("*.layernorm_before.", "*.layer_norm1."),
+    Rule("*.layernorm_after.", "*.layer_norm2."),
+    Rule("*.mlp.", "*.mlp."),
+]
+VIT = [
+    Rule("embeddings.cls_token", "embeddings.cls_token"),
+    Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
+    Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
+    *nest(VIT_BLOCK, "layers.", "encoder.layers."),
+    Rule("layernorm.", "layernorm."),
+    Rule("pooler.dense.", "pooler.0."),
+]
+VIT_CLASSIFIER = [*nest(VIT, "vit.", "vit."), Rule("classifier.", "classifier.")]
+# MAE's fixed sin-cos tables, which vitlm computes: `convert_vit_mae` checks them instead of mapping them
+MAE_SINCOS_TABLES = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
+VIT_MAE = [
+    *(Rule(key, None) for key in MAE_SINCOS_TABLES),
+    *nest(VIT, "vit.", "vit."),
+    Rule("decoder.decoder_embed.", "decoder_embed."),
+    Rule("decoder.mask_token", "mask_token"),
+    *nest(VIT_BLOCK, "decoder.decoder_layers.", "decoder.layers."),
+    Rule("decoder.decoder_norm.", "decoder_norm."),
+    Rule("decoder.decoder_pred.", "decoder_pred."),
+]
 
 
 def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
@@ -196,9 +239,7 @@ def convert_clip(model, tokenizer, source: str = "transformers CLIPModel") -> Vi
         projection_dim=model.config.projection_dim,
         logit_scale_init_value=model.config.logit_scale_init_value,
     )
-    key_map = clip_key_map(model.config.vision_config.num_hidden_layers, model.config.text_config.num_hidden_layers)
-    state_dict = map_state_dict(model.state_dict(), key_map, source)
-    return load_converted_state_dict(uninitialized(VitlmDualEncoderModel, config), state_dict, source)
+    return load_weights(uninitialized(VitlmDualEncoderModel, config), model.state_dict(), CLIP, source)
 
 
 def convert_owlvit(
@@ -220,24 +261,8 @@ def convert_owlvit(
         projection_dim=config.projection_dim,
         logit_scale_init_value=config.logit_scale_init_value,
     )
-    key_map = [
-        *clip_key_map(
-            config.vision_config.num_hidden_layers,
-            config.text_config.num_hidden_layers,
-            ours="dual_encoder.",
-            theirs="owlvit.",
-            pre_layernorm="pre_layernorm",
-        ),
-        *_params("layer_norm", "layer_norm"),
-    ]
-    for head, layers in (
-        ("class_head", ("dense0", "logit_shift", "logit_scale")),
-        ("box_head", ("dense0", "dense1", "dense2")),
-    ):
-        key_map += [entry for layer in layers for entry in _params(f"{head}.{layer}", f"{head}.{layer}")]
-    state_dict = map_state_dict(model.state_dict(), key_map, source)
-    return load_converted_state_dict(
-        uninitialized(VitlmDualEncoderForObjectDetection, vitlm_config), state_dict, source
+    return load_weights(
+        uninitialized(VitlmDualEncoderForObjectDetection, vitlm_config), model.state_dict(), OWLVIT, source
     )
 
 
@@ -266,27 +291,10 @@ def convert_vit_mae(model, source: str = "transformers ViTMAEForPreTraining") ->
         norm_pix_loss=config.norm_pix_loss,
         **decoder_shape,
     )
-    state_dict = dict(model.state_dict())
-    grid_size = vitlm_config.grid_size
-    check_sincos_table(state_dict.pop("vit.embeddings.position_embeddings"), grid_size, "position_embeddings", source)
-    check_sincos_table(state_dict.pop("decoder.decoder_pos_embed"), grid_size, "decoder_pos_embed", source)
-    key_map = [
-        *vit_key_map(vitlm_config.num_hidden_layers, "vit.", "vit.", False, vitlm_config.qkv_bias, learned=False),
-        *_params("decoder_embed", "decoder.decoder_embed"),
-        ("mask_token", ("decoder.mask_token",), 0),
-        *encoder_key_map(
-            "decoder.layers.",
-            "decoder.decoder_layers.",
-            config.decoder_num_hidden_layers,
-            VIT_BLOCK,
-            VIT_QKV,
-            vitlm_config.qkv_bias,
-        ),
-        *_params("decoder_norm", "decoder.decoder_norm"),
-        *_params("decoder_pred", "decoder.decoder_pred"),
-    ]
-    state_dict = map_state_dict(state_dict, key_map, source)
-    return load_converted_state_dict(uninitialized(VitlmViTForMaskedImageModeling, vitlm_config), state_dict, source)
+    state_dict = model.state_dict()
+    for key in MAE_SINCOS_TABLES:
+        check_sincos_table(state_dict[key], vitlm_config.grid_size, key.rpartition(".")[2], source)
+    return load_weights(uninitialized(VitlmViTForMaskedImageModeling, vitlm_config), state_dict, VIT_MAE, source)
 
 
 def check_sincos_table(table: torch.Tensor, grid_size: tuple[int, int], name: str, source: str):
@@ -305,8 +313,7 @@ def check_sincos_table(table: torch.Tensor, grid_size: tuple[int, int], name: st
 def convert_clip_vision(model, source: str = "transformers CLIPVisionModel") -> VitlmViTModel:
     """A transformers `CLIPVisionModel` as a vitlm ViT (see the module docstring on `last_hidden_state`)."""
     config = clip_vision_config(model.config, source)
-    state_dict = map_state_dict(model.state_dict(), clip_vision_key_map(config.num_hidden_layers, "", ""), source)
-    return load_converted_state_dict(uninitialized(VitlmViTModel, config), state_dict, source)
+    return load_weights(uninitialized(VitlmViTModel, config), model.state_dict(), CLIP_VISION, source)
 
 
 def convert_vit(model, source: str = "transformers ViT") -> VitlmViTModel | VitlmViTForImageClassification:
@@ -314,12 +321,8 @@ def convert_vit(model, source: str = "transformers ViT") -> VitlmViTModel | Vitl
     classifier = type(model).__name__ == "ViTForImageClassification"
     base = model.vit if classifier else model
     config = vit_config(model.config, pooler=base.pooler is not None, source=source)
-    prefix = "vit." if classifier else ""
-    key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, base.pooler is not None, config.qkv_bias)
-    if classifier and config.num_labels > 0:
-        key_map += _params("classifier", "classifier")
     vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, config)
-    return load_converted_state_dict(vitlm_model, map_state_dict(model.state_dict(), key_map, source), source)
+    return load_weights(vitlm_model, model.state_dict(), VIT_CLASSIFIER if classifier else VIT, source)
 
 
 def clip_vision_config(config, source: str) -> VitlmViTConfig:
@@ -438,96 +441,3 @@ def convert_image_processor(processor, source: str = "transformers image process
         # would reach the model with 1 or 4 channels and fail there).
         do_convert_rgb=True,
     )
-
-
-def _params(ours: str, theirs: str, names: tuple[str, ...] = ("weight", "bias")) -> KeyMap:
-    return [(f"{ours}.{name}", (f"{theirs}.{name}",), 0) for name in names]
-
-
-def encoder_key_map(ours: str, theirs: str, num_layers: int, block: dict, qkv: tuple, qkv_bias: bool) -> KeyMap:
-    key_map = []
-    for index in range(num_layers):
-        our_layer, their_layer = f"{ours}{index}.", f"{theirs}{index}."
-        for name in ("weight", "bias") if qkv_bias else ("weight",):
-            key_map.append((f"{our_layer}attention.qkv.{name}", tuple(f"{their_layer}{p}.{name}" for p in qkv), 0))
-        for our_name, their_name in block.items():
-            key_map += _params(our_layer + our_name, their_layer + their_name)
-    return key_map
-
-
-def clip_vision_key_map(
-    num_layers: int, ours: str = "vision_model.", theirs: str = "vision_model.", pre_layernorm: str = "pre_layrnorm"
-) -> KeyMap:
-    return [
-        (f"{ours}embeddings.cls_token", (f"{theirs}embeddings.class_embedding",), 2),
-        (f"{ours}embeddings.stem.projection.weight", (f"{theirs}embeddings.patch_embedding.weight",), 0),
-        (
-            f"{ours}embeddings.position_encoding.position_embeddings",
-            (f"{theirs}embeddings.position_embedding.weight",),
-            1,
-        ),
-        *_params(f"{ours}pre_layernorm", f"{theirs}{pre_layernorm}"),
-        *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}encoder.layers.", num_layers, CLIP_BLOCK, CLIP_QKV, True),
-        *_params(f"{ours}layernorm", f"{theirs}post_layernorm"),
-    ]
-
-
-def clip_key_map(
-    vision_layers: int, text_layers: int, ours: str = "", theirs: str = "", pre_layernorm: str = "pre_layrnorm"
-) -> KeyMap:
-    """CLIP's weights, under `ours` and `theirs` prefixes (OWL-ViT nests them; its pre-LayerNorm name is spelled
-    right)."""
-    text_ours, text_theirs = f"{ours}text_model.", f"{theirs}text_model."
-    return [
-        *clip_vision_key_map(vision_layers, f"{ours}vision_model.", f"{theirs}vision_model.", pre_layernorm),
-        (f"{text_ours}token_embedding.weight", (f"{text_theirs}embeddings.token_embedding.weight",), 0),
-        (f"{text_ours}position_embedding.weight", (f"{text_theirs}embeddings.position_embedding.weight",), 0),
-        *encoder_key_map(
-            f"{text_ours}encoder.layers.", f"{text_theirs}encoder.layers.", text_layers, CLIP_BLOCK, CLIP_QKV, True
-        ),
-        *_params(f"{text_ours}final_layer_norm", f"{text_theirs}final_layer_norm"),
-        (f"{ours}visual_projection.weight", (f"{theirs}visual_projection.weight",), 0),
-        (f"{ours}text_projection.weight", (f"{theirs}text_projection.weight",), 0),
-        (f"{ours}logit_scale", (f"{theirs}logit_scale",), 0),
-    ]
-
-
-def vit_key_map(
-    num_layers: int, ours: str, theirs: str, pooler: bool, qkv_bias: bool = True, learned: bool = True
-) -> KeyMap:
-    """`learned=False` leaves out the position table (MAE's fixed one, which vitlm computes)."""
-    position = (
-        f"{ours}embeddings.position_encoding.position_embeddings",
-        (f"{theirs}embeddings.position_embeddings",),
-        0,
-    )
-    return [
-        (f"{ours}embeddings.cls_token", (f"{theirs}embeddings.cls_token",), 0),
-        *([position] if learned else []),
-        *_params(f"{ours}embeddings.stem.projection", f"{theirs}embeddings.patch_embeddings.projection"),
-        *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}layers.", num_layers, VIT_BLOCK, VIT_QKV, qkv_bias),
-        *_params(f"{ours}layernorm", f"{theirs}layernorm"),
-        *(_params(f"{ours}pooler.0", f"{theirs}pooler.dense") if pooler else []),
-    ]
-
-
-def map_state_dict(state_dict: dict[str, torch.Tensor], key_map: KeyMap, source: str) -> dict[str, torch.Tensor]:
-    """transformers' weights under vitlm's names, refusing any weight the table leaves out."""
-    unused = sorted(set(state_dict) - {key for _, keys, _ in key_map for key in keys})
-    if unused:
-        raise UnsupportedSourceError(f"{source}: weights without a vitlm counterpart: {unused[:5]}")
-    converted = {}
-    for ours, theirs, leading_dims in tqdm(key_map, desc=f"Mapping {source} weights", unit="tensor"):
-        tensor = torch.cat([state_dict[key] for key in theirs]) if len(theirs) > 1 else state_dict[theirs[0]]
-        converted[ours] = tensor[(None,) * leading_dims]
-    return converted
-
-
-def unmap_state_dict(state_dict: dict[str, torch.Tensor], key_map: KeyMap) -> dict[str, torch.Tensor]:
-    """The inverse of `map_state_dict`: vitlm's weights under transformers' names."""
-    converted = {}
-    for ours, theirs, leading_dims in tqdm(key_map, desc="Mapping vitlm weights", unit="tensor"):
-        tensor = state_dict[ours]
-        tensor = tensor.reshape(tensor.shape[leading_dims:])
-        converted.update(zip(theirs, tensor.chunk(len(theirs)) if len(theirs) > 1 else [tensor]))
-    return converted

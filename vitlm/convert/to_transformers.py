@@ -44,11 +44,13 @@ from ..models import (
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
-from . import Converted, UnsupportedSourceError, check_out_dir, load_converted_state_dict, save, uninitialized
-from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
+from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
+from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER
+from .weights import load_weights, reverse
 
 logger = logging.get_logger(__name__)
 EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
+TO_CLIP, TO_VIT, TO_VIT_CLASSIFIER = reverse(CLIP), reverse(VIT), reverse(VIT_CLASSIFIER)
 
 
 def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
@@ -58,9 +60,7 @@ def to_clip_model(model: VitlmDualEncoderModel) -> CLIPModel:
     if config.loss_type == "sigmoid":
         problems.append("a sigmoid loss with a logit bias (loss_type='sigmoid')")
     refuse_if(problems, "CLIPModel")
-    key_map = clip_key_map(config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)
-    state_dict = unmap_state_dict(model.state_dict(), key_map)
-    clip_model = load_converted_state_dict(uninitialized(CLIPModel, clip_config(config)), state_dict, "CLIPModel")
+    clip_model = load_weights(uninitialized(CLIPModel, clip_config(config)), model.state_dict(), TO_CLIP, "CLIPModel")
     return clip_model.to(model.dtype)
 
 
@@ -78,12 +78,8 @@ def to_vit_model(
     if not classifier and not config.representation_size:
         problems.append("no pooler (representation_size=None; ViTModel's pooler is a dense + tanh layer)")
     refuse_if(problems, target)
-    prefix = "vit." if classifier else ""
-    key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, not classifier, config.qkv_bias)
-    if classifier and config.num_labels > 0:
-        key_map += _params("classifier", "classifier")
     vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
-    vit_model = load_converted_state_dict(vit_model, unmap_state_dict(model.state_dict(), key_map), target)
+    vit_model = load_weights(vit_model, model.state_dict(), TO_VIT_CLASSIFIER if classifier else TO_VIT, target)
     return vit_model.to(model.dtype)
 
 
