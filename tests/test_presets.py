@@ -22,6 +22,7 @@ from vitlm.presets import (
     model_class_for,
     preset_names,
     preset_path,
+    preset_summary,
 )
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -158,6 +159,28 @@ def test_parameter_count_matches_the_original(preset, library, name):
     assert ours == theirs, f"{preset}: {ours:,} parameters, {library} {name}: {theirs:,}"
 
 
+def test_presets_json_has_exactly_the_presets():
+    assert sorted(json.loads((REPO / "hub_configs" / "presets.json").read_text())) == preset_names()
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_stored_summary_matches_the_built_model(name):
+    """`vitlm presets` prints hub_configs/presets.json (counting parameters takes torch); it must say what the config
+    and the model built from it say."""
+    config = load_preset_config(name)
+    vision = getattr(config, "vision_config", config)
+    expected = {
+        "model_type": config.model_type,
+        "image_size": vision.image_size,
+        "stem_stride": vision.stem_stride,
+        "hidden_size": vision.hidden_size,
+        "num_hidden_layers": vision.num_hidden_layers,
+        "num_attention_heads": vision.num_attention_heads,
+        "num_parameters": count_parameters(build_empty_model(config)),
+    }
+    assert preset_summary(name) == expected, f"hub_configs/presets.json should hold {json.dumps({name: expected})}"
+
+
 def test_cli_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     output = capsys.readouterr().out
@@ -183,6 +206,10 @@ def test_packaging_ships_every_package_and_the_presets():
     assert "vitlm.hub_configs" in setuptools["packages"]
     assert setuptools["package-dir"]["vitlm.hub_configs"] == "hub_configs"
     patterns = setuptools["package-data"]["vitlm.hub_configs"]
+    assert any(pathlib.PurePath("presets.json").match(pattern) for pattern in patterns)
+    # the console script's entry point is a top-level module of its own (tests/test_cli_startup.py says why)
+    entry_module = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["vitlm"].split(":")[0]
+    assert entry_module in setuptools["py-modules"] and (REPO / f"{entry_module}.py").is_file()
     for name in preset_names():
         filenames = {path.name for path in (REPO / "hub_configs" / name).iterdir()}
         assert {"config.json", "preprocessor_config.json"} <= filenames

@@ -1,7 +1,10 @@
 """The `vitlm` command: one entry point, one subcommand per job.
 
 Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; `run(args)` returns an exit status
-(or None for 0). Heavy imports happen inside `run`, so `vitlm --help` stays instant.
+(or None for 0). This module and `vitlm.presets` import only the standard library at module level, and every other
+import happens inside `run`: the `vitlm` console script (`_vitlm_cli`) loads the two of them without the `vitlm`
+package, whose import registers the models with transformers (seconds of torch), so that help, `vitlm presets` and
+argument errors come back at once.
 """
 
 import argparse
@@ -15,25 +18,23 @@ def _add_presets_arguments(parser: argparse.ArgumentParser):
 
 
 def _run_presets(args) -> int:
-    from .presets import build_empty_model, count_parameters, load_preset_config, preset_names
+    from .presets import preset_names, preset_summary
 
     rows = []
     for name in args.names or preset_names():
-        config = load_preset_config(name)
-        vision = getattr(config, "vision_config", config)
-        image_size = vision.image_size if isinstance(vision.image_size, int) else "x".join(map(str, vision.image_size))
-        # hybrids cut the backbone's feature map: report the input pixels per patch side
-        patch = vision.stem_stride
+        summary = preset_summary(name)
+        size = summary["image_size"]
         rows.append(
             [
                 name,
-                config.model_type,
-                image_size,
-                patch,
-                vision.hidden_size,
-                vision.num_hidden_layers,
-                vision.num_attention_heads,
-                f"{count_parameters(build_empty_model(config)):,}",
+                summary["model_type"],
+                size if isinstance(size, int) else "x".join(map(str, size)),
+                # hybrids cut the backbone's feature map: report the input pixels per patch side
+                summary["stem_stride"],
+                summary["hidden_size"],
+                summary["num_hidden_layers"],
+                summary["num_attention_heads"],
+                f"{summary['num_parameters']:,}",
             ]
         )
     header = ["preset", "family", "image size", "patch", "hidden", "layers", "heads", "parameters"]
@@ -278,15 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
 def hub_error_message(error: BaseException | None) -> str | None:
     """One line for a request the Hub refused, found anywhere in `error`'s chain (transformers and datasets wrap
     huggingface_hub's errors in their own, whose messages carry status lines, URLs and links); None otherwise."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    while error is not None and not isinstance(error, HfHubHTTPError):
+    hub_errors = sys.modules.get("huggingface_hub.errors")
+    if hub_errors is None:  # not loaded, so no error came from the Hub (and importing it would take a while)
+        return None
+    while error is not None and not isinstance(error, hub_errors.HfHubHTTPError):
         error = error.__cause__ or error.__context__
     if error is None:
         return None
     status, detail = error.response.status_code, error.server_message or error.response.reason_phrase
     login = "check HF_TOKEN or `hf auth login`"
-    if isinstance(error, RepositoryNotFoundError):  # the Hub answers the same for private repos without access
+    # the Hub answers the same for private repos without access
+    if isinstance(error, hub_errors.RepositoryNotFoundError):
         return f"no repository {error.repo_id} on the Hub, or your token cannot read it ({login})"
     if status in (401, 403):
         return f"the Hub refused your token ({status}: {detail}); {login}"

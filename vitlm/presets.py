@@ -15,24 +15,20 @@ The `clip-*` presets are open_clip's `ViT-B-32`, `ViT-B-16` and `ViT-L-14` with 
 original weights use QuickGELU (open_clip's `*-quickgelu` configs), i.e. `hidden_act="quick_gelu"` in both towers.
 """
 
-import importlib.resources
+import json
 import pathlib
 
 CONFIG_NAME = "config.json"
+SUMMARIES_NAME = "presets.json"
 
 
 def _hub_configs_dir() -> pathlib.Path:
-    """The installed `vitlm.hub_configs` package data, else the source checkout's top-level `hub_configs/` (which
-    is also where an editable install finds them: its import hooks do not resolve the data-only package)."""
-    try:
-        installed = importlib.resources.files("vitlm.hub_configs")
-    except ModuleNotFoundError:
-        installed = None
-    if installed is not None:
-        for entry in installed.iterdir():
-            if isinstance(entry, pathlib.Path) and (entry / CONFIG_NAME).is_file():
-                return entry.parent
-    return pathlib.Path(__file__).resolve().parent.parent / "hub_configs"
+    """The installed `vitlm/hub_configs/` package data, else the source checkout's top-level `hub_configs/` (also
+    where an editable install finds them). Found from this file, not through `importlib.resources`, which would
+    import the `vitlm` package, and with it torch, into `vitlm presets`."""
+    here = pathlib.Path(__file__).resolve().parent
+    installed = here / "hub_configs"
+    return installed if installed.is_dir() else here.parent / "hub_configs"
 
 
 def preset_names() -> list[str]:
@@ -49,9 +45,25 @@ def preset_path(name: str) -> pathlib.Path:
     return _hub_configs_dir() / name
 
 
+def preset_summary(name: str) -> dict:
+    """What `vitlm presets` shows of preset `name`: its `model_type`, its vision tower's `image_size`, `stem_stride`
+    (input pixels per patch side), `hidden_size`, `num_hidden_layers` and `num_attention_heads`, and its model's
+    `num_parameters`. Stored in `hub_configs/presets.json` because counting parameters means building the model
+    (torch); tests/test_presets.py recomputes every entry from the built model, so the file cannot drift."""
+    preset_path(name)
+    summaries = json.loads((_hub_configs_dir() / SUMMARIES_NAME).read_text())
+    if name not in summaries:
+        raise ValueError(
+            f"preset {name!r} has no entry in hub_configs/{SUMMARIES_NAME}; tests/test_presets.py prints the entry"
+        )
+    return summaries[name]
+
+
 def load_preset_config(name: str):
-    """The preset's config, through `AutoConfig` (importing vitlm, as this module does, registers its model types)."""
+    """The preset's config, through `AutoConfig`."""
     from transformers import AutoConfig
+
+    import vitlm  # noqa: F401  (registers vitlm's model types with `AutoConfig`; `vitlm presets` runs without it)
 
     return AutoConfig.from_pretrained(preset_path(name))
 
@@ -81,6 +93,7 @@ def count_parameters(model) -> int:
 __all__ = [
     "preset_names",
     "preset_path",
+    "preset_summary",
     "load_preset_config",
     "model_class_for",
     "build_empty_model",
