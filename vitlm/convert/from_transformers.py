@@ -224,13 +224,13 @@ def convert_owlvit(
             theirs="owlvit.",
             pre_layernorm="pre_layernorm",
         ),
-        *_params("layer_norm", "layer_norm"),
+        *param_key_map("layer_norm", "layer_norm"),
     ]
     for head, layers in (
         ("class_head", ("dense0", "logit_shift", "logit_scale")),
         ("box_head", ("dense0", "dense1", "dense2")),
     ):
-        key_map += [entry for layer in layers for entry in _params(f"{head}.{layer}", f"{head}.{layer}")]
+        key_map += [entry for layer in layers for entry in param_key_map(f"{head}.{layer}", f"{head}.{layer}")]
     state_dict = map_state_dict(model.state_dict(), key_map, source)
     return load_converted_state_dict(
         uninitialized(VitlmDualEncoderForObjectDetection, vitlm_config), state_dict, source
@@ -268,7 +268,7 @@ def convert_vit_mae(model, source: str = "transformers ViTMAEForPreTraining") ->
     check_sincos_table(state_dict.pop("decoder.decoder_pos_embed"), grid_size, "decoder_pos_embed", source)
     key_map = [
         *vit_key_map(vitlm_config.num_hidden_layers, "vit.", "vit.", False, vitlm_config.qkv_bias, learned=False),
-        *_params("decoder_embed", "decoder.decoder_embed"),
+        *param_key_map("decoder_embed", "decoder.decoder_embed"),
         ("mask_token", ("decoder.mask_token",), 0),
         *encoder_key_map(
             "decoder.layers.",
@@ -278,8 +278,8 @@ def convert_vit_mae(model, source: str = "transformers ViTMAEForPreTraining") ->
             VIT_QKV,
             vitlm_config.qkv_bias,
         ),
-        *_params("decoder_norm", "decoder.decoder_norm"),
-        *_params("decoder_pred", "decoder.decoder_pred"),
+        *param_key_map("decoder_norm", "decoder.decoder_norm"),
+        *param_key_map("decoder_pred", "decoder.decoder_pred"),
     ]
     state_dict = map_state_dict(state_dict, key_map, source)
     return load_converted_state_dict(uninitialized(VitlmViTForMaskedImageModeling, vitlm_config), state_dict, source)
@@ -313,7 +313,7 @@ def convert_vit(model, source: str = "transformers ViT") -> VitlmViTModel | Vitl
     prefix = "vit." if classifier else ""
     key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, base.pooler is not None, config.qkv_bias)
     if classifier and config.num_labels > 0:
-        key_map += _params("classifier", "classifier")
+        key_map += param_key_map("classifier", "classifier")
     vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, config)
     return load_converted_state_dict(vitlm_model, map_state_dict(model.state_dict(), key_map, source), source)
 
@@ -436,7 +436,8 @@ def convert_image_processor(processor, source: str = "transformers image process
     )
 
 
-def _params(ours: str, theirs: str, names: tuple[str, ...] = ("weight", "bias")) -> KeyMap:
+def param_key_map(ours: str, theirs: str, names: tuple[str, ...] = ("weight", "bias")) -> KeyMap:
+    """One module's parameters, each `ours.<name>` read from `theirs.<name>` (weight and bias by default)."""
     return [(f"{ours}.{name}", (f"{theirs}.{name}",), 0) for name in names]
 
 
@@ -447,7 +448,7 @@ def encoder_key_map(ours: str, theirs: str, num_layers: int, block: dict, qkv: t
         for name in ("weight", "bias") if qkv_bias else ("weight",):
             key_map.append((f"{our_layer}attention.qkv.{name}", tuple(f"{their_layer}{p}.{name}" for p in qkv), 0))
         for our_name, their_name in block.items():
-            key_map += _params(our_layer + our_name, their_layer + their_name)
+            key_map += param_key_map(our_layer + our_name, their_layer + their_name)
     return key_map
 
 
@@ -462,9 +463,9 @@ def clip_vision_key_map(
             (f"{theirs}embeddings.position_embedding.weight",),
             1,
         ),
-        *_params(f"{ours}pre_layernorm", f"{theirs}{pre_layernorm}"),
+        *param_key_map(f"{ours}pre_layernorm", f"{theirs}{pre_layernorm}"),
         *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}encoder.layers.", num_layers, CLIP_BLOCK, CLIP_QKV, True),
-        *_params(f"{ours}layernorm", f"{theirs}post_layernorm"),
+        *param_key_map(f"{ours}layernorm", f"{theirs}post_layernorm"),
     ]
 
 
@@ -481,7 +482,7 @@ def clip_key_map(
         *encoder_key_map(
             f"{text_ours}encoder.layers.", f"{text_theirs}encoder.layers.", text_layers, CLIP_BLOCK, CLIP_QKV, True
         ),
-        *_params(f"{text_ours}final_layer_norm", f"{text_theirs}final_layer_norm"),
+        *param_key_map(f"{text_ours}final_layer_norm", f"{text_theirs}final_layer_norm"),
         (f"{ours}visual_projection.weight", (f"{theirs}visual_projection.weight",), 0),
         (f"{ours}text_projection.weight", (f"{theirs}text_projection.weight",), 0),
         (f"{ours}logit_scale", (f"{theirs}logit_scale",), 0),
@@ -500,10 +501,10 @@ def vit_key_map(
     return [
         (f"{ours}embeddings.cls_token", (f"{theirs}embeddings.cls_token",), 0),
         *([position] if learned else []),
-        *_params(f"{ours}embeddings.stem.projection", f"{theirs}embeddings.patch_embeddings.projection"),
+        *param_key_map(f"{ours}embeddings.stem.projection", f"{theirs}embeddings.patch_embeddings.projection"),
         *encoder_key_map(f"{ours}encoder.layers.", f"{theirs}layers.", num_layers, VIT_BLOCK, VIT_QKV, qkv_bias),
-        *_params(f"{ours}layernorm", f"{theirs}layernorm"),
-        *(_params(f"{ours}pooler.0", f"{theirs}pooler.dense") if pooler else []),
+        *param_key_map(f"{ours}layernorm", f"{theirs}layernorm"),
+        *(param_key_map(f"{ours}pooler.0", f"{theirs}pooler.dense") if pooler else []),
     ]
 
 

@@ -45,7 +45,13 @@ from ..models import (
 )
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
-from .from_transformers import LEGACY_CLIP_EOS_ID, _params, clip_key_map, unmap_state_dict, vit_key_map
+from .from_transformers import (
+    LEGACY_CLIP_EOS_ID,
+    clip_key_map,
+    param_key_map,
+    unmap_state_dict,
+    vit_key_map,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -81,7 +87,7 @@ def to_vit_model(
     prefix = "vit." if classifier else ""
     key_map = vit_key_map(config.num_hidden_layers, prefix, prefix, not classifier, config.qkv_bias)
     if classifier and config.num_labels > 0:
-        key_map += _params("classifier", "classifier")
+        key_map += param_key_map("classifier", "classifier")
     vit_model.load_state_dict(unmap_state_dict(model.state_dict(), key_map))
     return vit_model.to(model.dtype).eval()
 
