@@ -41,7 +41,7 @@ from gradio.data_classes import FileData
 
 from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification
-from ..models.image_processing_vitlm import _to_pil, _to_rgb
+from ..models.image_processing_vitlm import as_pil_image, as_rgb
 from ..models.modeling_dual_encoder import default_templates
 from .models import DEFAULT_SOURCE, Loaded, ModelLoadError, ModelStore
 
@@ -134,7 +134,7 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
         if isinstance(image, PIL.Image.Image):
             image.load()
             image = PIL.ImageOps.exif_transpose(image)
-        return _to_rgb(_to_pil(image, None))
+        return as_rgb(as_pil_image(image))
     except (OSError, ValueError) as error:
         raise refusal(f"Cannot read the {name}: {_escaped(error)}") from error
 

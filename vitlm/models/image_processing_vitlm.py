@@ -223,13 +223,13 @@ class VitlmImageProcessor(BaseImageProcessor):
 
     def _boxes_in_original_pixels(self, boxes, height: int, width: int):
         """Undo this processor's geometry: normalized corners on the processed image -> original-image pixels."""
-        resized_width, resized_height = _resized_size(width, height, self.size) if self.do_resize else (width, height)
+        resized_width, resized_height = resized_size(width, height, self.size) if self.do_resize else (width, height)
         left = top = 0
         processed_width, processed_height = resized_width, resized_height
         if self.do_center_crop:
             processed_width, processed_height = self.crop_size["width"], self.crop_size["height"]
-            left = _crop_start(resized_width, processed_width, self.crop_rounding)
-            top = _crop_start(resized_height, processed_height, self.crop_rounding)
+            left = crop_start(resized_width, processed_width, self.crop_rounding)
+            top = crop_start(resized_height, processed_height, self.crop_rounding)
         scale = boxes.new_tensor([processed_width, processed_height] * 2)
         offset = boxes.new_tensor([left, top] * 2)
         ratio = boxes.new_tensor([width / resized_width, height / resized_height] * 2)
@@ -314,16 +314,16 @@ def _preprocess_one(
     image_std,
     do_convert_rgb,
 ) -> np.ndarray:
-    image = _to_pil(image, input_data_format)
+    image = as_pil_image(image, input_data_format)
     if do_convert_rgb:
-        image = _to_rgb(image)
+        image = as_rgb(image)
     elif image.mode != "RGB":
         raise ValueError(f"image has mode {image.mode!r}, not RGB, and `do_convert_rgb` is False")
     if do_resize:
-        image = image.resize(_resized_size(image.width, image.height, size), resample=resample)
+        image = image.resize(resized_size(image.width, image.height, size), resample=resample)
     if do_center_crop:
-        left = _crop_start(image.width, crop_size["width"], crop_rounding)
-        top = _crop_start(image.height, crop_size["height"], crop_rounding)
+        left = crop_start(image.width, crop_size["width"], crop_rounding)
+        top = crop_start(image.height, crop_size["height"], crop_rounding)
         # PIL fills the part of the box outside the image with 0, like torchvision's zero padding
         image = image.crop((left, top, left + crop_size["width"], top + crop_size["height"]))
 
@@ -337,7 +337,11 @@ def _preprocess_one(
     return pixels
 
 
-def _to_pil(image, input_data_format) -> PIL.Image.Image:
+def as_pil_image(image, input_data_format=None) -> PIL.Image.Image:
+    """Any image the processor accepts (a file path, PIL image, numpy array or torch tensor) as a PIL image: arrays
+    with 1, 3 or 4 channels first or last (`input_data_format` says which when the shape cannot), 16-bit and float
+    values mapped to 8 bits, files turned upright by their EXIF orientation. Anything else raises a ValueError
+    naming the problem."""
     if isinstance(image, (str, os.PathLike)):
         image = _open(image)
     if isinstance(image, PIL.Image.Image):
@@ -434,7 +438,8 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {array.dtype}; expected an integer or float type")
 
 
-def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+def as_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` in RGB mode, transparent pixels composited on white."""
     if "transparency" in image.info or any(band in ("A", "a") for band in image.getbands()):
         # composite on white, as transformers' `convert_to_rgb` does: a plain convert would show hidden colors
         image = image.convert("RGBA")
@@ -443,7 +448,9 @@ def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+def resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
+    """The (width, height) a `width` x `height` image is resized to for a processor `size`: {"height", "width"}
+    exactly, or {"shortest_edge"} keeping the aspect ratio."""
     if "height" in size:
         return size["width"], size["height"]
     # torchvision's rule: the short side gets the requested length, the long side is truncated, not rounded
@@ -452,7 +459,9 @@ def _resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, i
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def _crop_start(length: int, crop: int, rounding: str) -> int:
+def crop_start(length: int, crop: int, rounding: str) -> int:
+    """Where a centered crop of `crop` pixels starts along a side of `length` pixels (negative: the crop pads before
+    the image), rounded as the processor's `crop_rounding` says ("round" or "floor")."""
     # inside the image: torchvision rounds half to even, transformers floors; padding before it: (crop - length) // 2
     if crop > length:
         return -((crop - length) // 2)

@@ -4,6 +4,7 @@ Vision towers, the text tower and the task heads' decoders are all made of these
 """
 
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import logging
+from transformers.utils import TransformersKwargs, logging
 
 from .configuration_vitlm import to_pair
 
@@ -72,7 +73,9 @@ class VitlmAttention(nn.Module):
         self.qkv = nn.Linear(shape.hidden_size, 3 * shape.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(shape.hidden_size, shape.hidden_size)
 
-    def forward(self, hidden_states, attention_mask=None, rotary_embeddings=None, output_attentions=False):
+    def forward(
+        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+    ):
         batch_size, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -82,16 +85,14 @@ class VitlmAttention(nn.Module):
             key = key * cos + rotate_half(key) * sin
 
         implementation = self.config._attn_implementation or "eager"
-        if output_attentions and implementation != "eager":
-            # Only the eager path materialises the attention weights.
+        if kwargs.get("output_attentions") and implementation != "eager":
+            # Only the eager path materialises the attention weights, which the model's output capturing records.
             logger.warning_once(f"`output_attentions=True` runs eager attention instead of {implementation!r}.")
             implementation = "eager"
         if self.is_causal and attention_mask is None and implementation not in _NATIVE_CAUSAL_IMPLEMENTATIONS:
             # one (broadcast) mask per sample: flex attention indexes the mask by batch
             attention_mask = causal_mask(length, query.dtype, query.device).expand(batch_size, 1, -1, -1)
-        attention_interface = (
-            eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
-        )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -101,6 +102,7 @@ class VitlmAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             is_causal=self.is_causal,
+            **kwargs,
         )
         attn_output = self.proj(attn_output.reshape(batch_size, length, -1))
         return attn_output, attn_weights
@@ -152,14 +154,13 @@ class VitlmBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
 
-    def forward(self, hidden_states, attention_mask=None, rotary_embeddings=None, output_attentions=False):
-        attn_output, attn_weights = self.attention(
-            self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, output_attentions
-        )
+    def forward(
+        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        attn_output, _ = self.attention(self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
         del attn_output  # not alive through the MLP, where memory peaks
-        hidden_states = hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
-        return hidden_states, attn_weights
+        return hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
 
 
 class VitlmEncoder(nn.Module):
@@ -175,24 +176,14 @@ class VitlmEncoder(nn.Module):
         self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal, shape) for rate in rates)
 
     def forward(
-        self,
-        hidden_states,
-        attention_mask=None,
-        rotary_embeddings=None,
-        output_attentions=False,
-        output_hidden_states=False,
+        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
     ) -> BaseModelOutput:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+        """Returns only the last hidden state: the models' output capturing records the first block's input and every
+        block's output (`hidden_states`) and every attention's weights (`attentions`). The blocks take
+        `hidden_states` positionally, where the capturing hook reads the first block's input."""
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, attention_mask, rotary_embeddings, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+            hidden_states = layer(hidden_states, attention_mask, rotary_embeddings, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 class VitlmPatchEmbeddings(nn.Module):

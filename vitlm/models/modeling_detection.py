@@ -2,11 +2,12 @@
 class embedding, scored against text (or image) query embeddings. No anchors, no non-maximum suppression."""
 
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vitlm import VitlmDualEncoderConfig
 from .loss_detection import DetectionLoss, box_iou, center_to_corners, generalized_box_iou
@@ -159,6 +160,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
             queries.append(image_embeds[candidates[similarity.argmin()]])
         return torch.stack(queries)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -168,10 +170,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         query_mask: torch.Tensor | None = None,
         labels: list[dict] | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VitlmObjectDetectionOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): the images, the main
@@ -184,9 +183,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
             logits become the dtype's minimum.
         labels (`list[dict]`): per image, `class_labels` (query indices) and `boxes` (normalized cx, cy, w, h).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
-        features, vision_outputs = self.image_features(pixel_values, interpolate_pos_encoding, **tower_kwargs)
+        features, vision_outputs = self.image_features(pixel_values, interpolate_pos_encoding, **kwargs)
         batch_size = features.shape[0]
         text_outputs = None
         if query_embeds is None:
@@ -209,7 +206,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
                 input_ids.flatten(0, 1),
                 attention_mask=None if attention_mask is None else attention_mask.flatten(0, 1),
                 return_dict=True,
-                **tower_kwargs,
+                **kwargs,
             )
             query_embeds = self.dual_encoder.text_projection(text_outputs.pooler_output)
             query_embeds = nn.functional.normalize(query_embeds, dim=-1).reshape(*input_ids.shape[:2], -1)
@@ -226,7 +223,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         if labels is not None:
             loss, loss_dict = self.detection_loss(logits, pred_boxes, labels)
 
-        output = VitlmObjectDetectionOutput(
+        return VitlmObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
             logits=logits,
@@ -237,7 +234,6 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
             vision_model_output=vision_outputs,
             text_model_output=text_outputs,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["VitlmDualEncoderForObjectDetection", "box_bias"]

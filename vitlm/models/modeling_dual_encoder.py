@@ -1,13 +1,14 @@
 """CLIP-style dual encoder: a vision tower (ViT or hybrid), a causal text tower, projections and a temperature."""
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmTextConfig
 from .layers import VitlmEncoder
@@ -69,41 +70,23 @@ class VitlmTextModel(VitlmTextPreTrainedModel):
     def set_input_embeddings(self, value):
         self.token_embedding = value
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         attention_mask (`torch.Tensor` of shape `(batch_size, length)`, *optional*): accepted for tokenizer output
             and checked to be right-padded; causal attention already keeps every position up to the end-of-text
             token from seeing the padding after it.
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-
         pool_positions = check_input_ids(input_ids, attention_mask, self.config)
         hidden_states = self.token_embedding(input_ids) + self.position_embedding.weight[: input_ids.shape[1]]
-        encoder_outputs = self.encoder(
-            hidden_states, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
-        last_hidden_state = self.final_layer_norm(encoder_outputs.last_hidden_state)
+        last_hidden_state = self.final_layer_norm(self.encoder(hidden_states, **kwargs).last_hidden_state)
         pooled_output = last_hidden_state[torch.arange(last_hidden_state.shape[0]), pool_positions]
-
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
 
 
 @dataclass
@@ -214,6 +197,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -221,10 +205,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VitlmDualEncoderOutput | tuple:
         if input_ids is None or pixel_values is None:
             missing = "input_ids" if input_ids is None else "pixel_values"
@@ -232,12 +213,10 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
                 f"`{missing}` is required: forward scores images against texts; use `get_image_features` or "
                 "`get_text_features` for one modality"
             )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         vision_outputs = self.vision_model(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **tower_kwargs
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        text_outputs = self.text_model(input_ids, attention_mask=attention_mask, return_dict=True, **tower_kwargs)
+        text_outputs = self.text_model(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         image_embeds = nn.functional.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_embeds = nn.functional.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
 
@@ -249,7 +228,7 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
             )
         loss = contrastive_loss(logits_per_text, self.config.loss_type) if return_loss else None
 
-        output = VitlmDualEncoderOutput(
+        return VitlmDualEncoderOutput(
             loss=loss,
             logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
@@ -258,7 +237,6 @@ class VitlmDualEncoderModel(VitlmPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
@@ -359,31 +337,23 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
         classifier.load_state_dict(state_dict, assign=True)
         return classifier.eval()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.vision_model(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         image_embeds = nn.functional.normalize(self.visual_projection(outputs.pooler_output), dim=-1)
         logits = scaled_similarity(image_embeds, self.class_embeddings, self.logit_scale, self.logit_bias)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 @torch.no_grad()

@@ -2,13 +2,14 @@
 
 import math
 from dataclasses import dataclass
+from typing import Unpack
 
 import numpy as np
 import PIL.Image
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vitlm import VitlmViTConfig, to_pair
 from .layers import EncoderShape, VitlmEncoder, grid_positions, sincos_2d_position_embeddings
@@ -172,16 +173,14 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         mask[:, :num_keep] = 0
         return order[:, :num_keep], ids_restore, mask.gather(1, ids_restore)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VitlmMaskedImageModelingOutput | tuple:
         r"""
         noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): the patches with the
@@ -189,7 +188,6 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*): exactly which
             patches to mask; takes precedence over `noise`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         patch_size, prefix = self.config.patch_size, self.config.num_prefix_tokens
         grid_size = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
         num_patches = grid_size[0] * grid_size[1]
@@ -199,10 +197,9 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         encoded = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             keep_indices=keep,
             return_dict=True,
+            **kwargs,
         )
 
         hidden_states = self.decoder_embed(encoded.last_hidden_state)
@@ -226,7 +223,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         per_patch = ((logits - target) ** 2).mean(dim=-1)
         loss = (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
-        output = VitlmMaskedImageModelingOutput(
+        return VitlmMaskedImageModelingOutput(
             loss=loss,
             logits=logits,
             mask=mask,
@@ -234,7 +231,6 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     def pixels_to_fill(self, mask: np.ndarray) -> torch.Tensor:
         """(height, width) bool at the model's resolution: the pixels `mask` (at the image's own size) covers once

@@ -2,15 +2,25 @@
 
 import os
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vitlm import VitlmViTConfig
-from .layers import VitlmEncoder, VitlmPatchEmbeddings, VitlmPositionEncoding, VitlmVisionEmbeddings
+from .layers import (
+    VitlmAttention,
+    VitlmBlock,
+    VitlmEncoder,
+    VitlmPatchEmbeddings,
+    VitlmPositionEncoding,
+    VitlmVisionEmbeddings,
+)
 
 
 class VitlmPreTrainedModel(PreTrainedModel):
@@ -22,6 +32,10 @@ class VitlmPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # What transformers' output capturing records in the encoders of models whose forward is `@capture_outputs`:
+    # `hidden_states` the input of the first block and every block's output (before the final LayerNorm, as CLIP's),
+    # `attentions` every attention's weights.
+    _can_record_outputs = {"hidden_states": VitlmBlock, "attentions": VitlmAttention}
     # Every Auto class a saved repo answers to with `trust_remote_code=True`, as "module.Class".
     _remote_auto_map: dict[str, str] = {}
     # Losses are per-batch means that ignore `num_items_in_batch`: Trainer must scale them for gradient accumulation
@@ -195,15 +209,13 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.stem
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         keep_indices: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         interpolate_pos_encoding (`bool`): resize learned position embeddings (or stretch fixed ones) to an input
@@ -211,37 +223,19 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         keep_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`, *optional*): encode only these patches
             (row-major grid indices), as MAE's encoder does; prefix tokens are always kept.
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-
         pixel_values = pixel_values.to(self.dtype) if torch.is_tensor(pixel_values) else pixel_values
         hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding, keep_indices)
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
-        encoder_outputs = self.encoder(
-            hidden_states,
-            rotary_embeddings=rotary_embeddings,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        last_hidden_state = self.layernorm(encoder_outputs.last_hidden_state)
+        hidden_states = self.encoder(hidden_states, rotary_embeddings=rotary_embeddings, **kwargs).last_hidden_state
+        last_hidden_state = self.layernorm(hidden_states)
         if self.config.pooling == "cls":
             pooled_output = last_hidden_state[:, 0]
         else:
             pooled_output = last_hidden_state[:, self.config.num_prefix_tokens :].mean(dim=1)
         if self.pooler is not None:
             pooled_output = self.pooler(pooled_output)
-
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
 
 
 @dataclass
@@ -278,24 +272,15 @@ class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VitlmImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
         logits = cls_logits = self.classifier(outputs.pooler_output)
         distillation_logits = None
         if self.distillation_classifier is not None:
@@ -312,7 +297,7 @@ class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
                     + self.loss_function(labels, distillation_logits, self.config)
                 ) / 2
 
-        output = VitlmImageClassifierOutput(
+        return VitlmImageClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
@@ -320,7 +305,6 @@ class VitlmViTForImageClassification(VitlmViTPreTrainedModel):
             cls_logits=cls_logits if distillation_logits is not None else None,
             distillation_logits=distillation_logits,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["VitlmPreTrainedModel", "VitlmViTPreTrainedModel", "VitlmViTModel", "VitlmViTForImageClassification"]

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 from torchvision.transforms import v2
 
-from ..models.image_processing_vitlm import _crop_start, _resized_size
+from ..models.image_processing_vitlm import crop_start, resized_size
 
 INDEX_COLUMN = "example_index"
 
@@ -218,12 +218,12 @@ def boxes_to_processed(boxes: torch.Tensor, width: int, height: int, image_proce
     processor = image_processor
     resized_width, resized_height = (width, height)
     if processor.do_resize:
-        resized_width, resized_height = _resized_size(width, height, processor.size)
+        resized_width, resized_height = resized_size(width, height, processor.size)
     out_height, out_width, left, top = resized_height, resized_width, 0, 0
     if processor.do_center_crop:
         out_height, out_width = crop_size(processor)
-        left = _crop_start(resized_width, out_width, processor.crop_rounding)
-        top = _crop_start(resized_height, out_height, processor.crop_rounding)
+        left = crop_start(resized_width, out_width, processor.crop_rounding)
+        top = crop_start(resized_height, out_height, processor.crop_rounding)
     scale = boxes.new_tensor([resized_width / width, resized_height / height] * 2)
     boxes = boxes * scale - boxes.new_tensor([left, top] * 2)
     boxes = (boxes / boxes.new_tensor([out_width, out_height] * 2)).clamp(0, 1)
