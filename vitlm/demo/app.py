@@ -312,17 +312,18 @@ def load_alpha(layer) -> PIL.Image.Image:
         raise refusal(f"Cannot read the painted mask: {_escaped(error)}") from error
 
 
-def _status_handler(task: str, store: ModelStore):
-    """The model selector's event handler: the status line, and for the text tabs the templates box filled with the
-    model's own (left as it is when the model failed to load)."""
+def _status_handler(task: str, store: ModelStore, show_templates=None):
+    """The model selector's event handler: the status line, and for the text tabs (`show_templates`: the model's
+    templates as the tab's templates box shows them) that box filled with the model's own (left as it is when the
+    model failed to load)."""
 
     def update(source):
         status, templates = model_status(task, source, store)
-        if task == "inpainting":
+        if show_templates is None:
             return status
         if not templates:
             return status, gr.skip()
-        return status, "\n".join(templates) if task == "zero-shot" else templates[0]
+        return status, show_templates(templates)
 
     return update
 
@@ -460,7 +461,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                 [probabilities, heatmap],
                 api_name="classify",
             )
-            selectors = {"zero-shot": (source, [status, templates])}
+            selectors = {"zero-shot": (source, [status, templates], "\n".join)}  # every template, one a line
 
         with gr.Tab("Open-vocabulary detection", id="detection"):
             with gr.Row():
@@ -491,7 +492,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             handler = functools.partial(detect, store=store)
             button.click(handler, inputs, outputs, api_name="detect")
             threshold.release(handler, inputs, outputs, api_visibility="private")
-            selectors["detection"] = (source, [status, template])
+            selectors["detection"] = (source, [status, template], lambda templates: templates[0])
 
         with gr.Tab("Inpainting", id="inpainting"):
             with gr.Row():
@@ -519,10 +520,10 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             button.click(
                 functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
             )
-            selectors["inpainting"] = (source, [status])
+            selectors["inpainting"] = (source, [status], None)
 
-        for task, (source, outputs) in selectors.items():
-            handler = _status_handler(task, store)
+        for task, (source, outputs, show_templates) in selectors.items():
+            handler = _status_handler(task, store, show_templates)
             source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
             demo.load(handler, source, outputs, api_visibility="private")
     return demo
