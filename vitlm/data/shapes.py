@@ -4,7 +4,8 @@ One generator feeds every task vitlm has a head for: classification (`label`, th
 contrastive image-text training (`caption`), open-vocabulary detection (`objects`) and segmentation-style checks
 (`masks`). A fixed set of (shape, colour) pairs, `HELD_OUT`, never appears in the "train" split, while the first
 object of every "test" image is one of them: a model trained on "train" sees every shape and every colour, only
-never these combinations, so test accuracy measures compositional zero-shot generalisation.
+never these combinations, so test accuracy measures compositional zero-shot generalisation. A classifier, whose
+labels are the categories it trains on, is evaluated on "validation" instead: new images of the same pairs.
 
     >>> from vitlm.data.shapes import generate
     >>> train = generate(10_000, seed=0, split="train")
@@ -57,7 +58,8 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-# "validation" is drawn like "train" (no held-out pair) from its own random stream.
+# "validation" is drawn like "train" (no held-out pair) from its own random stream: the evaluation set of tasks that
+# only know the classes they trained on (`vitlm train image-classification`).
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 MIN_IMAGE_SIZE = 32  # below this a star or a cross is a handful of pixels that no longer reads as its shape
