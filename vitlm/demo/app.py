@@ -463,9 +463,8 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                 [probabilities, heatmap],
                 api_name="classify",
             )
-            selectors = {
-                "zero-shot-image-classification": (source, [status, templates], "\n".join)
-            }  # every template, one a line
+            # (tab, its model selector, what a model change updates, how the templates box shows the model's)
+            selectors = [("zero-shot-image-classification", source, [status, templates], "\n".join)]
 
         with gr.Tab("Open-vocabulary detection", id="zero-shot-object-detection"):
             with gr.Row():
@@ -496,7 +495,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             handler = functools.partial(detect, store=store)
             button.click(handler, inputs, outputs, api_name="detect")
             threshold.release(handler, inputs, outputs, api_visibility="private")
-            selectors["zero-shot-object-detection"] = (source, [status, template], lambda templates: templates[0])
+            selectors.append(
+                ("zero-shot-object-detection", source, [status, template], lambda templates: templates[0])
+            )
 
         with gr.Tab("Inpainting", id="masked-image-modeling"):
             with gr.Row():
@@ -524,9 +525,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             button.click(
                 functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
             )
-            selectors["masked-image-modeling"] = (source, [status], None)
+            selectors.append(("masked-image-modeling", source, [status], None))
 
-        for task, (source, outputs, show_templates) in selectors.items():
+        for task, source, outputs, show_templates in selectors:
             handler = _status_handler(task, store, show_templates)
             source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
             demo.load(handler, source, outputs, api_visibility="private")
