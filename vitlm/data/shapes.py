@@ -279,7 +279,8 @@ def generate(
         image: RGB, `image_size` x `image_size`.
         caption: every object, in drawing order: "a red circle, a blue star and an orange cross".
         captions: the caption, then by shape only ("a circle, a star and a cross") and by colour only ("a red
-            shape, a blue shape and an orange shape"); `vitlm train contrastive` samples one per step.
+            shape, a blue shape and an orange shape"); `vitlm train zero-shot-image-classification` samples one per
+            step.
         label: `ClassLabel` over `CATEGORIES`, the first object's category (the one for single-object classification).
         objects: `bbox` ([x0, y0, x1, y1] pixel corners of the visible part, x1 and y1 exclusive), `category`
             (`ClassLabel` over `CATEGORIES`), `shape` and `colour` (names), one entry per object in drawing order.
@@ -289,7 +290,8 @@ def generate(
             with a longer reach, a star for a circle, can cross the image's edge or lose more to later objects).
         twin_captions (with `twins=True`): per twin, the captions whose match with the image the change must leave
             alone: all six shape-only captions for the recoloured twin (first object's shape varied), all eight
-            colour-only ones for the reshaped twin. `vitlm train contrastive --twin-weight` trains on them.
+            colour-only ones for the reshaped twin. `vitlm train zero-shot-image-classification --twin-weight`
+            trains on them.
 
     Objects are drawn bottom to top, each placed so that none of the earlier ones is hidden by more than
     `MAX_HIDDEN`. In "train" and "validation" no object is a `HELD_OUT` pair; in "test" the first object of every
