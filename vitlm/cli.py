@@ -100,7 +100,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "task",
         choices=[*TASKS, *ALIASES],
-        metavar="TASK",
+        metavar="task",
         help=f"one of {', '.join(TASKS)} (the short names of earlier versions still work: {aliases})",
     )
     parser.add_argument("--model", required=True, help="a preset (random weights), folder, Hub id or timm:/hf:/...")

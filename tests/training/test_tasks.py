@@ -93,3 +93,13 @@ def test_cli_takes_every_name_and_alias():
     common = ["--model", "m", "--dataset", "d"]
     for spelling in [*TASKS, *ALIASES]:
         assert get_task(parser.parse_args(["train", spelling, *common]).task) is get_task(spelling)
+
+
+def test_an_option_of_another_task_is_refused_before_any_work(tmp_path, capsys):
+    from vitlm.cli import main
+
+    # the box format used to be ignored silently outside detection
+    argv = ["train", "image-classification", "--model", "vit-tiny-test", "--dataset", "shapes", "--shapes-train", "8"]
+    assert main([*argv, "--output-dir", str(tmp_path / "out"), "--bbox-format", "xywh"]) == 2
+    assert "the box format (--bbox-format) applies to detection, not 'image-classification'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
