@@ -95,7 +95,15 @@ def _weights(text: str) -> list[float]:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("task", choices=["classify", "contrastive", "detect", "inpaint"])
+    from .training.tasks import ALIASES, TASKS  # the task table's names only: imports nothing heavy
+
+    aliases = ", ".join(f"{alias} = {name}" for alias, name in ALIASES.items())
+    parser.add_argument(
+        "task",
+        choices=[*TASKS, *ALIASES],
+        metavar="task",
+        help=f"one of {', '.join(TASKS)} (the short names of earlier versions still work: {aliases})",
+    )
     parser.add_argument("--model", required=True, help="a preset (random weights), folder, Hub id or timm:/hf:/...")
     parser.add_argument("--dataset", required=True, help="a Hub id, an image folder, or 'shapes' (generated)")
     parser.add_argument("--output-dir", default="vitlm-trained", help="checkpoints, then the final model folder")
@@ -107,18 +115,31 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--eval-steps", type=int, help="evaluate and checkpoint every N steps (default: per epoch)")
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
-    parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (classify)")
-    parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (classify)")
+    parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (image-classification)")
+    parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (image-classification)")
     parser.add_argument(
         "--no-augment", action="store_true", help="train on unaugmented images (crops and colour jitter)"
     )
     parser.add_argument(
-        "--block-masking", action="store_true", help="inpaint: half the images masked in blobs, not scattered patches"
+        "--block-masking",
+        action="store_true",
+        help="masked-image-modeling: half the images masked in blobs, not scattered patches",
     )
-    parser.add_argument("--bbox-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes (pixels)")
+    parser.add_argument(
+        "--bbox-format",
+        choices=["xyxy", "xywh"],
+        default="xyxy",
+        help="zero-shot-object-detection: the dataset's boxes (pixels)",
+    )
     parser.add_argument("--config-overrides", help="comma-separated key=value model config changes")
     parser.add_argument("--shapes-train", type=int, default=512, help="generated training images (--dataset shapes)")
-    parser.add_argument("--shapes-test", type=int, default=128, help="generated test images (--dataset shapes)")
+    parser.add_argument(
+        "--shapes-test",
+        type=int,
+        default=128,
+        help="generated evaluation images (--dataset shapes): unseen images of the classes trained on for "
+        "image-classification, images of held-out shape x colour pairs (zero-shot) for the other tasks",
+    )
     parser.add_argument("--shapes-size", type=int, default=64, help="generated image side (--dataset shapes)")
     parser.add_argument(
         "--shapes-max-objects", type=int, default=3, help="objects per generated image, 1 to this (--dataset shapes)"
@@ -126,13 +147,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--caption-weights",
         type=_weights,
-        help="contrastive: weights of each image's captions when one is drawn, e.g. 0,1,0 (default: uniform)",
+        help="zero-shot-image-classification: weights of each image's captions when one is drawn, e.g. 0,1,0 "
+        "(default: uniform)",
     )
     parser.add_argument(
         "--twin-weight",
         type=float,
         default=0.0,
-        help="contrastive: weight of the twin consistency loss (data with twins; shapes generates them), e.g. 10",
+        help="zero-shot-image-classification: weight of the twin consistency loss (data with twins; shapes generates "
+        "them), e.g. 10",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")

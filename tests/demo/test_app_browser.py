@@ -149,7 +149,7 @@ def test_bad_input_and_a_failing_model_show_messages(page):
     toast.wait_for()
     assert "Enter at least one of the labels" in toast.inner_text()
     page.get_by_role("tab", name="Open-vocabulary detection").click()
-    selector = page.locator("#detection-model input")
+    selector = page.locator("#zero-shot-object-detection-model input")
     selector.fill("/no/such/model")
     selector.press("Enter")
     status = page.locator("#detection-status")

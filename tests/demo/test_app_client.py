@@ -58,9 +58,9 @@ def test_inpaint(client):
 
 
 def test_model_status(client):
-    status, templates = client.predict("default", api_name="/zero_shot_model")
+    status, templates = client.predict("default", api_name="/zero_shot_image_classification_model")
     assert "VitlmDualEncoderModel" in status and "{}" in templates
-    assert "VitlmViTForMaskedImageModeling" in client.predict("default", api_name="/inpainting_model")
+    assert "VitlmViTForMaskedImageModeling" in client.predict("default", api_name="/masked_image_modeling_model")
 
 
 def test_errors_reach_the_user_and_the_app_keeps_serving(client):
@@ -74,7 +74,7 @@ def test_errors_reach_the_user_and_the_app_keeps_serving(client):
         client.predict(
             handle_file(DETECTION_EXAMPLES[0][0]), "red circle", 0.2, "", "someone/missing-model", api_name="/detect"
         )
-    status, _ = client.predict("someone/missing-model", api_name="/detection_model")
+    status, _ = client.predict("someone/missing-model", api_name="/zero_shot_object_detection_model")
     assert status.startswith("**Model not loaded.**")
     result, _ = client.predict(handle_file(ZERO_SHOT_EXAMPLES[0][0]), "pink star", "", "default", api_name="/classify")
     assert result["label"] == "pink star"

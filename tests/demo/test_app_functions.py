@@ -206,7 +206,7 @@ def test_inpaint_validation_messages(store):
 def test_a_failing_source_errors_in_its_tab_only(store):
     with pytest.raises(gr.Error, match="no model folder at '/no/such/model'"):
         classify(shapes_image(), LABELS, "", "/no/such/model", store=store)
-    status, templates = model_status("zero-shot", "/no/such/model", store)
+    status, templates = model_status("zero-shot-image-classification", "/no/such/model", store)
     assert status.startswith("**Model not loaded.**") and templates == []
     (_, _), rows = detect(shapes_image(), LABELS, 0.0, store=store)  # the other tabs keep working
     assert rows
@@ -215,9 +215,12 @@ def test_a_failing_source_errors_in_its_tab_only(store):
 
 def test_a_model_of_the_wrong_kind_is_named(store):
     inpainting_folder = str(DEFAULT_MODELS / "inpainting")
-    with pytest.raises(gr.Error, match="is a VitlmViTForMaskedImageModeling; the zero-shot tab needs a dual encoder"):
+    with pytest.raises(
+        gr.Error,
+        match="is a VitlmViTForMaskedImageModeling; the zero-shot-image-classification tab needs a dual encoder",
+    ):
         classify(shapes_image(), LABELS, "", inpainting_folder, store=store)
-    with pytest.raises(gr.Error, match="the inpainting tab needs a masked-image model"):
+    with pytest.raises(gr.Error, match="the masked-image-modeling tab needs a masked-image model"):
         inpaint(INPAINTING_EXAMPLES[0], str(DEFAULT_MODELS / "zero-shot"), store=store)
 
 
@@ -242,14 +245,14 @@ def test_a_slow_source_does_not_hold_up_the_others(tmp_path):
 
     def get_slow():
         try:
-            store.get("zero-shot", "slow/model")
+            store.get("zero-shot-image-classification", "slow/model")
         except ModelLoadError as error:
             errors.append(error)
 
     slow = threading.Thread(target=get_slow)
     slow.start()
     served = threading.Event()
-    other = threading.Thread(target=lambda: store.get("detection", "default") and served.set())
+    other = threading.Thread(target=lambda: store.get("zero-shot-object-detection", "default") and served.set())
     other.start()
     assert served.wait(timeout=120), "the default detector waited for the slow source"
     assert slow.is_alive()
@@ -263,7 +266,7 @@ def test_model_status_names_the_model(store):
     for task, spec in TASKS.items():
         status, templates = model_status(task, "default", store)
         assert spec.model_class.__name__ in status
-        assert bool(templates) == (task != "inpainting")
+        assert bool(templates) == (task != "masked-image-modeling")
 
 
 def tiny_transformers_clip(folder: Path) -> str:
@@ -301,7 +304,7 @@ def test_a_converter_source_is_converted_once_and_cached(tmp_path, monkeypatch):
     assert len(conversions) == 1
     assert list(again) == list(first)
     assert all(math.isclose(again[k], first[k], abs_tol=1e-6) for k in first)
-    with pytest.raises(gr.Error, match="the detection tab needs an open-vocabulary detector"):
+    with pytest.raises(gr.Error, match="the zero-shot-object-detection tab needs an open-vocabulary detector"):
         detect(shapes_image(), LABELS, 0.5, "", source, store=later)
 
 

@@ -34,7 +34,7 @@ def shapes_image() -> PIL.Image.Image:
 def refusal(store: ModelStore, source: str) -> str:
     """The message `store` refuses `source` with, the source itself replaced by a placeholder."""
     with pytest.raises(ModelLoadError) as error:
-        store.get("zero-shot", source)
+        store.get("zero-shot-image-classification", source)
     return str(error.value).replace(repr(source), "<source>")
 
 
@@ -74,7 +74,7 @@ def test_a_public_demo_refuses_local_paths_and_never_tells_whether_they_exist(tm
     assert not (tmp_path / "cache").exists()  # nothing was converted, nothing cached
     with pytest.raises(gr.Error, match="not a model this public demo loads"):
         classify(shapes_image(), LABELS, "", str(DEFAULT_MODELS / "zero-shot"), store=store)
-    assert app.model_status("detection", "/root", store)[0].startswith("**Model not loaded.**")
+    assert app.model_status("zero-shot-object-detection", "/root", store)[0].startswith("**Model not loaded.**")
 
 
 def test_a_public_demo_reads_repo_ids_from_the_hub_never_from_a_folder_of_that_name(tmp_path, monkeypatch):
@@ -92,13 +92,13 @@ def test_a_public_demo_reads_repo_ids_from_the_hub_never_from_a_folder_of_that_n
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     public = ModelStore(cache_dir=tmp_path / "cache", device="cpu", allow_local=False)
-    assert isinstance(public.get("zero-shot", "org/on-the-hub").model, VitlmDualEncoderModel)
+    assert isinstance(public.get("zero-shot-image-classification", "org/on-the-hub").model, VitlmDualEncoderModel)
     assert refusal(public, "org/model") == refusal(public, "org/absent")
     assert refusal(public, "hf:org/model") == refusal(public, "hf:org/absent")
     assert requested == ["org/on-the-hub", "org/model", "org/absent", "org/model", "org/absent"]
     # served on loopback, the same name is the local folder
     local = ModelStore(cache_dir=tmp_path / "cache", device="cpu")
-    assert isinstance(local.get("zero-shot", "org/model").model, VitlmDualEncoderModel)
+    assert isinstance(local.get("zero-shot-image-classification", "org/model").model, VitlmDualEncoderModel)
     assert requested == ["org/on-the-hub", "org/model", "org/absent", "org/model", "org/absent"]
 
 
@@ -124,7 +124,7 @@ def test_local_models_only_when_serving_this_machine_or_allowed(monkeypatch, opt
     app.launch(**options)
     (store,) = stores
     with pytest.raises(ModelLoadError) as error:
-        store.get("zero-shot", "/no/such/model")
+        store.get("zero-shot-image-classification", "/no/such/model")
     if local:
         assert str(error.value) == "no model folder at '/no/such/model'"
     else:
@@ -164,7 +164,7 @@ def test_the_lock_table_holds_only_the_sources_being_loaded(tmp_path):
     def load(start):
         for i in range(start, start + 100):
             try:
-                store.get("zero-shot", f"/no/such/model-{i % 150}")
+                store.get("zero-shot-image-classification", f"/no/such/model-{i % 150}")
             except ModelLoadError as error:
                 errors.append(error)
 

@@ -67,7 +67,7 @@ def test_train_publishes_a_loadable_repo_with_a_model_card(hub, tmp_path):
     assert (card.library_name, card.pipeline_tag, card.license) == ("vitlm", "image-classification", "apache-2.0")
     assert card.datasets == ["vitlm-shapes"] and {"accuracy", "loss"} <= set(card.metrics)
     assert card.base_model is None  # trained from a preset's random weights
-    assert {"vitlm", "vitlm_vit", "classify"} <= set(card.tags)
+    assert {"vitlm", "vitlm_vit", "image-classification"} <= set(card.tags)  # the task name, not the alias
     assert (info.library_name, info.pipeline_tag, info.card_data.license) == (
         "vitlm",
         "image-classification",

@@ -4,7 +4,8 @@ One generator feeds every task vitlm has a head for: classification (`label`, th
 contrastive image-text training (`caption`), open-vocabulary detection (`objects`) and segmentation-style checks
 (`masks`). A fixed set of (shape, colour) pairs, `HELD_OUT`, never appears in the "train" split, while the first
 object of every "test" image is one of them: a model trained on "train" sees every shape and every colour, only
-never these combinations, so test accuracy measures compositional zero-shot generalisation.
+never these combinations, so test accuracy measures compositional zero-shot generalisation. A classifier, whose
+labels are the categories it trains on, is evaluated on "validation" instead: new images of the same pairs.
 
     >>> from vitlm.data.shapes import generate
     >>> train = generate(10_000, seed=0, split="train")
@@ -57,7 +58,8 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-# "validation" is drawn like "train" (no held-out pair) from its own random stream.
+# "validation" is drawn like "train" (no held-out pair) from its own random stream: the evaluation set of tasks that
+# only know the classes they trained on (`vitlm train image-classification`).
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 MIN_IMAGE_SIZE = 32  # below this a star or a cross is a handful of pixels that no longer reads as its shape
@@ -277,7 +279,8 @@ def generate(
         image: RGB, `image_size` x `image_size`.
         caption: every object, in drawing order: "a red circle, a blue star and an orange cross".
         captions: the caption, then by shape only ("a circle, a star and a cross") and by colour only ("a red
-            shape, a blue shape and an orange shape"); `vitlm train contrastive` samples one per step.
+            shape, a blue shape and an orange shape"); `vitlm train zero-shot-image-classification` samples one per
+            step.
         label: `ClassLabel` over `CATEGORIES`, the first object's category (the one for single-object classification).
         objects: `bbox` ([x0, y0, x1, y1] pixel corners of the visible part, x1 and y1 exclusive), `category`
             (`ClassLabel` over `CATEGORIES`), `shape` and `colour` (names), one entry per object in drawing order.
@@ -287,7 +290,8 @@ def generate(
             with a longer reach, a star for a circle, can cross the image's edge or lose more to later objects).
         twin_captions (with `twins=True`): per twin, the captions whose match with the image the change must leave
             alone: all six shape-only captions for the recoloured twin (first object's shape varied), all eight
-            colour-only ones for the reshaped twin. `vitlm train contrastive --twin-weight` trains on them.
+            colour-only ones for the reshaped twin. `vitlm train zero-shot-image-classification --twin-weight`
+            trains on them.
 
     Objects are drawn bottom to top, each placed so that none of the earlier ones is hidden by more than
     `MAX_HIDDEN`. In "train" and "validation" no object is a `HELD_OUT` pair; in "test" the first object of every

@@ -227,7 +227,7 @@ def classify(
     sigmoids for a sigmoid-loss model), and the image with the attention rollout of the image tower over it."""
     picture = load_image(image)
     labels = parse_names(labels, "labels", MAX_LABELS)
-    loaded = get_model("zero-shot", source, store)
+    loaded = get_model("zero-shot-image-classification", source, store)
     templates = parse_templates(templates, loaded.model.config)
     classifier = (store or _default_store).cached(
         ("zero-shot classifier", loaded.source, tuple(labels), tuple(templates)),
@@ -256,7 +256,7 @@ def detect(
     threshold = check_threshold(threshold)
     picture = load_image(image)
     queries = parse_names(queries, "queries", MAX_LABELS)
-    loaded = get_model("detection", source, store)
+    loaded = get_model("zero-shot-object-detection", source, store)
     template = parse_templates(template, loaded.model.config)[0]
     inputs = loaded.processor(
         images=picture,
@@ -295,7 +295,7 @@ def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> t
         mask |= np.asarray(alpha) > 0
     if not mask.any():
         raise refusal("The mask is empty: paint over the area to fill with the brush first.")
-    loaded = get_model("inpainting", source, store)
+    loaded = get_model("masked-image-modeling", source, store)
     try:
         return picture, loaded.model.inpaint(picture, mask, loaded.processor)
     except ValueError as error:  # e.g. a model that predicts normalized pixels
@@ -312,17 +312,18 @@ def load_alpha(layer) -> PIL.Image.Image:
         raise refusal(f"Cannot read the painted mask: {_escaped(error)}") from error
 
 
-def _status_handler(task: str, store: ModelStore):
-    """The model selector's event handler: the status line, and for the text tabs the templates box filled with the
-    model's own (left as it is when the model failed to load)."""
+def _status_handler(task: str, store: ModelStore, show_templates=None):
+    """The model selector's event handler: the status line, and for the text tabs (`show_templates`: the model's
+    templates as the tab's templates box shows them) that box filled with the model's own (left as it is when the
+    model failed to load)."""
 
     def update(source):
         status, templates = model_status(task, source, store)
-        if task == "inpainting":
+        if show_templates is None:
             return status
         if not templates:
             return status, gr.skip()
-        return status, "\n".join(templates) if task == "zero-shot" else templates[0]
+        return status, show_templates(templates)
 
     return update
 
@@ -435,7 +436,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             "The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
             "textured backgrounds): try them on its images, or pick a pretrained model."
         )
-        with gr.Tab("Zero-shot classification", id="zero-shot"):
+        with gr.Tab("Zero-shot classification", id="zero-shot-image-classification"):
             with gr.Row():
                 with gr.Column():
                     image = image_input("zero-shot-image")
@@ -446,7 +447,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                         elem_id="zero-shot-templates",
                     )
                     source = model_selector(
-                        "zero-shot", ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"], store
+                        "zero-shot-image-classification",
+                        ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"],
+                        store,
                     )
                     status = gr.Markdown(label="Model status", elem_id="zero-shot-status")
                     button = gr.Button("Classify", variant="primary", elem_id="zero-shot-button")
@@ -460,9 +463,10 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                 [probabilities, heatmap],
                 api_name="classify",
             )
-            selectors = {"zero-shot": (source, [status, templates])}
+            # (tab, its model selector, what a model change updates, how the templates box shows the model's)
+            selectors = [("zero-shot-image-classification", source, [status, templates], "\n".join)]
 
-        with gr.Tab("Open-vocabulary detection", id="detection"):
+        with gr.Tab("Open-vocabulary detection", id="zero-shot-object-detection"):
             with gr.Row():
                 with gr.Column():
                     image = image_input("detection-image")
@@ -475,7 +479,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                     template = gr.Textbox(
                         label="Prompt template ({} stands for the query)", elem_id="detection-template"
                     )
-                    source = model_selector("detection", ["hf:google/owlvit-base-patch32"], store)
+                    source = model_selector("zero-shot-object-detection", ["hf:google/owlvit-base-patch32"], store)
                     status = gr.Markdown(label="Model status", elem_id="detection-status")
                     button = gr.Button("Detect", variant="primary", elem_id="detection-button")
                 with gr.Column():
@@ -491,9 +495,11 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             handler = functools.partial(detect, store=store)
             button.click(handler, inputs, outputs, api_name="detect")
             threshold.release(handler, inputs, outputs, api_visibility="private")
-            selectors["detection"] = (source, [status, template])
+            selectors.append(
+                ("zero-shot-object-detection", source, [status, template], lambda templates: templates[0])
+            )
 
-        with gr.Tab("Inpainting", id="inpainting"):
+        with gr.Tab("Inpainting", id="masked-image-modeling"):
             with gr.Row():
                 editor = refusing_unreadable(
                     gr.ImageEditor(
@@ -512,17 +518,17 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                     with gr.Row():
                         original = image_output(label="Original", elem_id="inpainting-original")
                         filled = image_output(label="Inpainted", elem_id="inpainting-result")
-                    source = model_selector("inpainting", ["hf:facebook/vit-mae-base"], store)
+                    source = model_selector("masked-image-modeling", ["hf:facebook/vit-mae-base"], store)
                     status = gr.Markdown(label="Model status", elem_id="inpainting-status")
                     button = gr.Button("Inpaint", variant="primary", elem_id="inpainting-button")
             gr.Examples([[example] for example in INPAINTING_EXAMPLES], [editor])
             button.click(
                 functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
             )
-            selectors["inpainting"] = (source, [status])
+            selectors.append(("masked-image-modeling", source, [status], None))
 
-        for task, (source, outputs) in selectors.items():
-            handler = _status_handler(task, store)
+        for task, source, outputs, show_templates in selectors:
+            handler = _status_handler(task, store, show_templates)
             source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
             demo.load(handler, source, outputs, api_visibility="private")
     return demo

@@ -44,13 +44,15 @@ class Task(NamedTuple):
 
 
 TASKS = {
-    "zero-shot": Task("zero-shot", VitlmDualEncoderModel, "a dual encoder (VitlmDualEncoderModel, e.g. a CLIP)"),
-    "detection": Task(
+    "zero-shot-image-classification": Task(
+        "zero-shot", VitlmDualEncoderModel, "a dual encoder (VitlmDualEncoderModel, e.g. a CLIP)"
+    ),
+    "zero-shot-object-detection": Task(
         "detection",
         VitlmDualEncoderForObjectDetection,
         "an open-vocabulary detector (VitlmDualEncoderForObjectDetection, e.g. an OWL-ViT)",
     ),
-    "inpainting": Task(
+    "masked-image-modeling": Task(
         "inpainting", VitlmViTForMaskedImageModeling, "a masked-image model (VitlmViTForMaskedImageModeling, e.g. MAE)"
     ),
 }

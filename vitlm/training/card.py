@@ -8,13 +8,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..convert import SOURCES, source_repo_id
 from ..presets import preset_names
+from .tasks import get_task
 
-DESCRIPTIONS = {
-    "classify": "an image classifier",
-    "contrastive": "a CLIP-style dual encoder trained with a contrastive image-text loss",
-    "detect": "an open-vocabulary (OWL-ViT style) object detector queried with class names",
-    "inpaint": "a masked-autoencoder (MAE) inpainting model",
-}
 REPRODUCE = "## Reproduce"
 HYPERPARAMETERS = (
     "learning_rate",
@@ -62,11 +57,12 @@ def base_commands(model_name: str) -> list[str]:
 
 
 def write_model_card(
-    output_dir, task: str, model_name: str, dataset_name: str, trainer, command: str | None = None
+    output_dir, task, model_name: str, dataset_name: str, trainer, command: str | None = None
 ) -> Path:
     """README.md with Hub metadata, the last evaluation, the recipe and, given the `command` that trained the model,
-    how to reproduce it."""
+    how to reproduce it. `task`: a task name, alias or `TrainingTask` (the card says its name)."""
     output_dir = Path(output_dir)
+    task = get_task(task)
     metrics = last_evaluation(trainer.state.log_history)
     from_scratch = model_name in preset_names()  # vitlm's own weights; otherwise they keep the source's license
     pipeline_tag = trainer.model.pipeline_tag  # the same tag save_pretrained's own card gets
@@ -74,7 +70,7 @@ def write_model_card(
     card_data = ModelCardData(
         library_name="vitlm",
         pipeline_tag=pipeline_tag,
-        tags=["vitlm", "vision", trainer.model.config.model_type, task],
+        tags=["vitlm", "vision", trainer.model.config.model_type, task.name],
         license="apache-2.0" if from_scratch else None,
         base_model=base_model(model_name),
         datasets=[dataset_id],
@@ -111,7 +107,7 @@ def write_model_card(
 
 # {output_dir.name}
 
-{DESCRIPTIONS[task].capitalize()}, trained with `vitlm train {task}` from `{model_name}` on `{dataset_name}`
+{task.description.capitalize()}, trained with `vitlm train {task.name}` from `{model_name}` on `{dataset_name}`
 ({trainer.state.global_step} optimizer steps, {trainer.state.epoch or 0:.2f} epochs).
 
 ## Evaluation (last evaluation)

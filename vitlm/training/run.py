@@ -7,31 +7,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForMaskedImageModeling,
-    AutoModelForZeroShotObjectDetection,
-    AutoProcessor,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, PretrainedConfig
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from ..convert import DTYPES
 from ..models.configuration_vitlm import split_assignments
 from . import transforms
 from .card import write_model_card
+from .tasks import auto_class, check_task_options, class_names_of, get_task
 from .trainer import build_trainer, plot_log_history, training_arguments
 
-AUTO_CLASSES = {
-    "classify": AutoModelForImageClassification,
-    "contrastive": AutoModel,
-    "detect": AutoModelForZeroShotObjectDetection,
-    "inpaint": AutoModelForMaskedImageModeling,
-}
-DUAL_TASKS = ("contrastive", "detect")
 CLIP_VOCAB = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0}
 EVAL_SPLITS = ("validation", "valid", "val", "test")
 
@@ -70,16 +55,18 @@ def apply_overrides(config, overrides: dict):
     config.update(overrides)
 
 
-def load_model(task: str, name: str, class_names=None, config_overrides=None, work_dir=None):
-    """(model, processor) for `task` from a preset (random weights), a converter source (`timm:...`, ...), a folder
-    or a Hub id. Classification gets a new head when `class_names` differ from the checkpoint's."""
+def load_model(task, name: str, class_names=None, config_overrides=None, work_dir=None):
+    """(model, processor) for `task` (a name, an alias or a `TrainingTask`) from a preset (random weights), a converter
+    source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the classes (classification) gets a
+    new head when `class_names` differ from the checkpoint's."""
     from ..clip_bpe import clip_tokenizer
     from ..convert import SOURCES, load, save
     from ..models import VitlmDualEncoderProcessor
     from ..presets import preset_names, preset_path
 
+    spec = get_task(task)
     overrides = dict(config_overrides or {})
-    if class_names is not None and task == "classify":
+    if class_names is not None and spec.sized_head:
         overrides.update(
             num_labels=len(class_names),
             id2label=dict(enumerate(class_names)),
@@ -90,20 +77,21 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     is_preset = name in preset_names()
     source = preset_path(name) if is_preset else name
     config = AutoConfig.from_pretrained(source)
-    if (task in DUAL_TASKS) != hasattr(config, "text_config"):
-        raise ValueError(f"task {task!r} needs {'a' if task in DUAL_TASKS else 'an image-only'} dual encoder model")
-    if task in DUAL_TASKS and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
+    if spec.dual_encoder != hasattr(config, "text_config"):
+        needs = "a" if spec.dual_encoder else "an image-only"
+        raise ValueError(f"task {getattr(task, 'name', task)!r} needs {needs} dual encoder model")
+    if spec.dual_encoder and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
     apply_overrides(config, overrides)
     if is_preset:
-        model = AUTO_CLASSES[task].from_config(config)
+        model = auto_class(spec).from_config(config)
     else:
         # float32 whatever the checkpoint stores (a float16 release included): Trainer handles mixed precision
-        model = AUTO_CLASSES[task].from_pretrained(
-            name, config=config, dtype=torch.float32, ignore_mismatched_sizes=task == "classify"
+        model = auto_class(spec).from_pretrained(
+            name, config=config, dtype=torch.float32, ignore_mismatched_sizes=spec.sized_head
         )
-    if task in DUAL_TASKS:
+    if spec.dual_encoder:
         if is_preset:
             image_processor = AutoImageProcessor.from_pretrained(source)
             context = config.text_config.max_position_embeddings
@@ -123,10 +111,12 @@ def load_datasets(
     shapes_size: int = 64,
     shapes_max_objects: int = 3,
     shapes_twins: bool = False,
+    shapes_eval_split: str = "test",
 ):
     """(train, eval) datasets: `shapes` (the synthetic world, generated; `shapes_twins`: the training images'
-    twins too), an image folder, or a Hub dataset. Without an evaluation split, 10% of the training set is held
-    out."""
+    twins too; evaluated on `shapes_eval_split`, "test" for the held-out shape x colour pairs or "validation" for
+    unseen images of the pairs seen in training), an image folder, or a Hub dataset. Without an evaluation split, 10%
+    of the training set is held out."""
     from datasets import DatasetDict, load_dataset
 
     if name == "shapes":
@@ -134,7 +124,7 @@ def load_datasets(
 
         sizes = dict(image_size=shapes_size, max_objects=shapes_max_objects)
         return generate(shapes_train, seed=seed, split="train", twins=shapes_twins, **sizes), generate(
-            shapes_test, seed=seed + 1, split="test", **sizes
+            shapes_test, seed=seed + 1, split=shapes_eval_split, **sizes
         )
     splits = load_dataset("imagefolder", data_dir=name) if Path(name).is_dir() else load_dataset(name)
     if not isinstance(splits, DatasetDict) or "train" not in splits:
@@ -146,71 +136,16 @@ def load_datasets(
     return held_out["train"], held_out["test"]
 
 
-def find_column(dataset, candidates, kind: str) -> str:
-    for name in candidates:
-        if name in dataset.column_names:
-            return name
-    raise ValueError(f"the dataset has no {kind} column (looked for {candidates}; it has {dataset.column_names})")
+def with_transforms(task, train, eval_dataset, image_processor, augment=True, **options):
+    """The task's transforms on both sets (`TrainingTask.transform`; columns found in the training set).
+    `augment=False` trains on the evaluation transform (for data whose labels crops and colour jitter would falsify,
+    such as the shapes world's captions); `options` are the task's own (`bbox_format`, `caption_weights`, `twins`:
+    the training images' twins, columns `twins` and `twin_captions`, in contrastive batches)."""
+    spec = get_task(task)
 
+    def make(is_train):
+        return spec.transform(image_processor, is_train, train, augment=augment, **options)
 
-def image_column(dataset) -> str:
-    from datasets import Image
-
-    images = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
-    return images[0] if images else find_column(dataset, ("image", "img"), "image")
-
-
-def class_names_of(task: str, dataset) -> list[str] | None:
-    if task == "detect":
-        category = dataset.features[find_column(dataset, ("objects",), "objects")]["category"]
-        return list(getattr(category, "feature", category).names)
-    label = next((c for c in ("label", "labels") if c in dataset.column_names), None)
-    names = getattr(dataset.features[label], "names", None) if label else None
-    if task == "classify" and names is None:
-        raise ValueError("classification needs a ClassLabel column named 'label' or 'labels'")
-    return names
-
-
-def with_transforms(
-    task: str,
-    train,
-    eval_dataset,
-    image_processor,
-    bbox_format="xyxy",
-    augment=True,
-    caption_weights=None,
-    twins: bool = False,
-):
-    """The task's transforms on both sets; `augment=False` trains on the evaluation transform (for data whose
-    labels crops and colour jitter would falsify, such as the shapes world's captions); `caption_weights` weigh an
-    example's captions when contrastive training draws one; `twins` adds the training images' twins (columns
-    `twins` and `twin_captions`) to contrastive batches."""
-    image = image_column(train)
-    twin_columns = None
-    if twins:
-        twin_columns = (
-            find_column(train, ("twins",), "twins"),
-            find_column(train, ("twin_captions",), "twin captions"),
-        )
-    make = {
-        "classify": lambda is_train: transforms.classification_transform(
-            image_processor, is_train and augment, image, find_column(train, ("label", "labels"), "label")
-        ),
-        # unaugmented contrastive training still draws one of an image's captions per step
-        "contrastive": lambda is_train: transforms.contrastive_transform(
-            image_processor,
-            is_train,
-            image,
-            find_column(train, ("captions", "caption", "text"), "caption"),
-            augment_images=augment,
-            caption_weights=caption_weights,
-            twin_columns=twin_columns,
-        ),
-        "detect": lambda is_train: transforms.detection_transform(
-            image_processor, is_train and augment, image, find_column(train, ("objects",), "objects"), bbox_format
-        ),
-        "inpaint": lambda is_train: transforms.inpainting_transform(image_processor, is_train and augment, image),
-    }[task]
     # the example index keys the training augmentations' (and caption draws') randomness, so resumed runs replay it
     return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
 
@@ -224,7 +159,7 @@ def _integer(value) -> bool:
 
 
 def check_arguments(
-    task: str,
+    task,
     output_dir,
     *,
     epochs,
@@ -235,17 +170,16 @@ def check_arguments(
     eval_steps,
     logging_steps,
     layer_decay,
-    mixup_alpha,
-    cutmix_alpha,
-    block_masking,
+    twin_weight=0.0,
+    **task_options,
 ):
-    """Refuse a training setting out of its range, naming it and its `vitlm train` option, before any data is
-    generated or model built: Trainer would otherwise fail late, or train silently with no effect (a learning rate
-    or layer decay of 0, mixup on a task without labels to mix)."""
-    if task not in AUTO_CLASSES:
-        raise ValueError(f"task must be one of {sorted(AUTO_CLASSES)}, got {task!r}")
+    """Refuse a training setting out of its range, naming it and its `vitlm train` option, or an option of another
+    task (`TASK_OPTIONS`: mixup on a task without labels to mix, ...), before any data is generated or model built:
+    Trainer would otherwise fail late, or train silently with no effect (a learning rate or layer decay of 0)."""
+    get_task(task)
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
+    mixup_alpha, cutmix_alpha = task_options.get("mixup_alpha", 0.0), task_options.get("cutmix_alpha", 0.0)
     ranges = [  # (name, option, value, valid, what it must be)
         ("epochs", "--epochs", epochs, _number(epochs) and epochs > 0, "a number > 0"),
         (
@@ -285,10 +219,11 @@ def check_arguments(
     for name, option, value, valid, expected in ranges:
         if not valid:
             raise ValueError(f"{name} ({option}) must be {expected}, got {value!r}")
-    if (mixup_alpha or cutmix_alpha) and task != "classify":
-        raise ValueError(f"mixup and cutmix (--mixup, --cutmix) apply to classification, not {task!r}")
-    if block_masking and task != "inpaint":
-        raise ValueError(f"block masking (--block-masking) applies to inpainting, not {task!r}")
+    if not (isinstance(twin_weight, (int, float)) and math.isfinite(twin_weight) and twin_weight >= 0):
+        raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
+    check_task_options(task, twin_weight=twin_weight, **task_options)
+    if task_options.get("caption_weights") is not None:
+        transforms.caption_weights_tensor(task_options["caption_weights"])
 
 
 def train(
@@ -324,10 +259,19 @@ def train(
     callbacks=None,
     **training_kwargs,
 ):
-    """Train and save; returns the Trainer (its `state.log_history` holds the losses and metrics).
+    """Train `task` (a name of `vitlm.training.tasks.TASKS` or its alias) and save; returns the Trainer (its
+    `state.log_history` holds the losses and metrics).
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
     the final weights; `twin_weight` > 0 adds the twin consistency loss to contrastive training (data with twins:
     `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates)."""
+    spec = get_task(task)
+    task_options = dict(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        block_masking=block_masking,
+        caption_weights=caption_weights,
+        bbox_format=bbox_format,
+    )
     check_arguments(
         task,
         output_dir,
@@ -339,46 +283,39 @@ def train(
         eval_steps=eval_steps,
         logging_steps=logging_steps,
         layer_decay=layer_decay,
-        mixup_alpha=mixup_alpha,
-        cutmix_alpha=cutmix_alpha,
-        block_masking=block_masking,
+        twin_weight=twin_weight,
+        **task_options,
     )
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if not save_checkpoints:
         training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
-    if caption_weights is not None:  # refused before the data is generated and the model built
-        if task != "contrastive":
-            raise ValueError(f"caption weights apply to contrastive training, not {task!r}")
-        transforms.caption_weights_tensor(caption_weights)
-    if not (isinstance(twin_weight, (int, float)) and math.isfinite(twin_weight) and twin_weight >= 0):
-        raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
-    if twin_weight and task != "contrastive":
-        raise ValueError(f"the twin consistency loss applies to contrastive training, not {task!r}")
     twins = twin_weight > 0
     train_set, eval_set = load_datasets(
-        dataset_name, seed, shapes_train, shapes_test, shapes_size, shapes_max_objects, shapes_twins=twins
+        dataset_name,
+        seed,
+        shapes_train,
+        shapes_test,
+        shapes_size,
+        shapes_max_objects,
+        shapes_twins=twins,
+        shapes_eval_split=spec.shapes_eval_split,
     )
-    class_names = class_names_of(task, train_set)
+    class_names = class_names_of(spec, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
     image_processor = getattr(processor, "image_processor", processor)
-    train_query_classes = None
-    if task == "detect":
-        # classes without a box in training are left out of its queries (DetectionCollator); evaluation queries all
-        objects = train_set[find_column(train_set, ("objects",), "objects")]
-        train_query_classes = sorted({int(category) for row in objects for category in row["category"]})
-        if not train_query_classes:
-            raise ValueError("the training set has no boxes to train a detector on")
-        if len(train_query_classes) < len(class_names):
-            unseen = [class_names[index] for index in range(len(class_names)) if index not in train_query_classes]
-            print(f"{len(unseen)} classes have no box in the training set and are not queried in training: {unseen}")
-    eval_labels = None
-    if task == "contrastive" and class_names is not None:
-        eval_labels = eval_set[find_column(eval_set, ("label", "labels"), "label")]
+    evaluation_inputs = spec.evaluation_inputs(train_set, eval_set, class_names) if spec.evaluation_inputs else {}
     train_set, eval_set = with_transforms(
-        task, train_set, eval_set, image_processor, bbox_format, augment, caption_weights, twins
+        spec,
+        train_set,
+        eval_set,
+        image_processor,
+        augment,
+        bbox_format=bbox_format,
+        caption_weights=caption_weights,
+        twins=twins,
     )
 
     args = training_arguments(
@@ -394,21 +331,20 @@ def train(
         **training_kwargs,
     )
     trainer = build_trainer(
-        task,
+        spec,
         model,
         train_set,
         eval_set,
         processor,
         args,
         class_names=class_names,
-        eval_labels=eval_labels,
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         layer_decay=layer_decay,
         block_masking=block_masking,
         callbacks=callbacks,
         twin_weight=twin_weight,
-        train_query_classes=train_query_classes,
+        **evaluation_inputs,
     )
     checkpoint = get_last_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if resume and checkpoint is None:
@@ -423,7 +359,7 @@ def train(
         # Trainer's pickled TrainingArguments: a shared folder holds no pickles, and the card lists the recipe
         (output_dir / "training_args.bin").unlink(missing_ok=True)
         plot_log_history(trainer.state.log_history, output_dir / "training_curves.png")
-        write_model_card(output_dir, task, model_name, dataset_name, trainer, command)
+        write_model_card(output_dir, spec, model_name, dataset_name, trainer, command)
         if push_to_hub:
             from huggingface_hub import HfApi
 
@@ -432,7 +368,7 @@ def train(
             api.upload_folder(
                 repo_id=push_to_hub,
                 folder_path=output_dir,
-                commit_message=f"vitlm train {task}",
+                commit_message=f"vitlm train {spec.name}",
                 ignore_patterns=["checkpoint-*", "converted/*"],
             )
     return trainer

@@ -1,5 +1,6 @@
-"""Trainer set-up for the four tasks: `training_arguments` (the recipe), `build_trainer` (collator, metrics, loss,
-optimizer) and `save_for_hub` (model + processor + loss curves + model card, reloadable through the Auto classes).
+"""Trainer set-up for the tasks of `vitlm.training.tasks`: `training_arguments` (the recipe), `build_trainer`
+(collator, metrics, loss, optimizer) and `save_for_hub` (model + processor + loss curves + model card, reloadable
+through the Auto classes).
 
 Everything distributed (DDP through `torchrun` / `accelerate launch`, mixed precision, gradient accumulation,
 checkpoint and RNG-state resumption) is Trainer's own; nothing here touches process groups, and the one device choice
@@ -14,26 +15,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..models.modeling_dual_encoder import default_templates
-from .collators import (
-    ClassificationCollator,
-    ContrastiveCollator,
-    DetectionCollator,
-    InpaintingCollator,
-    soft_target_cross_entropy,
-    twin_contrastive_loss,
-)
-from .metrics import classification_metrics, detection_metrics, inpainting_metrics, zero_shot_metrics
-
-TASKS = ("classify", "contrastive", "detect", "inpaint")
-# model outputs Trainer drops before gathering predictions (the rest reach `compute_metrics`, in field order)
-IGNORED_OUTPUTS = {
-    "classify": ["hidden_states", "attentions"],
-    "contrastive": ["logits_per_image", "logits_per_text", "text_embeds", "text_model_output", "vision_model_output"],
-    "detect": [
-        *("loss_dict", "class_embeds", "image_embeds", "query_embeds", "vision_model_output", "text_model_output")
-    ],
-    "inpaint": ["ids_restore", "hidden_states", "attentions"],
-}
+from .collators import twin_contrastive_loss
+from .tasks import get_task
 
 
 def bf16_available() -> bool:
@@ -195,7 +178,7 @@ class VitlmTrainer(Trainer):
 
 
 def build_trainer(
-    task: str,
+    task,
     model,
     train_dataset,
     eval_dataset,
@@ -212,60 +195,37 @@ def build_trainer(
     twin_weight: float = 0.0,
     train_query_classes=None,
 ) -> Trainer:
-    """A Trainer for `task` on datasets already carrying the task's transform (`vitlm.training.transforms`).
+    """A Trainer for `task` (a name or alias of `vitlm.training.tasks.TASKS`, or its `TrainingTask`) on datasets
+    already carrying the task's transform (`TrainingTask.transform`): collators, metrics and loss from its entry.
 
     Args:
-        processor: the image processor (classify, inpaint) or the dual encoder's processor with its tokenizer.
-        class_names: classify: for top-5 accuracy; contrastive: zero-shot evaluation classes; detect: the queries.
-        eval_labels: contrastive: the evaluation set's class indices, for zero-shot accuracy.
+        processor: the image processor (image-only tasks) or the dual encoder's processor with its tokenizer.
+        class_names: image-classification: for top-5 accuracy; zero-shot-image-classification: the zero-shot
+            evaluation classes; zero-shot-object-detection: the queries.
+        eval_labels: zero-shot-image-classification: the evaluation set's class indices, for zero-shot accuracy.
         layer_decay: layer-wise learning-rate decay factor (e.g. 0.75) for fine-tuning; None for one rate.
-        block_masking: inpaint: train half the images on blob-shaped masks (`InpaintingCollator`).
+        block_masking: masked-image-modeling: train half the images on blob-shaped masks (`InpaintingCollator`).
         templates: zero-shot evaluation prompts and the detection queries' (first one); default: the model's
             `config.prompt_templates`, else CLIP's "a photo of a {}.".
-        twin_weight: contrastive: weight of the twin consistency loss on training batches with twins.
-        train_query_classes: detect: the classes (indices into `class_names`) queried in training; default: all.
+        twin_weight: zero-shot-image-classification: weight of the twin consistency loss on batches with twins.
+        train_query_classes: zero-shot-object-detection: the classes (indices into `class_names`) queried in
+            training; default: all.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    tokenizer = getattr(processor, "tokenizer", None)
+    spec = get_task(task)
     templates = default_templates(model.config) if templates is None else list(templates)
-    image_processor = getattr(processor, "image_processor", processor)
-    extra = {}
-    train_collator = None
-    if task == "classify":
-        num_labels = model.config.num_labels
-        collator = ClassificationCollator(num_labels)
-        if mixup_alpha or cutmix_alpha:
-            train_collator = ClassificationCollator(num_labels, mixup_alpha, cutmix_alpha)
-            extra["compute_loss_func"] = soft_target_cross_entropy
-        compute_metrics = classification_metrics(num_labels)
-    elif task == "contrastive":
-        context = model.config.text_config.max_position_embeddings
-        collator = ContrastiveCollator(tokenizer, max_length=context)
-        compute_metrics = None
-        if class_names is not None and eval_labels is not None:
-            compute_metrics = zero_shot_metrics(model, tokenizer, class_names, eval_labels, templates)
-    elif task == "detect":
-        context = model.config.text_config.max_position_embeddings
-        collator = DetectionCollator(tokenizer, class_names, template=templates[0], max_length=context)
-        if train_query_classes is not None:
-            train_collator = DetectionCollator(
-                tokenizer, class_names, templates[0], context, query_classes=list(train_query_classes)
-            )
-        compute_metrics = detection_metrics()
-        # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
-        args.eval_do_concat_batches = False
-    else:
-        collator = InpaintingCollator()
-        train_collator = InpaintingCollator(model.config.grid_size, block_masking)
-        # the image is its own target: naming it the label makes evaluation compute the loss and hand the
-        # original pixels to the metric
-        args.label_names = ["pixel_values"]
-        compute_metrics = None
-        if not model.config.norm_pix_loss:
-            compute_metrics = inpainting_metrics(
-                model.config.patch_size, image_processor.image_mean, image_processor.image_std
-            )
+    parts = spec.parts(
+        model,
+        processor,
+        class_names=class_names,
+        templates=templates,
+        eval_labels=eval_labels,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        block_masking=block_masking,
+        train_query_classes=train_query_classes,
+    )
+    for name, value in parts.arguments:
+        setattr(args, name, value)
     optimizers = (None, None)
     if layer_decay is not None:
         groups = layerwise_lr_decay_groups(model, args.learning_rate, layer_decay, args.weight_decay)
@@ -276,15 +236,15 @@ def build_trainer(
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
-        train_data_collator=train_collator,
+        data_collator=parts.collator,
+        train_data_collator=parts.train_collator,
         processing_class=processor,
-        compute_metrics=compute_metrics,
+        compute_metrics=parts.compute_metrics,
         optimizers=optimizers,
         callbacks=callbacks,
-        ignored_outputs=IGNORED_OUTPUTS[task],
+        ignored_outputs=list(spec.ignored_outputs),
         twin_weight=twin_weight,
-        **extra,
+        compute_loss_func=parts.compute_loss_func,
     )
 
 
@@ -324,8 +284,6 @@ def plot_log_history(log_history: list[dict], path) -> Path:
 
 
 __all__ = [
-    "IGNORED_OUTPUTS",
-    "TASKS",
     "DataEpochCallback",
     "VitlmTrainer",
     "block_depth",

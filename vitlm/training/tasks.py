@@ -1,0 +1,381 @@
+"""The training tasks: one `TrainingTask` entry each in `TASKS`, and everything `vitlm train` does differently per task
+read from it (Auto class, transforms, collators, metrics, the outputs kept for the metrics, card text, the options
+that apply). A new task is one entry here.
+
+The task names are the vocabulary of the whole project (`vitlm train`, the demo's tabs, the README, model cards):
+the Hub's pipeline tag of what the trained model does where transformers has one, and transformers' own task name
+where it has none (`masked-image-modeling`, the task of `AutoModelForMaskedImageModeling`; such a model inpaints).
+`vitlm train` also takes each task's short name from before (`classify`, `contrastive`, `detect`, `inpaint`).
+
+Nothing heavy is imported at module level (`vitlm --help` lists the names from here): the builders import transforms,
+collators and metrics when they are called.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskParts:
+    """What a task hands Trainer: the evaluation collator, the training one (None: the same), `compute_metrics`
+    (None: loss only), `compute_loss_func` (None: the model's loss), and TrainingArguments fields the task needs."""
+
+    collator: object
+    train_collator: object = None
+    compute_metrics: Callable | None = None
+    compute_loss_func: Callable | None = None
+    arguments: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """One training task.
+
+    Fields:
+        name: the task's name (see the module's docstring); `alias`: the short name `vitlm train` also takes.
+        title: how messages and docs name it in prose ("classification").
+        description: the model card's first words for a model trained on it.
+        auto_class: the transformers Auto class (by name) that builds and reloads the model.
+        dual_encoder: whether the model is a dual encoder (image and text towers) rather than image-only.
+        class_column: the dataset column whose `ClassLabel` names the classes ("label", or "objects" whose
+            `category` does); None: the task uses no class names. `needs_classes`: refuse a dataset without them.
+        sized_head: the model's head is made for the dataset's classes (`num_labels`, `id2label`), replacing a
+            checkpoint's head of another size.
+        shapes_eval_split: the shapes world's split evaluated on: "validation" (the pairs seen in training) or
+            "test" (each image's first object a held-out shape x colour pair: zero-shot).
+        options: the `train` keywords that apply to this task only (see `TASK_OPTIONS`); refused for the others.
+        ignored_outputs: model outputs Trainer drops before gathering predictions (the rest reach the metrics, in
+            field order).
+        transform: `(image_processor, train, dataset, augment=..., **options) -> transform` for `with_transform`.
+        evaluation_inputs: `(train_set, eval_set, class_names) -> dict`, keywords for `parts` drawn from the raw
+            datasets (before their transforms); None: nothing.
+        parts: `(model, processor, class_names=..., templates=..., **keywords) -> TaskParts`.
+    """
+
+    name: str
+    alias: str
+    title: str
+    description: str
+    auto_class: str
+    dual_encoder: bool
+    class_column: str | None
+    needs_classes: bool
+    sized_head: bool
+    shapes_eval_split: str
+    options: frozenset[str]
+    ignored_outputs: tuple[str, ...]
+    transform: Callable
+    parts: Callable
+    evaluation_inputs: Callable | None = None
+
+
+# The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
+TASK_OPTIONS = {
+    "mixup_alpha": ("mixup and cutmix (--mixup, --cutmix) apply", 0.0),
+    "cutmix_alpha": ("mixup and cutmix (--mixup, --cutmix) apply", 0.0),
+    "block_masking": ("block masking (--block-masking) applies", False),
+    "caption_weights": ("caption weights apply", None),
+    "twin_weight": ("the twin consistency loss applies", 0.0),
+    "bbox_format": ("the box format (--bbox-format) applies", "xyxy"),
+}
+
+
+def find_column(dataset, candidates, kind: str) -> str:
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise ValueError(f"the dataset has no {kind} column (looked for {candidates}; it has {dataset.column_names})")
+
+
+def image_column(dataset) -> str:
+    from datasets import Image
+
+    images = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
+    return images[0] if images else find_column(dataset, ("image", "img"), "image")
+
+
+LABEL_COLUMNS = ("label", "labels")
+
+
+# ---- image classification
+
+
+def _classification_transform(image_processor, train, dataset, augment=True, **_):
+    from .transforms import classification_transform
+
+    label = find_column(dataset, LABEL_COLUMNS, "label")
+    return classification_transform(image_processor, train and augment, image_column(dataset), label)
+
+
+def _classification_parts(model, processor, mixup_alpha=0.0, cutmix_alpha=0.0, **_):
+    from .collators import ClassificationCollator, soft_target_cross_entropy
+    from .metrics import classification_metrics
+
+    num_labels = model.config.num_labels
+    mixed = bool(mixup_alpha or cutmix_alpha)
+    return TaskParts(
+        collator=ClassificationCollator(num_labels),
+        train_collator=ClassificationCollator(num_labels, mixup_alpha, cutmix_alpha) if mixed else None,
+        compute_metrics=classification_metrics(num_labels),
+        compute_loss_func=soft_target_cross_entropy if mixed else None,
+    )
+
+
+# ---- zero-shot image classification (contrastive image-text training of a dual encoder)
+
+
+def _contrastive_transform(image_processor, train, dataset, augment=True, caption_weights=None, twins=False, **_):
+    from .transforms import contrastive_transform
+
+    twin_columns = None
+    if twins:
+        twin_columns = (
+            find_column(dataset, ("twins",), "twins"),
+            find_column(dataset, ("twin_captions",), "twin captions"),
+        )
+    # unaugmented contrastive training still draws one of an image's captions per step
+    return contrastive_transform(
+        image_processor,
+        train,
+        image_column(dataset),
+        find_column(dataset, ("captions", "caption", "text"), "caption"),
+        augment_images=augment,
+        caption_weights=caption_weights,
+        twin_columns=twin_columns,
+    )
+
+
+def _zero_shot_labels(train_set, eval_set, class_names):
+    # the model's forward takes no labels: zero-shot accuracy reads the evaluation set's classes in its order
+    if class_names is None:
+        return {}
+    return {"eval_labels": eval_set[find_column(eval_set, LABEL_COLUMNS, "label")]}
+
+
+def _contrastive_parts(model, processor, class_names=None, templates=(), eval_labels=None, **_):
+    from .collators import ContrastiveCollator
+    from .metrics import zero_shot_metrics
+
+    tokenizer = processor.tokenizer
+    compute_metrics = None
+    if class_names is not None and eval_labels is not None:
+        compute_metrics = zero_shot_metrics(model, tokenizer, class_names, eval_labels, templates)
+    context = model.config.text_config.max_position_embeddings
+    return TaskParts(ContrastiveCollator(tokenizer, max_length=context), compute_metrics=compute_metrics)
+
+
+# ---- zero-shot (open-vocabulary) object detection
+
+
+def _detection_transform(image_processor, train, dataset, augment=True, bbox_format="xyxy", **_):
+    from .transforms import detection_transform
+
+    objects = find_column(dataset, ("objects",), "objects")
+    return detection_transform(image_processor, train and augment, image_column(dataset), objects, bbox_format)
+
+
+def _queried_classes(train_set, eval_set, class_names):
+    # classes without a box in training are left out of its queries (DetectionCollator); evaluation queries all
+    objects = train_set[find_column(train_set, ("objects",), "objects")]
+    queried = sorted({int(category) for row in objects for category in row["category"]})
+    if not queried:
+        raise ValueError("the training set has no boxes to train a detector on")
+    if len(queried) < len(class_names):
+        unseen = [class_names[index] for index in range(len(class_names)) if index not in queried]
+        print(f"{len(unseen)} classes have no box in the training set and are not queried in training: {unseen}")
+    return {"train_query_classes": queried}
+
+
+def _detection_parts(model, processor, class_names=None, templates=(), train_query_classes=None, **_):
+    from .collators import DetectionCollator
+    from .metrics import detection_metrics
+
+    tokenizer = processor.tokenizer
+    context = model.config.text_config.max_position_embeddings
+    train_collator = None
+    if train_query_classes is not None:
+        train_collator = DetectionCollator(
+            tokenizer, class_names, templates[0], context, query_classes=list(train_query_classes)
+        )
+    return TaskParts(
+        DetectionCollator(tokenizer, class_names, template=templates[0], max_length=context),
+        train_collator=train_collator,
+        compute_metrics=detection_metrics(),
+        # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
+        arguments=(("eval_do_concat_batches", False),),
+    )
+
+
+# ---- masked image modeling (MAE; the model inpaints)
+
+
+def _masked_image_transform(image_processor, train, dataset, augment=True, **_):
+    from .transforms import inpainting_transform
+
+    return inpainting_transform(image_processor, train and augment, image_column(dataset))
+
+
+def _masked_image_parts(model, processor, block_masking=False, **_):
+    from .collators import InpaintingCollator
+    from .metrics import inpainting_metrics
+
+    image_processor = getattr(processor, "image_processor", processor)
+    compute_metrics = None
+    if not model.config.norm_pix_loss:
+        compute_metrics = inpainting_metrics(
+            model.config.patch_size, image_processor.image_mean, image_processor.image_std
+        )
+    return TaskParts(
+        InpaintingCollator(),
+        train_collator=InpaintingCollator(model.config.grid_size, block_masking),
+        compute_metrics=compute_metrics,
+        # the image is its own target: naming it the label makes evaluation compute the loss and hand the original
+        # pixels to the metric
+        arguments=(("label_names", ["pixel_values"]),),
+    )
+
+
+TASKS: dict[str, TrainingTask] = {
+    task.name: task
+    for task in (
+        TrainingTask(
+            name="image-classification",
+            alias="classify",
+            title="classification",
+            description="an image classifier",
+            auto_class="AutoModelForImageClassification",
+            dual_encoder=False,
+            class_column="label",
+            needs_classes=True,
+            sized_head=True,
+            # the classes seen in training: the held-out shape x colour pairs are never among its labels
+            shapes_eval_split="validation",
+            options=frozenset({"mixup_alpha", "cutmix_alpha"}),
+            ignored_outputs=("hidden_states", "attentions"),
+            transform=_classification_transform,
+            parts=_classification_parts,
+        ),
+        TrainingTask(
+            name="zero-shot-image-classification",
+            alias="contrastive",
+            title="contrastive training",
+            description="a CLIP-style dual encoder trained with a contrastive image-text loss",
+            auto_class="AutoModel",
+            dual_encoder=True,
+            class_column="label",
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset({"caption_weights", "twin_weight"}),
+            ignored_outputs=(
+                "logits_per_image",
+                "logits_per_text",
+                "text_embeds",
+                "text_model_output",
+                "vision_model_output",
+            ),
+            transform=_contrastive_transform,
+            parts=_contrastive_parts,
+            evaluation_inputs=_zero_shot_labels,
+        ),
+        TrainingTask(
+            name="zero-shot-object-detection",
+            alias="detect",
+            title="detection",
+            description="an open-vocabulary (OWL-ViT style) object detector queried with class names",
+            auto_class="AutoModelForZeroShotObjectDetection",
+            dual_encoder=True,
+            class_column="objects",
+            needs_classes=True,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset({"bbox_format"}),
+            ignored_outputs=(
+                "loss_dict",
+                "class_embeds",
+                "image_embeds",
+                "query_embeds",
+                "vision_model_output",
+                "text_model_output",
+            ),
+            transform=_detection_transform,
+            parts=_detection_parts,
+            evaluation_inputs=_queried_classes,
+        ),
+        TrainingTask(
+            name="masked-image-modeling",
+            alias="inpaint",
+            title="inpainting",
+            description="a masked-autoencoder (MAE) inpainting model",
+            auto_class="AutoModelForMaskedImageModeling",
+            dual_encoder=False,
+            class_column=None,
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset({"block_masking"}),
+            ignored_outputs=("ids_restore", "hidden_states", "attentions"),
+            transform=_masked_image_transform,
+            parts=_masked_image_parts,
+        ),
+    )
+}
+ALIASES = {task.alias: task.name for task in TASKS.values()}
+
+
+def get_task(task) -> TrainingTask:
+    """The `TrainingTask` named `task` (a name or an alias; a `TrainingTask` is returned as it is)."""
+    if isinstance(task, TrainingTask):
+        return task
+    name = ALIASES.get(task, task)
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)} (or their aliases {sorted(ALIASES)}), got {task!r}")
+    return TASKS[name]
+
+
+def check_task_options(task, **values):
+    """Refuse a task-specific option set away from its off value on a task it does not apply to, naming the tasks it
+    applies to and the task as given."""
+    spec = get_task(task)
+    for keyword, value in values.items():
+        text, off = TASK_OPTIONS[keyword]
+        if value != off and keyword not in spec.options:
+            owners = " and ".join(other.title for other in TASKS.values() if keyword in other.options)
+            raise ValueError(f"{text} to {owners}, not {getattr(task, 'name', task)!r}")
+
+
+def class_names_of(task, dataset) -> list[str] | None:
+    """The class names the task trains on, from the dataset's `ClassLabel` (see `TrainingTask.class_column`)."""
+    spec = get_task(task)
+    names = None
+    if spec.class_column == "objects":
+        category = dataset.features[find_column(dataset, ("objects",), "objects")]["category"]
+        names = list(getattr(category, "feature", category).names)
+    elif spec.class_column is not None:
+        label = next((c for c in LABEL_COLUMNS if c in dataset.column_names), None)
+        names = getattr(dataset.features[label], "names", None) if label else None
+    if spec.needs_classes and names is None:
+        raise ValueError(f"{spec.title} needs a ClassLabel column named {' or '.join(map(repr, LABEL_COLUMNS))}")
+    return names
+
+
+def auto_class(task):
+    """The transformers Auto class of `task`."""
+    import transformers
+
+    return getattr(transformers, get_task(task).auto_class)
+
+
+__all__ = [
+    "ALIASES",
+    "TASKS",
+    "TASK_OPTIONS",
+    "TaskParts",
+    "TrainingTask",
+    "auto_class",
+    "check_task_options",
+    "class_names_of",
+    "find_column",
+    "get_task",
+    "image_column",
+]
