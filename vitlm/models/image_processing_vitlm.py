@@ -14,7 +14,7 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .loss_detection import center_to_corners, non_max_suppression
+from .box_utils import center_to_corners, non_max_suppression
 
 CHANNEL_COUNTS = (1, 3, 4)  # gray, RGB, RGBA
 
