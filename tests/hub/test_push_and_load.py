@@ -83,7 +83,7 @@ def labelled(family):
 def cases(family: str) -> list[Case]:
     torch.manual_seed(0)
     if family == "vit":
-        mae = VitlmViTForMaskedImageModeling(tiny_config("vit", **TINY_DECODER))
+        mae = VitlmViTForMaskedImageModeling(tiny_config("vit_mae", **TINY_DECODER))
         return [
             Case(
                 "vit",

@@ -3,7 +3,13 @@
 Modules in this folder import only torch, transformers, numpy, PIL and each other (single-level relative imports).
 """
 
-from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
+from .configuration_vitlm import (
+    VitlmDualEncoderConfig,
+    VitlmHybridConfig,
+    VitlmTextConfig,
+    VitlmViTConfig,
+    VitlmViTMAEConfig,
+)
 from .image_processing_vitlm import VitlmImageProcessor
 from .modeling_detection import VitlmDualEncoderForObjectDetection
 from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
@@ -15,6 +21,7 @@ from .tokenization_vitlm import VitlmCLIPTokenizer
 
 __all__ = [
     "VitlmViTConfig",
+    "VitlmViTMAEConfig",
     "VitlmHybridConfig",
     "VitlmTextConfig",
     "VitlmDualEncoderConfig",

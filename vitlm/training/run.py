@@ -75,7 +75,7 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     or a Hub id. Classification gets a new head when `class_names` differ from the checkpoint's."""
     from ..clip_bpe import clip_tokenizer
     from ..convert import SOURCES, load, save
-    from ..models import VitlmDualEncoderProcessor
+    from ..models import VitlmDualEncoderProcessor, VitlmViTMAEConfig
     from ..presets import preset_names, preset_path
 
     overrides = dict(config_overrides or {})
@@ -95,6 +95,9 @@ def load_model(task: str, name: str, class_names=None, config_overrides=None, wo
     if task in DUAL_TASKS and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
+    if task == "inpaint" and not isinstance(config, VitlmViTMAEConfig):
+        # a plain ViT (preset or checkpoint) is the encoder: the MAE head's config extends it, with the head's defaults
+        config = VitlmViTMAEConfig.from_encoder_config(config)
     apply_overrides(config, overrides)
     if is_preset:
         model = AUTO_CLASSES[task].from_config(config)
