@@ -229,11 +229,12 @@ def test_configs_saved_before_the_mae_config_load_without_the_head_fields(tmp_pa
 def test_a_masked_image_model_saved_before_the_mae_config_loads_as_one(tmp_path):
     values = {"model_type": "vitlm_vit", "architectures": ["VitlmViTForMaskedImageModeling"], **SMALL_VIT}
     folder = saved_config(tmp_path, {**values, **LEGACY_HEAD_FIELDS, "decoder_hidden_size": 64, "mask_ratio": 0.5})
-    for config in (AutoConfig.from_pretrained(folder), VitlmViTConfig.from_pretrained(folder)):
-        assert type(config) is VitlmViTMAEConfig
+    for config in (AutoConfig.from_pretrained(folder), VitlmViTMAEConfig.from_pretrained(folder)):
+        assert type(config) is VitlmViTMAEConfig and config.model_type == "vitlm_vit_mae"
         assert (config.decoder_hidden_size, config.mask_ratio, config.hidden_size) == (64, 0.5, 32)
-    config = VitlmViTMAEConfig.from_pretrained(folder)
-    assert (config.model_type, config.decoder_hidden_size) == ("vitlm_vit_mae", 64)
+    config = VitlmViTConfig.from_pretrained(folder)  # its encoder's config, as for an MAE config
+    assert type(config) is VitlmViTConfig and config.hidden_size == 32
+    assert not any(hasattr(config, name) for name in MASKED_IMAGE_MODELING_FIELDS)
 
 
 def test_an_mae_config_loads_as_its_encoders_config(tmp_path):

@@ -268,6 +268,8 @@ def test_a_folder_saved_before_the_mae_config_loads_with_identical_outputs(tmp_p
         loaded = loader.from_pretrained(tmp_path).eval()
         assert type(loaded.config) is VitlmViTMAEConfig and loaded.config.mask_ratio == 0.5
         assert torch.equal(loaded(pixel_values, noise=noise).logits, expected)
+    classifier = VitlmViTForImageClassification.from_pretrained(tmp_path, num_labels=3)  # fine-tuned from its encoder
+    assert type(classifier.config) is VitlmViTConfig and not hasattr(classifier.config, "decoder_hidden_size")
 
 
 def test_the_shipped_inpainting_model_loads_as_an_mae_model():

@@ -487,6 +487,16 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
             )
 
     @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        # read by a config class's `from_pretrained` (`AutoConfig` reads the file itself and routes in `from_dict`):
+        # an MAE model's config saved by earlier vitlm gets its own model type, so a plain ViT config takes only the
+        # encoder's fields from it
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if is_legacy_masked_image_modeling(config_dict):
+            config_dict = {**config_dict, "model_type": VitlmViTMAEConfig.model_type}
+        return config_dict, kwargs
+
+    @classmethod
     def from_dict(cls, config_dict, **kwargs):
         if not issubclass(cls, VitlmViTMAEConfig):
             if cls is VitlmViTConfig and is_legacy_masked_image_modeling(config_dict):
@@ -532,7 +542,7 @@ class VitlmViTMAEConfig(VitlmViTConfig):
         All other arguments are those of [`VitlmViTConfig`].
 
     Configs of masked image models saved by earlier vitlm (model type "vitlm_vit", architecture
-    `VitlmViTForMaskedImageModeling`) load as this config through `AutoConfig` and `VitlmViTConfig.from_pretrained`.
+    `VitlmViTForMaskedImageModeling`) load as this config, and into a plain ViT's config as an MAE config does.
     """
 
     model_type = "vitlm_vit_mae"
@@ -554,13 +564,6 @@ class VitlmViTMAEConfig(VitlmViTConfig):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         super().__init__(**kwargs)
-
-    @classmethod
-    def get_config_dict(cls, *args, **kwargs):
-        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if is_legacy_masked_image_modeling(config_dict):  # its model type is this config's now
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
 
     @classmethod
     def from_encoder_config(cls, encoder_config: VitlmViTConfig, **kwargs) -> "VitlmViTMAEConfig":
