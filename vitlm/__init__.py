@@ -39,6 +39,7 @@ from .models import (
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
+    VitlmViTMAEModel,
     VitlmViTModel,
 )
 
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 _AUTO_MODELS = [
     (AutoModel, VitlmViTConfig, VitlmViTModel),
     (AutoModelForImageClassification, VitlmViTConfig, VitlmViTForImageClassification),
+    (AutoModel, VitlmViTMAEConfig, VitlmViTMAEModel),
     (AutoModelForMaskedImageModeling, VitlmViTMAEConfig, VitlmViTForMaskedImageModeling),
     (AutoModel, VitlmHybridConfig, VitlmHybridModel),
     (AutoModelForImageClassification, VitlmHybridConfig, VitlmHybridForImageClassification),

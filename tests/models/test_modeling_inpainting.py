@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForMaskedImageModeling
+from transformers import AutoModel, AutoModelForMaskedImageModeling
 
 import vitlm
 from tests.conftest import pixel_batch, tiny_config
@@ -15,6 +15,7 @@ from vitlm import (
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
+    VitlmViTMAEModel,
     VitlmViTModel,
 )
 from vitlm.models.inpainting_utils import patches_holding, patchify, pixels_to_fill, poisson_fill, unpatchify
@@ -268,6 +269,9 @@ def test_a_folder_saved_before_the_mae_config_loads_with_identical_outputs(tmp_p
         loaded = loader.from_pretrained(tmp_path).eval()
         assert type(loaded.config) is VitlmViTMAEConfig and loaded.config.mask_ratio == 0.5
         assert torch.equal(loaded(pixel_values, noise=noise).logits, expected)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()  # the encoder alone, as transformers' ViTMAEModel
+    assert type(encoder) is VitlmViTMAEModel
+    assert torch.equal(encoder(pixel_values).last_hidden_state, model.vit(pixel_values).last_hidden_state)
     classifier = VitlmViTForImageClassification.from_pretrained(tmp_path, num_labels=3)  # fine-tuned from its encoder
     assert type(classifier.config) is VitlmViTConfig and not hasattr(classifier.config, "decoder_hidden_size")
 

@@ -14,7 +14,7 @@ from .image_processing_vitlm import VitlmImageProcessor
 from .modeling_detection import VitlmDualEncoderForObjectDetection
 from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
-from .modeling_inpainting import VitlmViTForMaskedImageModeling
+from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
@@ -27,6 +27,7 @@ __all__ = [
     "VitlmDualEncoderConfig",
     "VitlmViTModel",
     "VitlmViTForImageClassification",
+    "VitlmViTMAEModel",
     "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",

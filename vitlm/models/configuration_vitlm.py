@@ -507,6 +507,11 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
 
+def encoder_model_type(model_type: str) -> str:
+    """The model type of the encoder a config of `model_type` describes: an MAE config's encoder is a plain ViT."""
+    return VitlmViTConfig.model_type if model_type == VitlmViTMAEConfig.model_type else model_type
+
+
 def is_legacy_masked_image_modeling(config_dict: dict) -> bool:
     """A masked image model's config saved by vitlm before `VitlmViTMAEConfig` (model type "vitlm_vit")."""
     return config_dict.get("model_type") == VitlmViTConfig.model_type and MASKED_IMAGE_MODELING_ARCHITECTURE in (

@@ -17,6 +17,13 @@ from .layers import VitlmEncoder, grid_positions, sincos_2d_position_embeddings
 from .modeling_vit import VitlmViTModel, VitlmViTPreTrainedModel
 
 
+class VitlmViTMAEModel(VitlmViTModel):
+    """The encoder of an MAE model, as `AutoModel` loads it from an MAE model's folder (transformers' `ViTMAEModel`
+    plays that part): a plain ViT encoder whose config also carries the head's fields."""
+
+    config_class = VitlmViTMAEConfig
+
+
 @dataclass
 class VitlmMaskedImageModelingOutput(ModelOutput):
     r"""
@@ -174,4 +181,4 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["VitlmViTForMaskedImageModeling"]
+__all__ = ["VitlmViTMAEModel", "VitlmViTForMaskedImageModeling"]

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from .configuration_vitlm import VitlmViTConfig, VitlmViTMAEConfig
+from .configuration_vitlm import VitlmViTConfig, encoder_model_type
 from .layers import VitlmEncoder, VitlmPatchEmbeddings, VitlmPositionEncoding, VitlmVisionEmbeddings
 
 
@@ -93,8 +93,7 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         super().__init__(config)
         # MAE's config extends the ViT's with its head's fields. Model types are compared, not classes: remote code
         # may load the configuration module twice.
-        family = VitlmViTConfig.model_type if config.model_type == VitlmViTMAEConfig.model_type else config.model_type
-        if family != self.config_class.model_type:
+        if encoder_model_type(config.model_type) != encoder_model_type(self.config_class.model_type):
             raise ValueError(
                 f"{type(self).__name__} needs a {self.config_class.__name__} ({self.config_class.model_type!r}), got "
                 f"{config.model_type!r}: use the class of that family"
