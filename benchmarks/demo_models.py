@@ -40,7 +40,7 @@ from transformers import (
 
 from vitlm import VitlmDualEncoderForImageClassification
 from vitlm.data.shapes import CATEGORIES, COLOURS, HELD_OUT, SHAPES, caption_variants, generate
-from vitlm.models.modeling_inpainting import poisson_fill
+from vitlm.models.inpainting_utils import poisson_fill
 from vitlm.training.metrics import average_precision, center_to_corners
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,9 +163,13 @@ def inpainting_psnr(folder: Path, num_images: int) -> dict[str, float]:
         mean_fill = pixels.copy()
         mean_fill[mask] = np.rint(pixels[~mask].mean(axis=0)).astype(np.uint8)
         harmonic = poisson_fill(torch.from_numpy(pixels.copy()).permute(2, 0, 1), torch.from_numpy(mask))
+        inputs = image_processor.prepare_inpainting(image, mask, model.config)
+        outputs = model(**inputs)
         fills = {
-            "model": model.inpaint(image, mask, image_processor),
-            "model_pasted": model.inpaint(image, mask, image_processor, blend=False),
+            "model": image_processor.post_process_inpainting(outputs, inputs["pixel_values"], image, mask),
+            "model_pasted": image_processor.post_process_inpainting(
+                outputs, inputs["pixel_values"], image, mask, blend=False
+            ),
             "mean_fill": mean_fill,
             "harmonic_fill": harmonic.round().clamp(0, 255).byte().permute(1, 2, 0).numpy(),
         }

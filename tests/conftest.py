@@ -4,19 +4,27 @@ import torch
 from transformers import AutoConfig
 
 import vitlm  # noqa: F401  (registers the Auto classes)
+from vitlm import VitlmViTMAEConfig
 from vitlm.presets import preset_path
 
-TINY_PRESETS = {"vit": "vit-tiny-test", "hybrid": "hybrid-tiny-test", "dual": "clip-tiny-test"}
+TINY_PRESETS = {
+    "vit": "vit-tiny-test",
+    "vit_mae": "vit-tiny-test",
+    "hybrid": "hybrid-tiny-test",
+    "dual": "clip-tiny-test",
+}
 
 
 def tiny_config(family: str, **overrides):
-    """The family's tiny preset from hub_configs/, with `overrides` applied (validated like any config)."""
+    """The family's tiny preset from hub_configs/, with `overrides` applied (validated like any config). "vit_mae" is
+    the tiny ViT as the encoder of an MAE config (the masked-image-modeling head's fields go in `overrides`)."""
     config = AutoConfig.from_pretrained(preset_path(TINY_PRESETS[family]))
     values = config.to_dict()
     if "num_labels" in overrides:  # a new label count replaces the preset's label names
         values = {k: v for k, v in values.items() if k not in ("id2label", "label2id")}
     values.update(overrides)
-    return type(config)(**{k: v for k, v in values.items() if k != "model_type"})
+    config_class = VitlmViTMAEConfig if family == "vit_mae" else type(config)
+    return config_class(**{k: v for k, v in values.items() if k != "model_type"})
 
 
 def tiny_clip_config(**overrides):

@@ -38,7 +38,7 @@ CASES = [
     ("hybrid", VitlmHybridForImageClassification, AutoModelForImageClassification),
     ("dual", VitlmDualEncoderModel, AutoModel),
     ("dual", VitlmDualEncoderModel, AutoModelForZeroShotImageClassification),
-    ("vit", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
+    ("vit_mae", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

@@ -32,7 +32,7 @@ FAMILIES = {
     "hybrid-": "vitlm_hybrid",
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
-    "shapes-mae-": "vitlm_vit",
+    "shapes-mae-": "vitlm_vit_mae",
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",

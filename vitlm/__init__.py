@@ -38,6 +38,8 @@ from .models import (
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTMAEConfig,
+    VitlmViTMAEModel,
     VitlmViTModel,
 )
 
@@ -46,7 +48,8 @@ __version__ = "0.1.0"
 _AUTO_MODELS = [
     (AutoModel, VitlmViTConfig, VitlmViTModel),
     (AutoModelForImageClassification, VitlmViTConfig, VitlmViTForImageClassification),
-    (AutoModelForMaskedImageModeling, VitlmViTConfig, VitlmViTForMaskedImageModeling),
+    (AutoModel, VitlmViTMAEConfig, VitlmViTMAEModel),
+    (AutoModelForMaskedImageModeling, VitlmViTMAEConfig, VitlmViTForMaskedImageModeling),
     (AutoModel, VitlmHybridConfig, VitlmHybridModel),
     (AutoModelForImageClassification, VitlmHybridConfig, VitlmHybridForImageClassification),
     (AutoModel, VitlmTextConfig, VitlmTextModel),
@@ -58,7 +61,8 @@ _AUTO_MODELS = [
 
 
 def _register():
-    for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmTextConfig, VitlmDualEncoderConfig):
+    config_classes = (VitlmViTConfig, VitlmViTMAEConfig, VitlmHybridConfig, VitlmTextConfig, VitlmDualEncoderConfig)
+    for config_class in config_classes:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
     for auto_class, config_class, model_class in _AUTO_MODELS:
@@ -72,7 +76,7 @@ def _register():
         image_processors = {"image_processor_classes": backends}
     else:
         image_processors = {"slow_image_processor_class": VitlmImageProcessor}
-    for config_class in (VitlmViTConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
+    for config_class in (VitlmViTConfig, VitlmViTMAEConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
         AutoImageProcessor.register(config_class, **image_processors, exist_ok=True)
         if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:
             # Known to have no video processor (no backend). Newer pipelines probe `AutoVideoProcessor` for every

@@ -29,7 +29,12 @@ MODEL_FILES = {
 }
 VIT_FILES = MODEL_FILES | {"modeling_vit.py"}
 DUAL_FILES = VIT_FILES | {"modeling_hybrid.py", "modeling_dual_encoder.py"}
-IMAGE_PROCESSOR_FILES = {"preprocessor_config.json", "image_processing_vitlm.py", "loss_detection.py"}
+IMAGE_PROCESSOR_FILES = {
+    "preprocessor_config.json",
+    "image_processing_vitlm.py",
+    "box_utils.py",
+    "inpainting_utils.py",
+}
 # a dual encoder's processor: processor_config.json holds the image processor's settings too
 PROCESSOR_FILES = IMAGE_PROCESSOR_FILES - {"preprocessor_config.json"} | {
     "processor_config.json",

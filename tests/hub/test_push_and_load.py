@@ -83,7 +83,7 @@ def labelled(family):
 def cases(family: str) -> list[Case]:
     torch.manual_seed(0)
     if family == "vit":
-        mae = VitlmViTForMaskedImageModeling(tiny_config("vit", **TINY_DECODER))
+        mae = VitlmViTForMaskedImageModeling(tiny_config("vit_mae", **TINY_DECODER))
         return [
             Case(
                 "vit",
@@ -160,7 +160,7 @@ def cases(family: str) -> list[Case]:
             VitlmDualEncoderForObjectDetection(tiny_clip_config()),
             VitlmDualEncoderProcessor(squash, tokenizer),
             "AutoModelForZeroShotObjectDetection",
-            DUAL_FILES | PROCESSOR_FILES | VITLM_TOKENIZER | {"modeling_detection.py"},
+            DUAL_FILES | PROCESSOR_FILES | VITLM_TOKENIZER | {"modeling_detection.py", "loss_detection.py"},
             task="zero-shot-object-detection",
             pipeline_kwargs={"candidate_labels": PROMPTS, "threshold": 0.0},
         ),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
+from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig, VitlmViTMAEConfig
 from vitlm.models import (
     VitlmDualEncoderForObjectDetection,
     VitlmDualEncoderModel,
@@ -36,6 +36,9 @@ VIT_BASE = dict(
     num_hidden_layers=1,
     num_attention_heads=2,
     intermediate_size=32,
+)
+MAE_BASE = dict(
+    VIT_BASE,
     decoder_hidden_size=16,
     decoder_num_hidden_layers=1,
     decoder_num_attention_heads=2,
@@ -75,15 +78,18 @@ VIT_VALUES = {
     "pooling": ["cls", "mean", "max"],
     "pre_norm": [True, False],
     "representation_size": [None, 8, 16],
+    "initializer_range": [0.02, 1e-10, 0.5, 1.0, 2.0],
+    "num_labels": [0, 1, 2, 5],
+    "problem_type": [None, "regression", "single_label_classification", "multi_label_classification", "ranking"],
+}
+MAE_VALUES = {
+    **VIT_VALUES,
     "decoder_hidden_size": [8, 12, 16, 24, 30],
     "decoder_num_hidden_layers": [1, 2],
     "decoder_num_attention_heads": [1, 2, 3, 4],
     "decoder_intermediate_size": [8, 16],
     "mask_ratio": [0.0, 0.5, 0.75, 0.9, 0.99],
     "norm_pix_loss": [True, False],
-    "initializer_range": [0.02, 1e-10, 0.5, 1.0, 2.0],
-    "num_labels": [0, 1, 2, 5],
-    "problem_type": [None, "regression", "single_label_classification", "multi_label_classification", "ranking"],
 }
 HYBRID_VALUES = {
     **VIT_VALUES,
@@ -121,6 +127,7 @@ DUAL_VALUES = {
 }
 FAMILIES = {
     "vitlm_vit": (VitlmViTConfig, VIT_BASE, VIT_VALUES),
+    "vitlm_vit_mae": (VitlmViTMAEConfig, MAE_BASE, MAE_VALUES),
     "vitlm_hybrid": (VitlmHybridConfig, HYBRID_BASE, HYBRID_VALUES),
     "vitlm_text": (VitlmTextConfig, TEXT_BASE, TEXT_VALUES),
 }
@@ -273,6 +280,10 @@ def run_models(config, seed, train):
             )
     elif isinstance(config, VitlmTextConfig):
         runs = [(VitlmTextModel(config), dict(input_ids=text_inputs(config, generator)))]
+    elif isinstance(config, VitlmViTMAEConfig):
+        grid = config.grid_size
+        noise = torch.rand(2, grid[0] * grid[1], generator=generator)
+        runs = [(VitlmViTForMaskedImageModeling(config), dict(pixel_values=pixels(config, generator), noise=noise))]
     else:
         classifier_class = (
             VitlmHybridForImageClassification
@@ -290,10 +301,6 @@ def run_models(config, seed, train):
                 else torch.randint(0, config.num_labels, (2,), generator=generator)
             )
         runs = [(classifier_class(config), dict(pixel_values=pixel_values, labels=labels))]
-        if not isinstance(config, VitlmHybridConfig):
-            grid = config.grid_size
-            noise = torch.rand(2, grid[0] * grid[1], generator=generator)
-            runs.append((VitlmViTForMaskedImageModeling(config), dict(pixel_values=pixel_values, noise=noise)))
     tensors = []
     for model, inputs in runs:
         model.train(train)
@@ -305,7 +312,7 @@ def run_models(config, seed, train):
 
 def generate_cases():
     rng = random.Random(SEED)
-    families = ["vitlm_vit", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
+    families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)
     ]

@@ -1,6 +1,28 @@
-import pytest
+import json
 
-from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig, VitlmViTModel
+import pytest
+from transformers import AutoConfig
+
+from vitlm import (
+    VitlmDualEncoderConfig,
+    VitlmHybridConfig,
+    VitlmTextConfig,
+    VitlmViTConfig,
+    VitlmViTMAEConfig,
+    VitlmViTModel,
+)
+from vitlm.models.configuration_vitlm import MASKED_IMAGE_MODELING_FIELDS
+
+SMALL_VIT = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_attention_heads": 4}
+# what vitlm wrote into every ViT config before the MAE head had a config of its own
+LEGACY_HEAD_FIELDS = {
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_num_attention_heads": 16,
+    "decoder_intermediate_size": 2048,
+    "mask_ratio": 0.75,
+    "norm_pix_loss": False,
+}
 
 VIT_BAD_VALUES = [
     ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
@@ -120,3 +142,106 @@ def test_nested_tower_errors_name_the_tower_and_the_field():
     with pytest.raises(ValueError, match="use_cls_token"):
         config.vision_config.use_cls_token = "false"
     assert config.vision_config.use_cls_token is True
+
+
+def test_plain_vit_hybrid_and_dual_encoder_configs_have_no_head_fields():
+    configs = [VitlmViTConfig(), VitlmHybridConfig(), VitlmDualEncoderConfig()]
+    for config in [*configs, configs[2].vision_config]:
+        assert not set(MASKED_IMAGE_MODELING_FIELDS) & set(config.to_dict()), type(config).__name__
+        assert not set(MASKED_IMAGE_MODELING_FIELDS) & set(config.to_dict().get("vision_config", {}))
+
+
+@pytest.mark.parametrize("config_class", [VitlmViTConfig, VitlmHybridConfig, VitlmTextConfig, VitlmDualEncoderConfig])
+def test_configs_without_the_head_refuse_its_fields_pointing_at_the_mae_config(config_class):
+    with pytest.raises(ValueError, match="decoder_hidden_size.*VitlmViTMAEConfig"):
+        config_class(decoder_hidden_size=64)
+    config = config_class()
+    with pytest.raises(ValueError, match="mask_ratio.*VitlmViTMAEConfig"):
+        config.update({"mask_ratio": 0.5})
+    with pytest.raises(ValueError, match="norm_pix_loss.*VitlmViTMAEConfig"):
+        config.norm_pix_loss = True
+    with pytest.raises(ValueError, match="decoder_num_hidden_layers"):
+        config.update_from_string("decoder_num_hidden_layers=2")
+    assert not hasattr(config, "mask_ratio") and not hasattr(config, "norm_pix_loss")
+    with pytest.raises(ValueError, match="decoder_hidden_size.*VitlmViTMAEConfig"):  # one field is no legacy config
+        config_class.from_dict({"decoder_hidden_size": 64})
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"decoder_hidden_size": 30, "decoder_num_attention_heads": 3}, "decoder_hidden_size"),  # not divisible by 4
+        ({"decoder_hidden_size": 32, "decoder_num_attention_heads": 3}, "decoder_hidden_size"),
+        ({"decoder_num_hidden_layers": 0}, "decoder_num_hidden_layers"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"mask_ratio": 0.99, "use_cls_token": False, "pooling": "mean"}, "mask_ratio"),
+        ({"norm_pix_loss": "false"}, "norm_pix_loss"),
+        ({"hidden_size": 30}, "hidden_size"),  # the encoder's rules hold too
+    ],
+)
+def test_bad_mae_values_raise_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        VitlmViTMAEConfig(**{**SMALL_VIT, "decoder_hidden_size": 32, "decoder_num_attention_heads": 4, **overrides})
+
+
+def test_the_decoder_config_is_derived_from_the_encoders():
+    config = VitlmViTMAEConfig(
+        **SMALL_VIT,
+        qkv_bias=False,
+        hidden_act="quick_gelu",
+        drop_path_rate=0.1,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=3,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=24,
+    )
+    decoder = config.decoder_config()
+    assert type(decoder) is VitlmViTConfig
+    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    assert [getattr(decoder, name) for name in sizes] == [16, 3, 2, 24]
+    assert (decoder.qkv_bias, decoder.hidden_act, decoder.drop_path_rate) == (False, "quick_gelu", 0.0)
+    mae = VitlmViTMAEConfig.from_encoder_config(VitlmViTConfig(**SMALL_VIT), mask_ratio=0.5)
+    assert (mae.mask_ratio, mae.hidden_size, mae.decoder_hidden_size) == (0.5, 32, 512)
+    with pytest.raises(ValueError, match="plain ViT encoder"):
+        VitlmViTMAEConfig.from_encoder_config(VitlmHybridConfig())
+
+
+def saved_config(tmp_path, values) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    return str(tmp_path)
+
+
+def test_configs_saved_before_the_mae_config_load_without_the_head_fields(tmp_path):
+    """Older vitlm wrote the head's fields (at their defaults) into every ViT config: they load as they did."""
+    vit = saved_config(tmp_path / "vit", {"model_type": "vitlm_vit", **SMALL_VIT, **LEGACY_HEAD_FIELDS})
+    hybrid = saved_config(tmp_path / "hybrid", {"model_type": "vitlm_hybrid", **LEGACY_HEAD_FIELDS})
+    dual = {"vision_config": {"model_type": "vitlm_vit", **SMALL_VIT, **LEGACY_HEAD_FIELDS}}
+    dual = saved_config(tmp_path / "dual", {"model_type": "vitlm_dual_encoder", **dual})
+    for folder, config_class in ((vit, VitlmViTConfig), (hybrid, VitlmHybridConfig), (dual, VitlmDualEncoderConfig)):
+        for config in (AutoConfig.from_pretrained(folder), config_class.from_pretrained(folder)):
+            assert type(config) is config_class
+            vision = getattr(config, "vision_config", config)
+            assert not any(hasattr(vision, name) for name in MASKED_IMAGE_MODELING_FIELDS)
+    assert AutoConfig.from_pretrained(vit).hidden_size == 32
+
+
+def test_a_masked_image_model_saved_before_the_mae_config_loads_as_one(tmp_path):
+    values = {"model_type": "vitlm_vit", "architectures": ["VitlmViTForMaskedImageModeling"], **SMALL_VIT}
+    folder = saved_config(tmp_path, {**values, **LEGACY_HEAD_FIELDS, "decoder_hidden_size": 64, "mask_ratio": 0.5})
+    for config in (AutoConfig.from_pretrained(folder), VitlmViTMAEConfig.from_pretrained(folder)):
+        assert type(config) is VitlmViTMAEConfig and config.model_type == "vitlm_vit_mae"
+        assert (config.decoder_hidden_size, config.mask_ratio, config.hidden_size) == (64, 0.5, 32)
+    config = VitlmViTConfig.from_pretrained(folder)  # its encoder's config, as for an MAE config
+    assert type(config) is VitlmViTConfig and config.hidden_size == 32
+    assert not any(hasattr(config, name) for name in MASKED_IMAGE_MODELING_FIELDS)
+
+
+def test_an_mae_config_loads_as_its_encoders_config(tmp_path):
+    """An MAE checkpoint's encoder serves other heads (a classifier fine-tuned from it): its plain config drops the
+    head's fields."""
+    VitlmViTMAEConfig(**SMALL_VIT, decoder_hidden_size=64, mask_ratio=0.5).save_pretrained(tmp_path)
+    config = VitlmViTConfig.from_pretrained(tmp_path)
+    assert type(config) is VitlmViTConfig and config.hidden_size == 32
+    assert not any(hasattr(config, name) for name in MASKED_IMAGE_MODELING_FIELDS)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is VitlmViTMAEConfig

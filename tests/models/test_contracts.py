@@ -18,6 +18,7 @@ from vitlm import (
     VitlmTextModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTMAEModel,
     VitlmViTModel,
 )
 
@@ -30,7 +31,8 @@ MAE_DECODER = {
 CONFIGS = {
     VitlmViTModel: lambda **kw: tiny_config("vit", **kw),
     VitlmViTForImageClassification: lambda **kw: tiny_config("vit", num_labels=3, **kw),
-    VitlmViTForMaskedImageModeling: lambda **kw: tiny_config("vit", **MAE_DECODER, **kw),
+    VitlmViTMAEModel: lambda **kw: tiny_config("vit_mae", **MAE_DECODER, **kw),
+    VitlmViTForMaskedImageModeling: lambda **kw: tiny_config("vit_mae", **MAE_DECODER, **kw),
     VitlmHybridModel: lambda **kw: tiny_config("hybrid", **kw),
     VitlmHybridForImageClassification: lambda **kw: tiny_config("hybrid", num_labels=3, **kw),
     VitlmTextModel: lambda **kw: type(tiny_config("dual").text_config)(

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from vitlm.models.loss_detection import (
-    DetectionLoss,
+from vitlm.models.box_utils import (
     box_iou,
     center_to_corners,
     corners_to_center,
     generalized_box_iou,
-    linear_sum_assignment,
     non_max_suppression,
 )
+from vitlm.models.loss_detection import DetectionLoss, linear_sum_assignment
 
 
 def brute_force_assignment_cost(cost: np.ndarray) -> float:

@@ -1,23 +1,49 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoModel, AutoModelForMaskedImageModeling
 
+import vitlm
 from tests.conftest import pixel_batch, tiny_config
-from vitlm import VitlmImageProcessor, VitlmViTForMaskedImageModeling, VitlmViTModel
-from vitlm.models.modeling_inpainting import patchify, poisson_fill, unpatchify
+from vitlm import (
+    VitlmImageProcessor,
+    VitlmViTConfig,
+    VitlmViTForImageClassification,
+    VitlmViTForMaskedImageModeling,
+    VitlmViTMAEConfig,
+    VitlmViTMAEModel,
+    VitlmViTModel,
+)
+from vitlm.models.inpainting_utils import patches_holding, patchify, pixels_to_fill, poisson_fill, unpatchify
 
 
 def build(**overrides):
     torch.manual_seed(0)
     values = {"decoder_hidden_size": 16, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2}
     values["decoder_intermediate_size"] = 32
-    return VitlmViTForMaskedImageModeling(tiny_config("vit", **{**values, **overrides})).eval()
+    return VitlmViTForMaskedImageModeling(tiny_config("vit_mae", **{**values, **overrides})).eval()
 
 
 def processor_for(model):
     size = model.config.image_size
     return VitlmImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
+
+
+@torch.no_grad()
+def inpaint(model, image, mask, processor, blend=True):
+    """The image processor's inpainting flow: prepare the inputs, run the model, paste its prediction back."""
+    inputs = processor.prepare_inpainting(image, mask, model.config).to(model.device, model.dtype)
+    outputs = model(**inputs)
+    return processor.post_process_inpainting(outputs, inputs["pixel_values"], image, mask, blend=blend)
+
+
+def model_size_mask(model, mask):
+    """`pixels_to_fill` at the model's resolution."""
+    return pixels_to_fill(mask, (model.config.image_size, model.config.image_size))
 
 
 def test_patchify_round_trips():
@@ -99,7 +125,7 @@ def test_inpaint_changes_only_the_masked_pixels(picture):
     mask = np.zeros(picture.shape[:2], dtype=bool)
     mask[10:20, 30:41] = True
     mask[40, 3] = True
-    result = np.asarray(model.inpaint(Image.fromarray(picture), mask, processor_for(model)))
+    result = np.asarray(inpaint(model, Image.fromarray(picture), mask, processor_for(model)))
     assert result.shape == picture.shape and result.dtype == np.uint8
     assert np.array_equal(result[~mask], picture[~mask])
     assert not np.array_equal(result[mask], picture[mask])
@@ -107,13 +133,13 @@ def test_inpaint_changes_only_the_masked_pixels(picture):
 
 def test_inpaint_with_an_empty_mask_returns_the_input(picture):
     model = build()
-    result = model.inpaint(picture, np.zeros(picture.shape[:2]), processor_for(model))
+    result = inpaint(model, picture, np.zeros(picture.shape[:2]), processor_for(model))
     assert np.array_equal(np.asarray(result), picture)
 
 
 def test_inpaint_with_a_full_mask_predicts_every_pixel(picture):
     model = build()
-    result = np.asarray(model.inpaint(picture, Image.new("L", (61, 45), 255), processor_for(model)))
+    result = np.asarray(inpaint(model, picture, Image.new("L", (61, 45), 255), processor_for(model)))
     assert result.shape == picture.shape
     assert (result != picture).mean() > 0.9
 
@@ -121,11 +147,11 @@ def test_inpaint_with_a_full_mask_predicts_every_pixel(picture):
 def test_inpaint_refuses_bad_input(picture):
     model = build()
     with pytest.raises(ValueError, match="must match"):
-        model.inpaint(picture, np.ones((45, 60)), processor_for(model))
+        inpaint(model, picture, np.ones((45, 60)), processor_for(model))
     with pytest.raises(ValueError, match="uint8"):
-        model.inpaint(picture.astype(np.float32), np.ones((45, 61)), processor_for(model))
+        inpaint(model, picture.astype(np.float32), np.ones((45, 61)), processor_for(model))
     with pytest.raises(ValueError, match="norm_pix_loss"):
-        build(norm_pix_loss=True).inpaint(picture, np.ones((45, 61)), processor_for(model))
+        inpaint(build(norm_pix_loss=True), picture, np.ones((45, 61)), processor_for(model))
     with pytest.raises(ValueError, match="CLS"):
         build(use_cls_token=False, pooling="mean")(
             pixel_batch(model.config), bool_masked_pos=torch.ones(2, 16, dtype=torch.bool)
@@ -138,7 +164,7 @@ def test_the_filled_area_reaches_past_the_resampling_kernel():
     mask[30, 30] = True  # at the model's size: pixel (15, 15), widened by 2 -> rows/columns 13..17 -> patches 1..2
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[1:3, 1:3] = True
-    assert torch.equal(model.patches_to_fill(mask), expected)
+    assert torch.equal(patches_holding(model_size_mask(model, mask), model.config.patch_size), expected)
 
 
 def flat_colour_model():
@@ -153,8 +179,8 @@ def test_at_the_model_size_exactly_the_masked_pixels_are_filled():
     model = build()  # 32x32 input: no resampling, so no margin
     mask = np.zeros((32, 32), dtype=bool)
     mask[3:9, 20:31] = True
-    assert torch.equal(model.pixels_to_fill(mask), torch.from_numpy(mask))
-    assert model.pixels_to_fill(np.pad(mask, ((0, 32), (0, 0))))[:, :19].sum() == 0  # rows resized, columns not
+    assert torch.equal(model_size_mask(model, mask), torch.from_numpy(mask))
+    assert model_size_mask(model, np.pad(mask, ((0, 32), (0, 0))))[:, :19].sum() == 0  # rows resized, columns not
 
 
 def test_no_original_pixel_bleeds_into_the_filled_area(picture):
@@ -163,7 +189,7 @@ def test_no_original_pixel_bleeds_into_the_filled_area(picture):
     processor = processor_for(model)
     mask = np.zeros(picture.shape[:2], dtype=bool)
     mask[5:30, 12:50] = True
-    result = np.asarray(model.inpaint(picture, mask, processor, blend=False))
+    result = np.asarray(inpaint(model, picture, mask, processor, blend=False))
     mean_colour = np.round(np.array(processor.image_mean) * 255).astype(np.uint8)
     assert (result[mask] == mean_colour).all()
     assert np.array_equal(result[~mask], picture[~mask])
@@ -215,8 +241,8 @@ def test_blending_continues_the_image_across_the_mask():
     ramp = np.stack([60 + 2 * cols, 200 - 2 * rows, np.full_like(rows, 90)], axis=-1).astype(np.uint8)
     mask = np.zeros(ramp.shape[:2], dtype=bool)
     mask[14:30, 20:44] = True
-    pasted = np.asarray(model.inpaint(ramp, mask, processor, blend=False)).astype(int)
-    blended = np.asarray(model.inpaint(ramp, mask, processor)).astype(int)
+    pasted = np.asarray(inpaint(model, ramp, mask, processor, blend=False)).astype(int)
+    blended = np.asarray(inpaint(model, ramp, mask, processor)).astype(int)
     assert np.array_equal(blended[~mask], ramp[~mask])
     assert np.abs(pasted[mask] - ramp[mask]).mean() > 15
     assert np.abs(blended[mask] - ramp[mask]).max() <= 3  # resizing to the model's 32x32 and back costs a little
@@ -228,3 +254,66 @@ def test_masking_inputs_are_checked():
         model(pixel_batch(model.config), noise=torch.rand(2, 15))
     with pytest.raises(ValueError, match="VitlmViTConfig"):
         VitlmViTForMaskedImageModeling(tiny_config("hybrid"))
+
+
+def test_a_folder_saved_before_the_mae_config_loads_with_identical_outputs(tmp_path):
+    """Older vitlm saved masked image models with model type "vitlm_vit" and the head's fields beside the encoder's."""
+    model = build(mask_ratio=0.5)
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    values.update(model_type="vitlm_vit", auto_map={"AutoConfig": "configuration_vitlm.VitlmViTConfig"})
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    pixel_values, noise = pixel_batch(model.config), torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
+    expected = model(pixel_values, noise=noise).logits
+    for loader in (AutoModelForMaskedImageModeling, VitlmViTForMaskedImageModeling):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded.config) is VitlmViTMAEConfig and loaded.config.mask_ratio == 0.5
+        assert torch.equal(loaded(pixel_values, noise=noise).logits, expected)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()  # the encoder alone, as transformers' ViTMAEModel
+    assert type(encoder) is VitlmViTMAEModel
+    assert torch.equal(encoder(pixel_values).last_hidden_state, model.vit(pixel_values).last_hidden_state)
+    classifier = VitlmViTForImageClassification.from_pretrained(tmp_path, num_labels=3)  # fine-tuned from its encoder
+    assert type(classifier.config) is VitlmViTConfig and not hasattr(classifier.config, "decoder_hidden_size")
+
+
+def test_the_shipped_inpainting_model_loads_as_an_mae_model():
+    folder = Path(vitlm.__file__).parent / "demo" / "default_models" / "inpainting"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["model_type"] == "vitlm_vit"  # written by an earlier vitlm
+    model = AutoModelForMaskedImageModeling.from_pretrained(folder)
+    assert isinstance(model, VitlmViTForMaskedImageModeling) and type(model.config) is VitlmViTMAEConfig
+    head = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "mask_ratio")
+    assert [getattr(model.config, name) for name in head] == [saved[name] for name in head]
+
+
+def test_the_decoder_follows_the_models_attention_implementation():
+    model = VitlmViTForMaskedImageModeling._from_config(build().config, attn_implementation="sdpa")
+    pixel_values = pixel_batch(model.config)
+    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sdpa = model(pixel_values, noise=noise).logits
+        for implementation in ("eager", "sdpa"):
+            model.set_attn_implementation(implementation)
+            decoder = {layer.attention.config._attn_implementation for layer in model.decoder.layers}
+            assert decoder == {implementation}
+            torch.testing.assert_close(model(pixel_values, noise=noise).logits, sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_an_mae_checkpoints_encoder_loads_into_a_classifier(tmp_path):
+    model = build()
+    model.save_pretrained(tmp_path)
+    classifier = VitlmViTForImageClassification.from_pretrained(tmp_path, num_labels=3)
+    assert type(classifier.config) is VitlmViTConfig and not hasattr(classifier.config, "mask_ratio")
+    torch.testing.assert_close(classifier.vit.state_dict(), model.vit.state_dict())
+
+
+def test_post_processing_refuses_pixel_values_the_model_was_not_given(picture):
+    model = build()
+    processor = processor_for(model)
+    mask = np.zeros(picture.shape[:2], dtype=bool)
+    mask[10:20, 30:41] = True
+    inputs = processor.prepare_inpainting(picture, mask, model.config)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    with pytest.raises(ValueError, match="pixel values the model was given"):
+        processor.post_process_inpainting(outputs, inputs["pixel_values"][..., :16], picture, mask)

@@ -18,7 +18,7 @@ FAMILY_MODELS = [
     ("hybrid", VitlmHybridModel),
     ("hybrid", VitlmHybridForImageClassification),
     ("dual", VitlmDualEncoderModel),
-    ("vit", VitlmViTForMaskedImageModeling),
+    ("vit_mae", VitlmViTForMaskedImageModeling),
 ]
 
 

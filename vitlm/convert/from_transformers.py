@@ -60,6 +60,7 @@ from ..models import (
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTMAEConfig,
     VitlmViTModel,
 )
 from ..models.layers import grid_positions, sincos_2d_position_embeddings
@@ -282,11 +283,8 @@ def convert_vit_mae(model, source: str = "transformers ViTMAEForPreTraining") ->
             f"{source}: a head_dim of {head_dim} with {config.decoder_num_attention_heads} decoder heads and "
             f"decoder_hidden_size {config.decoder_hidden_size} (vitlm splits it evenly among the heads)"
         )
-    vitlm_config = vit_config(
-        config,
-        pooler=False,
-        source=source,
-        position_embedding_type="sincos2d",
+    vitlm_config = VitlmViTMAEConfig.from_encoder_config(
+        vit_config(config, pooler=False, source=source, position_embedding_type="sincos2d"),
         mask_ratio=config.mask_ratio,
         norm_pix_loss=config.norm_pix_loss,
         **decoder_shape,
@@ -371,7 +369,7 @@ def clip_text_config(config, tokenizer, source: str, argmax_pooling: str | None 
 
 
 def vit_config(config, pooler: bool, source: str, **extra) -> VitlmViTConfig:
-    """`extra`: further VitlmViTConfig fields (MAE's)."""
+    """`extra`: further VitlmViTConfig fields."""
     patch_size = config.patch_size
     if not isinstance(patch_size, int):
         if len(set(patch_size)) != 1:

@@ -297,7 +297,10 @@ def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> t
         raise refusal("The mask is empty: paint over the area to fill with the brush first.")
     loaded = get_model("masked-image-modeling", source, store)
     try:
-        return picture, loaded.model.inpaint(picture, mask, loaded.processor)
+        inputs = loaded.processor.prepare_inpainting(picture, mask, loaded.model.config)
+        inputs = inputs.to(loaded.model.device, loaded.model.dtype)
+        outputs = loaded.model(**inputs)
+        return picture, loaded.processor.post_process_inpainting(outputs, inputs["pixel_values"], picture, mask)
     except ValueError as error:  # e.g. a model that predicts normalized pixels
         raise refusal(_escaped(error)) from error
 

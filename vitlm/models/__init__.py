@@ -3,23 +3,31 @@
 Modules in this folder import only torch, transformers, numpy, PIL and each other (single-level relative imports).
 """
 
-from .configuration_vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig
+from .configuration_vitlm import (
+    VitlmDualEncoderConfig,
+    VitlmHybridConfig,
+    VitlmTextConfig,
+    VitlmViTConfig,
+    VitlmViTMAEConfig,
+)
 from .image_processing_vitlm import VitlmImageProcessor
 from .modeling_detection import VitlmDualEncoderForObjectDetection
 from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
-from .modeling_inpainting import VitlmViTForMaskedImageModeling
+from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
 
 __all__ = [
     "VitlmViTConfig",
+    "VitlmViTMAEConfig",
     "VitlmHybridConfig",
     "VitlmTextConfig",
     "VitlmDualEncoderConfig",
     "VitlmViTModel",
     "VitlmViTForImageClassification",
+    "VitlmViTMAEModel",
     "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",

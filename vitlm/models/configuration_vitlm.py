@@ -1,6 +1,7 @@
-"""Configurations of the three vitlm model families: ViT, hybrid CNN+ViT, and CLIP-style dual encoders.
+"""Configurations of the three vitlm model families: ViT, hybrid CNN+ViT, and CLIP-style dual encoders, and of the
+ViT's masked-image-modeling (MAE) head, whose fields no other config carries.
 
-All four configs live in one file so that a dual encoder saved with remote code can rebuild its vision tower's
+All configs live in one file so that a dual encoder saved with remote code can rebuild its vision tower's
 config (ViT or hybrid) from `model_type` alone, without vitlm's Auto-class registrations.
 
 A vitlm config is valid at all times, however it is built or changed: the constructor, `from_dict`,
@@ -29,6 +30,17 @@ CLIP_LOGIT_SCALE = math.log(1 / 0.07)
 # Largest finite float16. Image-text logits are `exp(logit_scale) * cosine + logit_bias`; keeping their bound below it
 # keeps them finite in float16, the narrowest dtype vitlm saves and runs models in (bfloat16 and float32 reach higher).
 MAX_LOGIT = 65504.0
+# The masked-image-modeling head's own fields: they live in `VitlmViTMAEConfig` only. vitlm before the MAE config
+# existed wrote them into every ViT config (hybrid and dual-encoder towers included), where loading drops them.
+MASKED_IMAGE_MODELING_FIELDS = (
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+    "mask_ratio",
+    "norm_pix_loss",
+)
+MASKED_IMAGE_MODELING_ARCHITECTURE = "VitlmViTForMaskedImageModeling"
 BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 
 
@@ -248,6 +260,11 @@ class VitlmConfigMixin:
         super().__post_init__(**kwargs)
 
     def __setattr__(self, name, value):
+        if name in MASKED_IMAGE_MODELING_FIELDS and not isinstance(self, VitlmViTMAEConfig):
+            raise ValueError(
+                f"`{name}` is a field of the masked-image-modeling head, which a {self.model_type} config does not "
+                f"have: use VitlmViTMAEConfig (model_type '{VitlmViTMAEConfig.model_type}')"
+            )
         rule = FIELD_RULES.get(name)
         if rule is not None:
             value = rule(name, value)
@@ -372,12 +389,10 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         pre_norm (`bool`): LayerNorm before the encoder, as in CLIP's vision tower.
         representation_size (`int`, *optional*): size of the ViT paper's pre-logits layer (linear + tanh on the
             pooled output; transformers' `ViTModel` pooler); `None` for none.
-        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
-            shape of the lightweight decoder of the masked-image-modeling (inpainting) head, as in MAE.
-        mask_ratio (`float`): fraction of patches the inpainting head masks at random while training.
-        norm_pix_loss (`bool`): train the inpainting head to predict per-patch normalized pixels (MAE's option);
-            such a model cannot inpaint, since a masked patch's mean and variance are unknown.
         initializer_range (`float`): std of the truncated-normal initialisation.
+
+    The masked-image-modeling head's fields (`decoder_*`, `mask_ratio`, `norm_pix_loss`) belong to
+    [`VitlmViTMAEConfig`] and are refused here.
     """
 
     model_type = "vitlm_vit"
@@ -405,12 +420,6 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         pooling="cls",
         pre_norm=False,
         representation_size=None,
-        decoder_hidden_size=512,
-        decoder_num_hidden_layers=8,
-        decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048,
-        mask_ratio=0.75,
-        norm_pix_loss=False,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -435,12 +444,6 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         self.pooling = pooling
         self.pre_norm = pre_norm
         self.representation_size = representation_size
-        self.decoder_hidden_size = decoder_hidden_size
-        self.decoder_num_hidden_layers = decoder_num_hidden_layers
-        self.decoder_num_attention_heads = decoder_num_attention_heads
-        self.decoder_intermediate_size = decoder_intermediate_size
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
         self.initializer_range = initializer_range
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
@@ -462,11 +465,6 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
 
     def check_values(self):
         _check_transformer(self)
-        if self.decoder_hidden_size % self.decoder_num_attention_heads or self.decoder_hidden_size % 4:
-            raise ValueError(
-                f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
-                f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
-            )
         for side in to_pair(self.image_size):
             if side % self.stem_stride:
                 raise ValueError(
@@ -486,6 +484,134 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
             raise ValueError(
                 f"`position_embedding_type='rope2d'` needs a head dimension (hidden_size / num_attention_heads) "
                 f"divisible by 4, got {head_dim}"
+            )
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        # read by a config class's `from_pretrained` (`AutoConfig` reads the file itself and routes in `from_dict`):
+        # an MAE model's config saved by earlier vitlm gets its own model type, so a plain ViT config takes only the
+        # encoder's fields from it
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if is_legacy_masked_image_modeling(config_dict):
+            config_dict = {**config_dict, "model_type": VitlmViTMAEConfig.model_type}
+        return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        if not issubclass(cls, VitlmViTMAEConfig):
+            if cls is VitlmViTConfig and is_legacy_masked_image_modeling(config_dict):
+                # `AutoConfig` maps the model type "vitlm_vit" here; the folder holds an MAE model
+                config_dict = {**config_dict, "model_type": VitlmViTMAEConfig.model_type}
+                return VitlmViTMAEConfig.from_dict(config_dict, **kwargs)
+            config_dict = without_masked_image_modeling_fields(config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+
+def encoder_model_type(model_type: str) -> str:
+    """The model type of the encoder a config of `model_type` describes: an MAE config's encoder is a plain ViT."""
+    return VitlmViTConfig.model_type if model_type == VitlmViTMAEConfig.model_type else model_type
+
+
+def is_legacy_masked_image_modeling(config_dict: dict) -> bool:
+    """A masked image model's config saved by vitlm before `VitlmViTMAEConfig` (model type "vitlm_vit")."""
+    return config_dict.get("model_type") == VitlmViTConfig.model_type and MASKED_IMAGE_MODELING_ARCHITECTURE in (
+        config_dict.get("architectures") or []
+    )
+
+
+def without_masked_image_modeling_fields(config_dict: dict) -> dict:
+    """A saved ViT / hybrid config dict for a model without the MAE head: the head's fields are dropped where they
+    carry nothing for it, i.e. in an MAE config (its encoder loads alone, e.g. to fine-tune a classifier) and in a
+    config saved by vitlm before `VitlmViTMAEConfig`, which wrote all of them into every ViT config. Any other dict
+    keeps them, and the config refuses them."""
+    present = [name for name in MASKED_IMAGE_MODELING_FIELDS if name in config_dict]
+    if config_dict.get("model_type") == VitlmViTMAEConfig.model_type or len(present) == len(
+        MASKED_IMAGE_MODELING_FIELDS
+    ):
+        return {key: value for key, value in config_dict.items() if key not in MASKED_IMAGE_MODELING_FIELDS}
+    return config_dict
+
+
+class VitlmViTMAEConfig(VitlmViTConfig):
+    r"""
+    Configuration of a ViT with MAE's masked-image-modeling head (inpainting): the encoder of [`VitlmViTConfig`]
+    reads the visible patches, and a lightweight decoder of the same blocks predicts every patch's pixels. As in
+    transformers' `ViTMAEConfig`, the decoder's config is derived from the encoder's (`decoder_config`).
+
+    Args:
+        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
+            shape of the decoder.
+        mask_ratio (`float`): fraction of patches masked at random while training.
+        norm_pix_loss (`bool`): predict per-patch normalized pixels (MAE's option); such a model cannot inpaint,
+            since a masked patch's mean and variance are unknown.
+        All other arguments are those of [`VitlmViTConfig`].
+
+    Configs of masked image models saved by earlier vitlm (model type "vitlm_vit", architecture
+    `VitlmViTForMaskedImageModeling`) load as this config, and into a plain ViT's config as an MAE config does.
+    """
+
+    model_type = "vitlm_vit_mae"
+
+    def __init__(
+        self,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+        **kwargs,
+    ):
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = decoder_intermediate_size
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_encoder_config(cls, encoder_config: VitlmViTConfig, **kwargs) -> "VitlmViTMAEConfig":
+        """An MAE config over `encoder_config`'s encoder (a plain ViT's), with the head's fields in `kwargs`."""
+        if type(encoder_config) not in (VitlmViTConfig, cls):
+            raise ValueError(
+                "masked image modeling needs a plain ViT encoder (it predicts patches of pixels), got a "
+                f"{encoder_config.model_type} config"
+            )
+        values = {k: v for k, v in encoder_config.to_dict().items() if k not in ("model_type", "transformers_version")}
+        return cls(**{**values, **kwargs})
+
+    def decoder_config(self) -> VitlmViTConfig:
+        """The config of the decoder's blocks: the encoder's, with the decoder's sizes, the fixed sin-cos positions
+        the decoder adds, and no stochastic depth (MAE's decoder has none)."""
+        return VitlmViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.num_channels,
+            hidden_size=self.decoder_hidden_size,
+            num_hidden_layers=self.decoder_num_hidden_layers,
+            num_attention_heads=self.decoder_num_attention_heads,
+            intermediate_size=self.decoder_intermediate_size,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            drop_path_rate=0.0,
+            qkv_bias=self.qkv_bias,
+            position_embedding_type="sincos2d",
+            use_cls_token=self.use_cls_token,
+            use_distillation_token=self.use_distillation_token,
+            pooling=self.pooling,
+            initializer_range=self.initializer_range,
+            attn_implementation=self._attn_implementation,
+        )
+
+    def check_values(self):
+        super().check_values()
+        if self.decoder_hidden_size % self.decoder_num_attention_heads or self.decoder_hidden_size % 4:
+            raise ValueError(
+                f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
+                f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
             )
         num_patches = self.grid_size[0] * self.grid_size[1]
         if not self.use_cls_token and int(num_patches * (1 - self.mask_ratio)) == 0:
@@ -627,12 +753,13 @@ VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig
 
 def vision_config_from(value) -> VitlmViTConfig:
     """A vision tower config from a config object, a dict naming its `model_type`, or None (the ViT defaults)."""
-    if isinstance(value, VitlmViTConfig):
+    if type(value) in VISION_CONFIG_CLASSES.values():
         return value
     if value is None:
         return VitlmViTConfig()
     if not isinstance(value, dict):
         raise ValueError(f"`vision_config` must be a dict or a ViT/hybrid config, got {type(value).__name__}")
+    value = without_masked_image_modeling_fields(value)
     model_type = value.get("model_type", VitlmViTConfig.model_type)
     if model_type not in VISION_CONFIG_CLASSES:
         raise ValueError(
@@ -702,4 +829,4 @@ class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
             )
 
 
-__all__ = ["VitlmViTConfig", "VitlmHybridConfig", "VitlmTextConfig", "VitlmDualEncoderConfig"]
+__all__ = ["VitlmViTConfig", "VitlmViTMAEConfig", "VitlmHybridConfig", "VitlmTextConfig", "VitlmDualEncoderConfig"]

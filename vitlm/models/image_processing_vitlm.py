@@ -14,7 +14,8 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .loss_detection import center_to_corners, non_max_suppression
+from .box_utils import center_to_corners, non_max_suppression
+from .inpainting_utils import patches_holding, patchify, pixels_to_fill, poisson_fill, unpatchify
 
 CHANNEL_COUNTS = (1, 3, 4)  # gray, RGB, RGBA
 
@@ -235,6 +236,103 @@ class VitlmImageProcessor(BaseImageProcessor):
         ratio = boxes.new_tensor([width / resized_width, height / resized_height] * 2)
         upper = boxes.new_tensor([width, height] * 2)
         return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
+
+    def prepare_inpainting(self, image, mask, config) -> BatchFeature:
+        """The inputs of a masked image model (`VitlmViTForMaskedImageModeling`) that fills the pixels where `mask` is
+        set: `pixel_values`, the whole image resized to the model's resolution, and `bool_masked_pos`, every patch the
+        resized mask touches (widened by the reach of the resampling kernel, see `pixels_to_fill`).
+
+        Args:
+            image (`PIL.Image.Image` or `np.ndarray` of shape `(height, width, 3)`, uint8): the image, at any size.
+            mask (`PIL.Image.Image` or `np.ndarray` of shape `(height, width)`): nonzero where to inpaint.
+            config (`VitlmViTMAEConfig`): the model's config (its resolution and patch size; a model trained with
+                `norm_pix_loss=True` is refused, since it predicts per-patch normalized pixels, whose mean and
+                variance are unknown for masked patches).
+
+        Returns:
+            A `BatchFeature` for one image, to pass to the model (`model(**inputs)`, after
+            `inputs.to(model.device, model.dtype)`) and then, with the model's output, to `post_process_inpainting`.
+        """
+        self._check_inpainting_processor()
+        if config.norm_pix_loss:
+            raise ValueError(
+                "this model predicts per-patch normalized pixels (norm_pix_loss=True), whose mean and variance are "
+                "unknown for masked patches; inpainting needs a model trained with norm_pix_loss=False"
+            )
+        original, mask = _inpainting_image_and_mask(image, mask)
+        height, width = (
+            (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
+        )
+        pixel_values = self(
+            PIL.Image.fromarray(original),
+            size={"height": height, "width": width},
+            do_center_crop=False,
+            return_tensors="pt",
+        )["pixel_values"]
+        bool_masked_pos = patches_holding(pixels_to_fill(mask, (height, width)), config.patch_size).reshape(1, -1)
+        return BatchFeature(data={"pixel_values": pixel_values, "bool_masked_pos": bool_masked_pos})
+
+    def post_process_inpainting(self, outputs, pixel_values, image, mask, blend: bool = True) -> PIL.Image.Image:
+        """Paste a masked image model's prediction into the image where `mask` is set; every other pixel is returned
+        unchanged (as RGB), bit for bit.
+
+        Args:
+            outputs: the model's output for the inputs of `prepare_inpainting(image, mask, ...)`: its `logits`
+                (predicted patches) and `mask` (the patches it masked).
+            pixel_values (`torch.Tensor` of shape `(1, 3, height, width)`): the `pixel_values` given to the model.
+            image, mask: those given to `prepare_inpainting`.
+            blend (`bool`): Poisson-blend the prediction into the image. Whole patches are predicted, so the model
+                never sees the visible pixels that share a patch with masked ones; blending keeps the prediction's
+                own detail (its steps from pixel to pixel) and takes its level from the real pixels around the mask
+                (`poisson_fill`). Without it the patches are pasted as predicted and a seam can show.
+
+        The predicted pixels are mapped back through this processor's normalization and rescaling, resized to the
+        image's size with its resampling, and composited inside the mask only. Returns an RGB image of the image's
+        size.
+        """
+        self._check_inpainting_processor()
+        original, mask = _inpainting_image_and_mask(image, mask)
+        logits, bool_masked_pos = outputs["logits"], outputs["mask"].bool()
+        channels, height, width = pixel_values.shape[1:]
+        patch_size = round((logits.shape[-1] / channels) ** 0.5)
+        grid_size = (height // patch_size, width // patch_size)
+        if logits.shape[1:] != (grid_size[0] * grid_size[1], patch_size**2 * channels):
+            raise ValueError(
+                f"`outputs.logits` of shape {tuple(logits.shape)} are not the patches of `pixel_values` of shape "
+                f"{tuple(pixel_values.shape)}: pass the pixel values the model was given"
+            )
+        patches = torch.where(bool_masked_pos[..., None], logits, patchify(pixel_values, patch_size))
+        filled = unpatchify(patches, patch_size, grid_size)[0].float().cpu()
+        if blend:
+            # each masked patch is its own region: a step between two patches' predictions is not detail the model
+            # drew, only their separate errors, so it is not kept
+            patch_ids = torch.arange(1, grid_size[0] * grid_size[1] + 1) * bool_masked_pos.reshape(-1).cpu()
+            regions = patch_ids.reshape(grid_size).repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
+            unknown = pixels_to_fill(mask, (height, width))
+            filled = poisson_fill(pixel_values[0].float().cpu(), unknown, filled, regions).float()
+        mean = torch.tensor(self.image_mean).view(-1, 1, 1)
+        std = torch.tensor(self.image_std).view(-1, 1, 1)
+        filled = ((filled * std + mean) / self.rescale_factor).round().clamp(0, 255)
+        filled = PIL.Image.fromarray(filled.byte().permute(1, 2, 0).numpy())
+        filled = np.asarray(filled.resize((original.shape[1], original.shape[0]), resample=self.resample))
+        return PIL.Image.fromarray(np.where(mask[..., None], filled, original))
+
+    def _check_inpainting_processor(self):
+        if not (self.do_rescale and self.do_normalize):
+            raise ValueError(
+                "inpainting maps predictions back to pixels through the processor's rescale and normalize"
+            )
+
+
+def _inpainting_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width, 3) uint8 RGB pixels and the (height, width) bool mask, checked to match."""
+    original = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
+    mask = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask) != 0
+    if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
+        raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
+    if mask.shape != original.shape[:2]:
+        raise ValueError(f"`mask` has size {mask.shape}, the image {original.shape[:2]}: they must match")
+    return original, mask
 
 
 def drop_auto_map(*owners) -> None:

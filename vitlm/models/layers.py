@@ -3,7 +3,6 @@
 Vision towers, the text tower and the task heads' decoders are all made of these modules, written once.
 """
 
-from dataclasses import dataclass
 from typing import Unpack
 
 import torch
@@ -43,35 +42,19 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
     return mask[None, None]
 
 
-@dataclass(frozen=True)
-class EncoderShape:
-    """The sizes of a stack of blocks. A decoder inside a model has its own shape but follows the model's config for
-    everything else, so that `set_attn_implementation` on the model reaches its decoder's attention too."""
-
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-
-    @classmethod
-    def of(cls, config) -> "EncoderShape":
-        return cls(config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size)
-
-
 class VitlmAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection, dispatched through transformers' attention interface."""
 
-    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None):
+    def __init__(self, config, is_causal: bool = False):
         super().__init__()
-        shape = shape or EncoderShape.of(config)
         self.config = config
-        self.num_heads = shape.num_attention_heads
-        self.head_dim = shape.hidden_size // shape.num_attention_heads
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = is_causal
-        self.qkv = nn.Linear(shape.hidden_size, 3 * shape.hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
@@ -109,12 +92,11 @@ class VitlmAttention(nn.Module):
 
 
 class VitlmMLP(nn.Module):
-    def __init__(self, config, shape: EncoderShape | None = None):
+    def __init__(self, config):
         super().__init__()
-        shape = shape or EncoderShape.of(config)
-        self.fc1 = nn.Linear(shape.hidden_size, shape.intermediate_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(shape.intermediate_size, shape.hidden_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states):
         return self.fc2(self.act(self.fc1(hidden_states)))
@@ -142,15 +124,12 @@ class VitlmDropPath(nn.Module):
 class VitlmBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(
-        self, config, drop_path_rate: float = 0.0, is_causal: bool = False, shape: EncoderShape | None = None
-    ):
+    def __init__(self, config, drop_path_rate: float = 0.0, is_causal: bool = False):
         super().__init__()
-        shape = shape or EncoderShape.of(config)
-        self.layer_norm1 = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
-        self.attention = VitlmAttention(config, is_causal, shape)
-        self.layer_norm2 = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = VitlmMLP(config, shape)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = VitlmAttention(config, is_causal)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VitlmMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
 
@@ -166,14 +145,13 @@ class VitlmBlock(GradientCheckpointingLayer):
 class VitlmEncoder(nn.Module):
     """A stack of [`VitlmBlock`]s, with stochastic depth growing linearly over the depth."""
 
-    def __init__(self, config, is_causal: bool = False, shape: EncoderShape | None = None, drop_path_rate=None):
+    def __init__(self, config, is_causal: bool = False):
         super().__init__()
-        shape = shape or EncoderShape.of(config)
-        drop_path_rate = getattr(config, "drop_path_rate", 0.0) if drop_path_rate is None else drop_path_rate
-        depth = shape.num_hidden_layers
+        drop_path_rate = getattr(config, "drop_path_rate", 0.0)  # the text tower's config has none
+        depth = config.num_hidden_layers
         # plain Python: models may be built under a meta-device context, where tensors hold no values
         rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
-        self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal, shape) for rate in rates)
+        self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal) for rate in rates)
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
@@ -342,7 +320,6 @@ class VitlmVisionEmbeddings(nn.Module):
 
 
 __all__ = [
-    "EncoderShape",
     "VitlmAttention",
     "VitlmBlock",
     "VitlmEncoder",

@@ -9,8 +9,9 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
+from .box_utils import box_iou, center_to_corners, generalized_box_iou
 from .configuration_vitlm import VitlmDualEncoderConfig
-from .loss_detection import DetectionLoss, box_iou, center_to_corners, generalized_box_iou
+from .loss_detection import DetectionLoss
 from .modeling_dual_encoder import VitlmDualEncoderModel
 from .modeling_vit import VitlmPreTrainedModel
 

@@ -12,7 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vitlm import VitlmViTConfig
+from .configuration_vitlm import VitlmViTConfig, encoder_model_type
 from .layers import (
     VitlmAttention,
     VitlmBlock,
@@ -181,7 +181,9 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
 
     def __init__(self, config: VitlmViTConfig):
         super().__init__(config)
-        if config.model_type != self.config_class.model_type:
+        # MAE's config extends the ViT's with its head's fields. Model types are compared, not classes: remote code
+        # may load the configuration module twice.
+        if encoder_model_type(config.model_type) != encoder_model_type(self.config_class.model_type):
             raise ValueError(
                 f"{type(self).__name__} needs a {self.config_class.__name__} ({self.config_class.model_type!r}), got "
                 f"{config.model_type!r}: use the class of that family"

@@ -83,6 +83,8 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     if spec.dual_encoder and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
+    if spec.model_config is not None:
+        config = spec.model_config(config)
     apply_overrides(config, overrides)
     if is_preset:
         model = auto_class(spec).from_config(config)

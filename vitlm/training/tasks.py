@@ -50,6 +50,8 @@ class TrainingTask:
         evaluation_inputs: `(train_set, eval_set, class_names) -> dict`, keywords for `parts` drawn from the raw
             datasets (before their transforms); None: nothing.
         parts: `(model, processor, class_names=..., templates=..., **keywords) -> TaskParts`.
+        model_config: `(config) -> config` the task's model is built from, given the preset's or checkpoint's
+            (the masked-image-modeling head extends a plain ViT encoder's config with its own); None: as it is.
     """
 
     name: str
@@ -67,6 +69,7 @@ class TrainingTask:
     transform: Callable
     parts: Callable
     evaluation_inputs: Callable | None = None
+    model_config: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -209,6 +212,13 @@ def _detection_parts(model, processor, class_names=None, templates=(), train_que
 # ---- masked image modeling (MAE; the model inpaints)
 
 
+def _masked_image_model_config(config):
+    from ..models import VitlmViTMAEConfig
+
+    # a plain ViT (preset or checkpoint) is the encoder: the MAE head's config extends it, with the head's defaults
+    return config if isinstance(config, VitlmViTMAEConfig) else VitlmViTMAEConfig.from_encoder_config(config)
+
+
 def _masked_image_transform(image_processor, train, dataset, augment=True, **_):
     from .transforms import inpainting_transform
 
@@ -317,6 +327,7 @@ TASKS: dict[str, TrainingTask] = {
             ignored_outputs=("ids_restore", "hidden_states", "attentions"),
             transform=_masked_image_transform,
             parts=_masked_image_parts,
+            model_config=_masked_image_model_config,
         ),
     )
 }
