@@ -64,7 +64,8 @@ def test_every_task_entry_is_complete(name):
     assert task.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name)
     for field in fields(TrainingTask):
         value = getattr(task, field.name)
-        if field.name not in ("dual_encoder", "needs_classes", "sized_head", "class_column", "evaluation_inputs"):
+        optional = ("dual_encoder", "needs_classes", "sized_head", "class_column", "evaluation_inputs", "model_config")
+        if field.name not in optional:
             assert value is not None and value != "", field.name
     assert isinstance(getattr(transformers, task.auto_class), type) and task.auto_class.startswith("AutoModel")
     assert task.shapes_eval_split in SPLITS and task.class_column in (None, "label", "objects")
@@ -72,6 +73,7 @@ def test_every_task_entry_is_complete(name):
     assert task.options <= set(TASK_OPTIONS)
     assert callable(task.transform) and callable(task.parts)
     assert task.evaluation_inputs is None or callable(task.evaluation_inputs)
+    assert task.model_config is None or callable(task.model_config)
     assert task.description[0].islower() and task.title[0].islower()  # both go inside sentences
     assert get_task(task.alias) is task and get_task(name) is task and get_task(task) is task
 
