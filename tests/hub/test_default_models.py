@@ -38,7 +38,9 @@ REMOTE_SCRIPT = textwrap.dedent(
         repo, (model_class, processor_class) = case["repo"], case["auto_classes"]
         model = getattr(transformers, model_class).from_pretrained(repo, trust_remote_code=True, dtype=torch.float32)
         processor = getattr(transformers, processor_class).from_pretrained(repo, trust_remote_code=True)
-        for loaded in (model, processor):
+        # every class comes from the repo's code: config, model, processor, its tokenizer and image processor
+        parts = [getattr(processor, name, None) for name in ("tokenizer", "image_processor")]
+        for loaded in (model.config, model, processor, *filter(None, parts)):
             assert type(loaded).__module__.startswith("transformers_modules"), type(loaded).__module__
         assert type(model).__name__ == case["class_name"], type(model).__name__
         text = {"text": case["text"], "padding": True} if case["text"] else {}
