@@ -596,8 +596,8 @@ def log_to_terminal():
 
 
 def load_default_models(store: ModelStore):
-    """Load the default models before the app serves, saying so on the terminal: the first start after installing
-    reads torch's libraries from disk (and starts CUDA where there is a GPU), which takes up to a minute. A model
+    """Load the default models before the app serves, saying so on the terminal (on a first start, with torch's
+    libraries still to be read from disk and CUDA to be started, the demo was silent for tens of seconds). A model
     that fails to load is reported here and again in its tab; the other tabs serve."""
     start, loaded = time.perf_counter(), 0
     logger.info("vitlm demo: loading the default models (%s) on %s before serving", ", ".join(TASKS), store.device)
