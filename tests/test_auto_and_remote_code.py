@@ -18,7 +18,7 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
 )
 
-from tests.conftest import main_output, model_inputs, tiny_config
+from tests.conftest import main_output, model_inputs, tiny_clip_config, tiny_config
 from vitlm import (
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
@@ -155,3 +155,38 @@ def test_remote_code_loads_without_vitlm(tmp_path):
     remote = load_file(tmp_path / "remote.safetensors")
     for key, value in expected.items():
         assert torch.equal(remote[key], value), key
+
+
+WITHOUT_TORCHVISION_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["torchvision"] = None  # not a dependency: `pip install vitlm` or `vitlm[demo]` brings none
+    import transformers
+    import vitlm
+    from PIL import Image
+
+    folder, image = sys.argv[1], Image.open(sys.argv[2])
+    model = transformers.AutoModelForZeroShotImageClassification.from_pretrained(folder)
+    assert type(model) is vitlm.VitlmDualEncoderModel, type(model)
+    assert type(transformers.AutoProcessor.from_pretrained(folder)) is vitlm.VitlmDualEncoderProcessor
+    classify = transformers.pipeline("zero-shot-image-classification", model=folder)
+    print(json.dumps(sorted(result["label"] for result in classify(image, candidate_labels=["a cat", "a dog"]))))
+    """
+)
+
+
+def test_vitlm_works_without_torchvision(tmp_path):
+    """`import vitlm` failed where torchvision is not installed (the README's `pip install -e ".[demo]"`): it
+    registered a video processor through transformers' placeholder AutoVideoProcessor, which raises."""
+    torch.manual_seed(0)
+    VitlmDualEncoderModel(tiny_clip_config()).save_pretrained(tmp_path / "model")
+    VitlmDualEncoderProcessor(VitlmImageProcessor(size=40, crop_size=32), clip_tokenizer()).save_pretrained(
+        tmp_path / "model"
+    )
+    Image.fromarray(np.zeros((48, 64, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    command = [sys.executable, "-c", WITHOUT_TORCHVISION_SCRIPT, str(tmp_path / "model"), str(tmp_path / "image.png")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    # no stdin: a question on the terminal (whether to run a repo's code) fails at once
+    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["a cat", "a dog"]

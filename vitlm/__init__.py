@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     AutoVideoProcessor,
 )
+from transformers.utils import is_torchvision_available
 
 from . import models
 from .convert import load
@@ -78,7 +79,12 @@ def _register():
         image_processors = {"slow_image_processor_class": VitlmImageProcessor}
     for config_class in (VitlmViTConfig, VitlmViTMAEConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
         AutoImageProcessor.register(config_class, **image_processors, exist_ok=True)
-        if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:
+        # without torchvision (not a dependency) transformers has no video processors: AutoVideoProcessor is then a
+        # placeholder that raises on any use, and nothing probes it
+        if (
+            is_torchvision_available()
+            and "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters
+        ):
             # Known to have no video processor (no backend). Newer pipelines probe `AutoVideoProcessor` for every
             # image model, and it guesses a remote `VitlmVideoProcessor` from the image processor's `auto_map`: unless
             # the model type is registered there, that guess asks on the terminal whether to run custom code.

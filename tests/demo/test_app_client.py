@@ -2,6 +2,7 @@
 errors a user sees, and the upload limits."""
 
 import math
+import re
 
 import numpy as np
 import PIL.Image
@@ -9,7 +10,14 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from vitlm.demo.app import DETECTION_EXAMPLES, INPAINTING_EXAMPLES, MAX_FILE_SIZE, ZERO_SHOT_EXAMPLES
+from vitlm.demo.app import (
+    DEFAULT_NMS_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    DETECTION_EXAMPLES,
+    INPAINTING_EXAMPLES,
+    MAX_FILE_SIZE,
+    ZERO_SHOT_EXAMPLES,
+)
 
 LABELS = ["red circle", "pink star", "yellow triangle"]
 
@@ -40,6 +48,36 @@ def test_detect(client):
     for query, score, x0, y0, x1, y1 in table["data"]:
         assert query in queries and 0 <= score <= 1
         assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+
+
+def test_detect_iou_threshold(client):
+    """The IoU slider's value reaches detection; a client that leaves it out gets the slider's default."""
+    image, queries = DETECTION_EXAMPLES[1]
+    inputs = (handle_file(image), queries, DEFAULT_THRESHOLD, "", "default")
+    tables = {
+        nms_threshold: client.predict(*inputs, *extra, api_name="/detect")[1]["data"]
+        for nms_threshold, extra in [(None, ()), (DEFAULT_NMS_THRESHOLD, (DEFAULT_NMS_THRESHOLD,)), (1.0, (1.0,))]
+    }
+    assert tables[None] == tables[DEFAULT_NMS_THRESHOLD]
+    queries = [row[0] for row in tables[DEFAULT_NMS_THRESHOLD]]
+    assert len(set(queries)) == len(queries)  # one box per object here
+    assert len(tables[1.0]) > len(tables[DEFAULT_NMS_THRESHOLD])  # 1 keeps the duplicates
+    with pytest.raises(AppError, match="less than minimum value 0.05"):
+        client.predict(*inputs, 0.0, api_name="/detect")
+
+
+def test_the_terminal_shows_the_default_models_loading_before_the_url(demo_server):
+    _, log = demo_server
+    lines = log.read_text().splitlines()
+    served = next(index for index, line in enumerate(lines) if "Running on local URL" in line)
+    progress = [line for line in lines[:served] if line.startswith("vitlm demo:")]
+    assert progress[0].startswith("vitlm demo: loading the default models (zero-shot, detection, inpainting) on ")
+    for task in ("zero-shot", "detection", "inpainting"):
+        assert f"vitlm demo: loading the {task} model 'default'..." in progress
+        assert any(
+            re.fullmatch(f"vitlm demo: loaded the {task} model 'default' in [0-9.]+ s", line) for line in progress
+        )
+    assert re.fullmatch("vitlm demo: 3 of 3 default models loaded in [0-9.]+ s; starting the server", progress[-1])
 
 
 def test_inpaint(client):

@@ -2,7 +2,9 @@
 sources (failing, of the wrong kind, converted once and cached), and the shipped examples."""
 
 import json
+import logging
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import vitlm.convert
 from vitlm.clip_bpe import clip_tokenizer
 from vitlm.demo import app
 from vitlm.demo.app import (
+    DEFAULT_NMS_THRESHOLD,
+    DEFAULT_THRESHOLD,
     DETECTION_EXAMPLES,
     INPAINTING_EXAMPLES,
     ZERO_SHOT_EXAMPLES,
@@ -27,6 +31,7 @@ from vitlm.demo.app import (
     model_status,
 )
 from vitlm.demo.models import DEFAULT_MODELS, TASKS, ModelLoadError, ModelStore, cache_name
+from vitlm.models import VitlmDualEncoderProcessor
 
 try:
     import tomllib
@@ -92,6 +97,126 @@ def test_detect_caps_the_number_of_boxes(store, monkeypatch):
     with pytest.warns(UserWarning, match="showing the best 2"):
         (_, annotations), rows = detect(shapes_image(), "pink star, red circle", 0.0, store=store)
     assert len(rows) == len(annotations) == 2
+
+
+def same_query_overlaps(rows) -> list[float]:
+    """The IoU of every two boxes of the same query among rows [query, score, x0, y0, x1, y1]."""
+    overlaps = []
+    for index, (query, _, *box) in enumerate(rows):
+        for other_query, _, *other in rows[index + 1 :]:
+            if query == other_query:
+                width = max(0, min(box[2], other[2]) - max(box[0], other[0]))
+                height = max(0, min(box[3], other[3]) - max(box[1], other[1]))
+                areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in (box, other)]
+                overlaps.append(width * height / (sum(areas) - width * height))
+    return overlaps
+
+
+@pytest.fixture
+def post_processed(monkeypatch):
+    """Every call `detect` makes to post-processing: its IoU threshold and its boxes before rounding to pixels, as
+    rows [label, score, x0, y0, x1, y1]."""
+    calls, post_process = [], VitlmDualEncoderProcessor.post_process_object_detection
+
+    def recorded(*args, **kwargs):
+        [result] = post_process(*args, **kwargs)
+        columns = (result[name].tolist() for name in ("labels", "scores", "boxes"))
+        rows = [[label, score, *box] for label, score, box in zip(*columns)]
+        calls.append((kwargs["nms_threshold"], rows))
+        return [result]
+
+    monkeypatch.setattr(VitlmDualEncoderProcessor, "post_process_object_detection", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("example", [0, 1])
+def test_detect_shows_one_box_per_object_of_the_examples(store, post_processed, example):
+    """The demo's own second example showed two boxes on its red circle and two on its pink cross: by default (the
+    slider's value) a box overlapping a better one of the same query by more than DEFAULT_NMS_THRESHOLD is dropped,
+    which leaves one box per object, on it."""
+    from vitlm.data.shapes import generate
+
+    image, queries = DETECTION_EXAMPLES[example]
+    objects = generate(4, seed=0, split="test", min_objects=2, max_objects=3)[2 + example]["objects"]
+    truth = {
+        f"{colour} {shape}": box for colour, shape, box in zip(*(objects[k] for k in ("colour", "shape", "bbox")))
+    }
+    _, shown = detect(image, queries, store=store)
+    assert sorted(row[0] for row in shown) == sorted(truth), shown
+    for query, _, x0, y0, x1, y1 in shown:  # each box centred on its object
+        left, top, right, bottom = truth[query]
+        assert left < (x0 + x1) / 2 < right and top < (y0 + y1) / 2 < bottom, (query, shown)
+    for nms_threshold in (DEFAULT_NMS_THRESHOLD, 0.5, 0.8):  # every box above the score threshold
+        detect(image, queries, 0.0, nms_threshold=nms_threshold, store=store)
+        used, rows = post_processed[-1]
+        assert used == nms_threshold and len(rows) > 10
+        assert all(iou <= nms_threshold for iou in same_query_overlaps(rows))
+
+
+def test_the_iou_slider_reaches_post_processing(store, post_processed):
+    image, queries = DETECTION_EXAMPLES[1]
+    _, everything = detect(image, queries, DEFAULT_THRESHOLD, nms_threshold=1.0, store=store)
+    assert max(same_query_overlaps(everything)) > DEFAULT_NMS_THRESHOLD  # the duplicate the default drops
+    _, default = detect(image, queries, DEFAULT_THRESHOLD, store=store)
+    assert len(default) < len(everything) and all(row in everything for row in default)
+    detect(image, queries, DEFAULT_THRESHOLD, "", "default", 0.35, store=store)  # as the app passes its inputs
+    assert [used for used, _ in post_processed] == [1.0, DEFAULT_NMS_THRESHOLD, 0.35]
+
+
+@pytest.mark.parametrize("nms_threshold", [0, -0.1, 1.5, "x", None, math.nan])
+def test_detect_refuses_bad_iou_thresholds(store, nms_threshold):
+    with pytest.raises(gr.Error, match="overlap \\(IoU\\) threshold must be above 0 and at most 1"):
+        detect(shapes_image(), LABELS, 0.5, nms_threshold=nms_threshold, store=store)
+
+
+def test_a_model_loading_on_first_use_shows_progress_in_the_app(tmp_path):
+    """Each handler's `gr.Progress` says that the model is loading, and only while it is not in memory yet."""
+    store, shown = ModelStore(cache_dir=tmp_path, device="cpu"), []
+
+    def progress(value, desc=None):
+        shown.append((value, desc))
+
+    message = (0.0, "Loading the model 'default' (first use)...")
+    model_status("zero-shot", "default", store, progress)
+    classify(shapes_image(), LABELS, "", progress=progress, store=store)  # loaded by the status line
+    assert shown == [message]
+    detect(shapes_image(), LABELS, progress=progress, store=store)
+    model_status("detection", "default", store, progress)
+    assert shown == [message] * 2
+    editor = {"background": INPAINTING_EXAMPLES[0]["background"], "layers": INPAINTING_EXAMPLES[0]["layers"]}
+    inpaint(editor, progress=progress, store=store)
+    assert shown == [message] * 3
+    with pytest.raises(gr.Error, match="no model folder"):
+        detect(shapes_image(), LABELS, source=str(tmp_path / "missing"), progress=progress, store=store)
+    assert shown[-1] == (0.0, f"Loading the model {str(tmp_path / 'missing')!r} (first use)...")
+
+
+def test_gradio_tracks_the_progress_of_every_handler(store):
+    demo = app.build_app(store)
+    untracked = {fn.name for fn in demo.fns.values() if not fn.tracks_progress}
+    assert untracked == {"load_example"}  # gr.Examples filling the inputs
+    tracked = {fn.api_name for fn in demo.fns.values() if fn.tracks_progress}
+    assert {"classify", "detect", "inpaint", "zero_shot_model", "detection_model", "inpainting_model"} <= tracked
+
+
+def test_the_default_models_load_before_serving_saying_so(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="vitlm.demo")
+    monkeypatch.setitem(TASKS, "detection", TASKS["detection"]._replace(folder="missing"))  # one fails to load
+    store = ModelStore(cache_dir=tmp_path, device="cpu")
+    app.load_default_models(store)
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("vitlm.demo")]
+    expected = [
+        "vitlm demo: loading the default models \\(zero-shot, detection, inpainting\\) on cpu before serving",
+        "vitlm demo: loading the zero-shot model 'default'\\.\\.\\.",
+        "vitlm demo: loaded the zero-shot model 'default' in [0-9.]+ s",
+        "vitlm demo: loading the detection model 'default'\\.\\.\\.",
+        f"vitlm demo: the default detection model did not load: no model folder at '{DEFAULT_MODELS}/missing'",
+        "vitlm demo: loading the inpainting model 'default'\\.\\.\\.",
+        "vitlm demo: loaded the inpainting model 'default' in [0-9.]+ s",
+        "vitlm demo: 2 of 3 default models loaded in [0-9.]+ s; starting the server",
+    ]
+    assert len(lines) == len(expected) and all(re.fullmatch(*pair) for pair in zip(expected, lines)), lines
+    assert len(store._loaded) == 2
 
 
 def test_inpaint_changes_only_the_masked_pixels(store):
@@ -341,15 +466,14 @@ def test_default_models_and_examples_are_package_data():
             assert any(path.relative_to(package).match(pattern) for pattern in patterns), path
 
 
-def test_default_models_remote_code_is_the_current_source():
-    """A default model loaded without vitlm runs the code copied into its folder: it must be today's vitlm/models,
-    or the demo would compute differently with and without vitlm installed."""
+def test_default_models_hold_no_copies_of_the_model_code():
+    """The shipped folders are data (weights, configs, tokenizer and processor files, cards, training curves): with
+    vitlm installed they load on its classes, and the code for `trust_remote_code` is written when a folder is saved
+    or pushed (tests/hub/test_default_models.py pushes them and loads them back without vitlm)."""
+    assert not sorted(DEFAULT_MODELS.rglob("*.py"))
     for spec in TASKS.values():
-        copies = sorted((DEFAULT_MODELS / spec.folder).glob("*.py"))
-        assert copies, spec.folder
-        for copy in copies:
-            source = REPO / "vitlm" / "models" / copy.name
-            assert copy.read_bytes() == source.read_bytes(), f"{copy} is stale: copy {source} over it"
+        config = json.loads((DEFAULT_MODELS / spec.folder / "config.json").read_text())
+        assert config["architectures"] == [spec.model_class.__name__]
 
 
 def test_cli_and_launcher_pass_the_options(monkeypatch):

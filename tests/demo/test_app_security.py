@@ -120,6 +120,7 @@ def test_local_models_only_when_serving_this_machine_or_allowed(monkeypatch, opt
     stores = []
     monkeypatch.setattr(app, "build_app", lambda store: stores.append(store) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(app, "load_default_models", lambda store: None)  # tested in test_app_functions.py
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", PIL.Image.MAX_IMAGE_PIXELS)  # launch sets it
     app.launch(**options)
     (store,) = stores

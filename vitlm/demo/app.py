@@ -5,9 +5,12 @@
 Each tab calls one plain function, usable without a browser (the tests call them directly):
 
 - `classify(image, labels, templates, source)` -> ({label: probability}, attention overlay)
-- `detect(image, queries, threshold, template, source)` -> ((image, [(box, "query score")]), table rows)
+- `detect(image, queries, threshold, template, source, nms_threshold)` -> ((image, [(box, "query score")]), table rows)
 - `inpaint(editor, source)` -> (original, inpainted)
 - `model_status(task, source)` -> (markdown status, the model's prompt templates)
+
+`vitlm demo` loads the default models before it serves, one line each on the terminal; a model loading on first use
+later shows gradio's progress in its tab.
 
 Bad input raises `gr.Error` with a message for the user (shown in the app, logged as one line, never a traceback); a
 repairable one (duplicate labels, too many boxes) warns with `gr.Warning` and goes on.
@@ -27,6 +30,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -43,7 +47,7 @@ from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
 from ..models.modeling_dual_encoder import default_templates
-from .models import DEFAULT_SOURCE, Loaded, ModelLoadError, ModelStore
+from .models import DEFAULT_SOURCE, TASKS, Loaded, ModelLoadError, ModelStore
 
 MAX_PIXELS = 40_000_000
 MAX_FILE_SIZE = 25 * 1024 * 1024  # bytes, per upload
@@ -56,6 +60,10 @@ HEATMAP_SIDE = 1024  # the attention overlay is drawn on a copy at most this lar
 CONCURRENCY = 2  # requests computed at once; the others wait in the queue
 QUEUE_SIZE = 64
 DEFAULT_THRESHOLD = 0.2
+# a box overlapping a better one of the same query by more than this IoU is dropped (class-aware NMS): the detector
+# can put a second box on one object, shifted (the second example's pink cross: IoU 0.36) or nearly the same (its red
+# circle: 0.9)
+DEFAULT_NMS_THRESHOLD = 0.3
 
 # small images (the shapes world is 64 pixels wide) are shown enlarged, inpainting results pixel by pixel
 CSS = """
@@ -186,28 +194,38 @@ def parse_templates(text, model_config) -> list[str]:
     return templates
 
 
-def check_threshold(threshold) -> float:
+def check_threshold(threshold, what: str = "score threshold", above_zero: bool = False) -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
         value = math.nan
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise refusal(f"The score threshold must be between 0 and 1, got {_escaped(threshold)}.")
+    if not (0.0 < value <= 1.0 if above_zero else 0.0 <= value <= 1.0):  # also refuses NaN
+        interval = "above 0 and at most 1" if above_zero else "between 0 and 1"
+        raise refusal(f"The {what} must be {interval}, got {_escaped(threshold)}.")
     return value
 
 
-def get_model(task: str, source, store: ModelStore | None = None) -> Loaded:
+def get_model(task: str, source, store: ModelStore | None = None, progress=None) -> Loaded:
+    """The tab's model; while it loads on first use, `progress` (the handler's `gr.Progress`) says so in the app."""
     try:
-        return (store or _default_store).get(task, source)
+        return (store or _default_store).get(task, source, on_load=loading_status(progress))
     except ModelLoadError as error:
         raise refusal(_escaped(error)) from error
 
 
-def model_status(task: str, source, store: ModelStore | None = None) -> tuple[str, list[str]]:
+def loading_status(progress):
+    """`ModelStore.get`'s `on_load` for a handler's `gr.Progress`: gradio shows the message over the handler's
+    outputs until it returns (a model converted or downloaded on first use can take minutes)."""
+    if progress is None:
+        return None
+    return lambda message: progress(0.0, desc=message)  # shown as text, not markup
+
+
+def model_status(task: str, source, store: ModelStore | None = None, progress=None) -> tuple[str, list[str]]:
     """A markdown line saying which model the tab runs (or why it cannot load), and the model's prompt templates
     (empty for inpainting or when it failed)."""
     try:
-        loaded = (store or _default_store).get(task, source)
+        loaded = (store or _default_store).get(task, source, on_load=loading_status(progress))
     except ModelLoadError as error:
         return f"**Model not loaded.** {_escaped(error)}", []
     model = loaded.model
@@ -219,15 +237,21 @@ def model_status(task: str, source, store: ModelStore | None = None) -> tuple[st
     return status, templates
 
 
+# gradio passes a handler the event's progress tracker in the parameter that defaults to a `gr.Progress`: this one, put
+# before `store`, since gradio fills only parameters it can pass positionally and `functools.partial(handler,
+# store=...)` makes `store` and every later parameter keyword-only. Called outside an event, it does nothing.
+PROGRESS = gr.Progress()
+
+
 @torch.no_grad()
 def classify(
-    image, labels, templates=None, source=DEFAULT_SOURCE, store: ModelStore | None = None
+    image, labels, templates=None, source=DEFAULT_SOURCE, progress=PROGRESS, store: ModelStore | None = None
 ) -> tuple[dict[str, float], PIL.Image.Image]:
     """Zero-shot classification: every label's probability, best first (softmax over the labels, or independent
     sigmoids for a sigmoid-loss model), and the image with the attention rollout of the image tower over it."""
     picture = load_image(image)
     labels = parse_names(labels, "labels", MAX_LABELS)
-    loaded = get_model("zero-shot-image-classification", source, store)
+    loaded = get_model("zero-shot-image-classification", source, store, progress)
     templates = parse_templates(templates, loaded.model.config)
     classifier = (store or _default_store).cached(
         ("zero-shot classifier", loaded.source, tuple(labels), tuple(templates)),
@@ -248,15 +272,24 @@ def classify(
 
 @torch.no_grad()
 def detect(
-    image, queries, threshold=DEFAULT_THRESHOLD, template=None, source=DEFAULT_SOURCE, store: ModelStore | None = None
+    image,
+    queries,
+    threshold=DEFAULT_THRESHOLD,
+    template=None,
+    source=DEFAULT_SOURCE,
+    nms_threshold=DEFAULT_NMS_THRESHOLD,
+    progress=PROGRESS,
+    store: ModelStore | None = None,
 ) -> tuple[tuple[PIL.Image.Image, list], list[list]]:
     """Open-vocabulary detection: the image with its boxes labelled "query score" (as `gr.AnnotatedImage` takes
     them, boxes (x0, y0, x1, y1) in the image's pixels), and one row per box [query, score, x0, y0, x1, y1], best
-    first, at most `MAX_DETECTIONS`."""
+    first, at most `MAX_DETECTIONS`. A box overlapping a better box of the same query with an IoU above
+    `nms_threshold` is dropped (1 keeps every box)."""
     threshold = check_threshold(threshold)
+    nms_threshold = check_threshold(nms_threshold, "overlap (IoU) threshold", above_zero=True)
     picture = load_image(image)
     queries = parse_names(queries, "queries", MAX_LABELS)
-    loaded = get_model("zero-shot-object-detection", source, store)
+    loaded = get_model("zero-shot-object-detection", source, store, progress)
     template = parse_templates(template, loaded.model.config)[0]
     inputs = loaded.processor(
         images=picture,
@@ -267,7 +300,7 @@ def detect(
     ).to(loaded.model.device)
     outputs = loaded.model(**inputs)
     found = loaded.processor.post_process_object_detection(
-        outputs, threshold, target_sizes=[(picture.height, picture.width)]
+        outputs, threshold, target_sizes=[(picture.height, picture.width)], nms_threshold=nms_threshold
     )[0]
     if len(found["scores"]) > MAX_DETECTIONS:
         gr.Warning(f"{len(found['scores'])} boxes score above {threshold:g}; showing the best {MAX_DETECTIONS}.")
@@ -281,7 +314,9 @@ def detect(
 
 
 @torch.no_grad()
-def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+def inpaint(
+    editor, source=DEFAULT_SOURCE, progress=PROGRESS, store: ModelStore | None = None
+) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """Fill what the user painted: `editor` is `gr.ImageEditor`'s value, a dict with the `background` image and the
     painted `layers` (any pixel with alpha > 0 is masked). Returns the original and the inpainted image, which equals
     the original outside the mask."""
@@ -295,7 +330,7 @@ def inpaint(editor, source=DEFAULT_SOURCE, store: ModelStore | None = None) -> t
         mask |= np.asarray(alpha) > 0
     if not mask.any():
         raise refusal("The mask is empty: paint over the area to fill with the brush first.")
-    loaded = get_model("masked-image-modeling", source, store)
+    loaded = get_model("masked-image-modeling", source, store, progress)
     try:
         inputs = loaded.processor.prepare_inpainting(picture, mask, loaded.model.config)
         inputs = inputs.to(loaded.model.device, loaded.model.dtype)
@@ -320,8 +355,8 @@ def _status_handler(task: str, store: ModelStore, show_templates=None):
     templates as the tab's templates box shows them) that box filled with the model's own (left as it is when the
     model failed to load)."""
 
-    def update(source):
-        status, templates = model_status(task, source, store)
+    def update(source, progress=PROGRESS):
+        status, templates = model_status(task, source, store, progress)
         if show_templates is None:
             return status
         if not templates:
@@ -476,9 +511,20 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                     queries = gr.Textbox(
                         DETECTION_EXAMPLES[0][1], label="Text queries (comma-separated)", elem_id="detection-queries"
                     )
-                    threshold = gr.Slider(
-                        0, 1, DEFAULT_THRESHOLD, step=0.01, label="Score threshold", elem_id="detection-threshold"
-                    )
+                    with gr.Row():
+                        threshold = gr.Slider(
+                            0, 1, DEFAULT_THRESHOLD, step=0.01, label="Score threshold", elem_id="detection-threshold"
+                        )
+                        nms_threshold = gr.Slider(
+                            0.05,
+                            1,
+                            DEFAULT_NMS_THRESHOLD,
+                            step=0.05,
+                            label="Overlap (IoU) threshold",
+                            info="a box overlapping a better one of the same query by more than this is dropped; "
+                            "1 keeps them all",
+                            elem_id="detection-nms-threshold",
+                        )
                     template = gr.Textbox(
                         label="Prompt template ({} stands for the query)", elem_id="detection-template"
                     )
@@ -494,10 +540,12 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                         elem_id="detection-table",
                     )
             gr.Examples(DETECTION_EXAMPLES, [image, queries])
-            inputs, outputs = [image, queries, threshold, template, source], [boxes, table]
+            # the IoU threshold last: API clients that pass the five other inputs get its default
+            inputs, outputs = [image, queries, threshold, template, source, nms_threshold], [boxes, table]
             handler = functools.partial(detect, store=store)
             button.click(handler, inputs, outputs, api_name="detect")
-            threshold.release(handler, inputs, outputs, api_visibility="private")
+            for slider in (threshold, nms_threshold):
+                slider.release(handler, inputs, outputs, api_visibility="private")
             selectors.append(
                 ("zero-shot-object-detection", source, [status, template], lambda templates: templates[0])
             )
@@ -545,17 +593,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def log_to_terminal():
+    """Show the demo's log lines (model loads, refused requests) on the terminal, unless logging is configured
+    already (by the user, or by pytest): Python shows no INFO lines by default."""
+    demo_logger = logging.getLogger("vitlm.demo")
+    if not demo_logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        demo_logger.addHandler(handler)
+        demo_logger.setLevel(logging.INFO)
+
+
+def load_default_models(store: ModelStore):
+    """Load the default models before the app serves, saying so on the terminal (on a first start, with torch's
+    libraries still to be read from disk and CUDA to be started, the demo was silent for tens of seconds). A model
+    that fails to load is reported here and again in its tab; the other tabs serve."""
+    start, loaded = time.perf_counter(), 0
+    logger.info("vitlm demo: loading the default models (%s) on %s before serving", ", ".join(TASKS), store.device)
+    for task in TASKS:
+        try:
+            store.get(task, DEFAULT_SOURCE)
+            loaded += 1
+        except ModelLoadError as error:
+            logger.warning("vitlm demo: the default %s model did not load: %s", task, error)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "vitlm demo: %d of %d default models loaded in %.1f s; starting the server", loaded, len(TASKS), seconds
+    )
+
+
 def launch(
     host: str = "127.0.0.1", port: int = 7860, share: bool = False, allow_local_models: bool = False, **launch_kwargs
 ) -> gr.Blocks:
-    """Build the app, queue its requests and serve it (blocking, unless `prevent_thread_lock=True` is passed). The
-    model selectors read local folders only when the app serves this machine alone (`host` a loopback address and no
-    `share`), or with `allow_local_models`."""
+    """Load the default models, build the app, queue its requests and serve it (blocking, unless
+    `prevent_thread_lock=True` is passed). The model selectors read local folders only when the app serves this
+    machine alone (`host` a loopback address and no `share`), or with `allow_local_models`."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the demo runs offline
+    log_to_terminal()
     # gradio decodes the image editor's uploads before the handler can look at their size: PIL then refuses any
     # image of more than twice MAX_PIXELS (between once and twice, `load_image` refuses it undecoded)
     PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     store = ModelStore(allow_local=allow_local_models or (is_loopback(host) and not share))
+    load_default_models(store)
     demo = build_app(store).queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.launch(
         server_name=host,

@@ -14,9 +14,12 @@ folder of the same name, where one exists).
 
 import contextlib
 import hashlib
+import logging
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,6 +60,7 @@ TASKS = {
     ),
 }
 VITLM_CLASSES = {name: getattr(vitlm_models, name) for name in vitlm_models.__all__}
+logger = logging.getLogger(__name__)
 
 
 class ModelLoadError(ValueError):
@@ -151,9 +155,10 @@ class ModelStore:
         self._loading: dict[str, list] = {}  # source -> [its lock, how many requests hold or wait for it]
         self._lock = threading.Lock()
 
-    def get(self, task: str, source: str | None) -> Loaded:
+    def get(self, task: str, source: str | None, on_load: Callable[[str], None] | None = None) -> Loaded:
         """The model for `task` from `source` (blank or `default`: the shipped default), loading it on first use.
-        Raises `ModelLoadError` with a message for the user when it cannot."""
+        Raises `ModelLoadError` with a message for the user when it cannot. `on_load(message)` is called when the
+        model is not in memory yet, before this request loads it or waits for another request loading it."""
         spec = TASKS[task]
         source = (source or "").strip() or DEFAULT_SOURCE
         if not self.allow_local and not is_public_source(source):
@@ -163,11 +168,19 @@ class ModelStore:
                 "files are read only when the demo serves on 127.0.0.1 (or is started with --allow-local-models)."
             )
         key = str(DEFAULT_MODELS / spec.folder) if source == DEFAULT_SOURCE else source
+        if on_load is not None:
+            with self._lock:
+                loading = key not in self._loaded
+            if loading:
+                on_load(f"Loading the model {source!r} (first use)...")
         with self._loading_lock(key):
             with self._lock:
                 loaded = self._loaded.get(key)
             if loaded is None:
+                logger.info("vitlm demo: loading the %s model %r...", task, source)
+                start = time.perf_counter()
                 loaded = self._load(key, source)
+                logger.info("vitlm demo: loaded the %s model %r in %.1f s", task, source, time.perf_counter() - start)
             with self._lock:
                 self._loaded[key] = loaded
                 self._loaded.move_to_end(key)

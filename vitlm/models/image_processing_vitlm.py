@@ -194,16 +194,23 @@ class VitlmImageProcessor(BaseImageProcessor):
             target_sizes (`(batch, 2)` tensor or list of (height, width), *optional*): the original images' sizes.
                 Boxes are then mapped back through this processor's resize and crop into original-image pixels;
                 otherwise they stay normalized to the processed image.
-            nms_threshold (`float`, *optional*): apply class-wise non-maximum suppression at this IoU. Off by
-                default: the model's one-to-one matching makes it unnecessary.
+            nms_threshold (`float`, *optional*): non-maximum suppression per query: a box is dropped when it
+                overlaps a better-scoring box of the same query with an IoU above this (boxes of different queries
+                never suppress each other; 1 keeps every box). Off by default: the model is trained with one-to-one
+                matching, yet it can still put two boxes on one object.
 
         Returns:
             One dict per image with `scores`, `labels` (query indices) and `boxes` (x0, y0, x1, y1), best first.
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"`threshold` must be in [0, 1], got {threshold!r}")
-        if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"`nms_threshold` must be in (0, 1], got {nms_threshold!r}")
+        if nms_threshold is not None:
+            try:  # True (read as "on") and "0.5" are mistakes, not IoUs
+                valid = not isinstance(nms_threshold, (bool, str)) and 0 < float(nms_threshold) <= 1
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise ValueError(f"`nms_threshold` must be a number in (0, 1] (an IoU) or None, got {nms_threshold!r}")
         logits, boxes = outputs["logits"], center_to_corners(outputs["pred_boxes"].float())
         if target_sizes is not None and len(target_sizes) != len(logits):
             raise ValueError(f"got {len(target_sizes)} target sizes for {len(logits)} images")
