@@ -3,8 +3,8 @@ package first.
 
 `import vitlm` registers every model class with transformers' Auto classes, which means importing torch and
 transformers: seconds, and `vitlm --help`, `vitlm presets` or a mistyped option need neither. So this entry point
-loads vitlm's two light modules, `vitlm.presets` and `vitlm.cli` (standard library only at module level), from the
-package folder by themselves, then runs `vitlm.cli.main`. A subcommand that works with models imports the package
+loads vitlm's light modules, `vitlm.presets`, `vitlm.training.tasks` and `vitlm.cli` (standard library only at
+module level), from the package folder by themselves, then runs `vitlm.cli.main`. A subcommand that works with models imports the package
 as it runs (`from .convert import convert`, ...), so its classes are registered exactly as after `import vitlm`.
 `import vitlm` itself is unchanged, and `python -m vitlm.cli` / `from vitlm.cli import main` behave the same, only
 with the package imported first.
@@ -15,15 +15,16 @@ import importlib.util
 import pathlib
 import sys
 
-# in dependency order: `cli` imports `presets`
-LIGHT_MODULES = ("presets", "cli")
+# in dependency order: `cli` imports `presets` and the task table's names (`training.tasks`)
+LIGHT_MODULES = ("presets", "training.tasks", "cli")
 
 
 def main() -> int:
     if "vitlm" not in sys.modules:  # otherwise the package is there already, and its modules import as usual
         package = pathlib.Path(importlib.util.find_spec("vitlm").origin).parent
         for name in LIGHT_MODULES:
-            spec = importlib.util.spec_from_file_location(f"vitlm.{name}", package / f"{name}.py")
+            path = package.joinpath(*name.split(".")).with_suffix(".py")
+            spec = importlib.util.spec_from_file_location(f"vitlm.{name}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)

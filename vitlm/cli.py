@@ -229,6 +229,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser):
 
 
 def _run_demo(args) -> int:
+    # importing torch, transformers and gradio takes seconds before the demo's own progress lines
+    print("vitlm demo: starting (importing torch, transformers and gradio)...", file=sys.stderr, flush=True)
     try:
         from .demo import launch
     except ModuleNotFoundError as error:

@@ -71,8 +71,9 @@ def test_the_terminal_shows_the_default_models_loading_before_the_url(demo_serve
     lines = log.read_text().splitlines()
     served = next(index for index, line in enumerate(lines) if "Running on local URL" in line)
     progress = [line for line in lines[:served] if line.startswith("vitlm demo:")]
-    assert progress[0].startswith("vitlm demo: loading the default models (zero-shot, detection, inpainting) on ")
-    for task in ("zero-shot", "detection", "inpainting"):
+    tasks = ("zero-shot-image-classification", "zero-shot-object-detection", "masked-image-modeling")
+    assert progress[0].startswith(f"vitlm demo: loading the default models ({', '.join(tasks)}) on ")
+    for task in tasks:
         assert f"vitlm demo: loading the {task} model 'default'..." in progress
         assert any(
             re.fullmatch(f"vitlm demo: loaded the {task} model 'default' in [0-9.]+ s", line) for line in progress

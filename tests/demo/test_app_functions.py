@@ -177,11 +177,11 @@ def test_a_model_loading_on_first_use_shows_progress_in_the_app(tmp_path):
         shown.append((value, desc))
 
     message = (0.0, "Loading the model 'default' (first use)...")
-    model_status("zero-shot", "default", store, progress)
+    model_status("zero-shot-image-classification", "default", store, progress)
     classify(shapes_image(), LABELS, "", progress=progress, store=store)  # loaded by the status line
     assert shown == [message]
     detect(shapes_image(), LABELS, progress=progress, store=store)
-    model_status("detection", "default", store, progress)
+    model_status("zero-shot-object-detection", "default", store, progress)
     assert shown == [message] * 2
     editor = {"background": INPAINTING_EXAMPLES[0]["background"], "layers": INPAINTING_EXAMPLES[0]["layers"]}
     inpaint(editor, progress=progress, store=store)
@@ -196,23 +196,27 @@ def test_gradio_tracks_the_progress_of_every_handler(store):
     untracked = {fn.name for fn in demo.fns.values() if not fn.tracks_progress}
     assert untracked == {"load_example"}  # gr.Examples filling the inputs
     tracked = {fn.api_name for fn in demo.fns.values() if fn.tracks_progress}
-    assert {"classify", "detect", "inpaint", "zero_shot_model", "detection_model", "inpainting_model"} <= tracked
+    models = ["zero_shot_image_classification_model", "zero_shot_object_detection_model", "masked_image_modeling_model"]
+    assert {"classify", "detect", "inpaint", *models} <= tracked
 
 
 def test_the_default_models_load_before_serving_saying_so(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="vitlm.demo")
-    monkeypatch.setitem(TASKS, "detection", TASKS["detection"]._replace(folder="missing"))  # one fails to load
+    detection = "zero-shot-object-detection"
+    monkeypatch.setitem(TASKS, detection, TASKS[detection]._replace(folder="missing"))  # one fails to load
     store = ModelStore(cache_dir=tmp_path, device="cpu")
     app.load_default_models(store)
     lines = [record.getMessage() for record in caplog.records if record.name.startswith("vitlm.demo")]
     expected = [
-        "vitlm demo: loading the default models \\(zero-shot, detection, inpainting\\) on cpu before serving",
-        "vitlm demo: loading the zero-shot model 'default'\\.\\.\\.",
-        "vitlm demo: loaded the zero-shot model 'default' in [0-9.]+ s",
-        "vitlm demo: loading the detection model 'default'\\.\\.\\.",
-        f"vitlm demo: the default detection model did not load: no model folder at '{DEFAULT_MODELS}/missing'",
-        "vitlm demo: loading the inpainting model 'default'\\.\\.\\.",
-        "vitlm demo: loaded the inpainting model 'default' in [0-9.]+ s",
+        "vitlm demo: loading the default models \\(zero-shot-image-classification, zero-shot-object-detection, "
+        "masked-image-modeling\\) on cpu before serving",
+        "vitlm demo: loading the zero-shot-image-classification model 'default'\\.\\.\\.",
+        "vitlm demo: loaded the zero-shot-image-classification model 'default' in [0-9.]+ s",
+        "vitlm demo: loading the zero-shot-object-detection model 'default'\\.\\.\\.",
+        f"vitlm demo: the default zero-shot-object-detection model did not load: no model folder at "
+        f"'{DEFAULT_MODELS}/missing'",
+        "vitlm demo: loading the masked-image-modeling model 'default'\\.\\.\\.",
+        "vitlm demo: loaded the masked-image-modeling model 'default' in [0-9.]+ s",
         "vitlm demo: 2 of 3 default models loaded in [0-9.]+ s; starting the server",
     ]
     assert len(lines) == len(expected) and all(re.fullmatch(*pair) for pair in zip(expected, lines)), lines
