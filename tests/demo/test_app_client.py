@@ -71,6 +71,7 @@ def test_the_terminal_shows_the_default_models_loading_before_the_url(demo_serve
     lines = log.read_text().splitlines()
     served = next(index for index, line in enumerate(lines) if "Running on local URL" in line)
     progress = [line for line in lines[:served] if line.startswith("vitlm demo:")]
+    assert progress.pop(0) == "vitlm demo: starting (importing torch, transformers and gradio)..."
     tasks = ("zero-shot-image-classification", "zero-shot-object-detection", "masked-image-modeling")
     assert progress[0].startswith(f"vitlm demo: loading the default models ({', '.join(tasks)}) on ")
     for task in tasks:

@@ -19,9 +19,9 @@ from vitlm.demo.models import DEFAULT_MODELS, TASKS, ModelStore
 IMAGE, QUERIES = DETECTION_EXAMPLES[1][0], ["a red circle", "a pink cross", "a blue square"]
 # task -> the Auto classes a user of the pushed repo reaches for
 AUTO_CLASSES = {
-    "zero-shot": ("AutoModelForZeroShotImageClassification", "AutoProcessor"),
-    "detection": ("AutoModelForZeroShotObjectDetection", "AutoProcessor"),
-    "inpainting": ("AutoModelForMaskedImageModeling", "AutoImageProcessor"),
+    "zero-shot-image-classification": ("AutoModelForZeroShotImageClassification", "AutoProcessor"),
+    "zero-shot-object-detection": ("AutoModelForZeroShotObjectDetection", "AutoProcessor"),
+    "masked-image-modeling": ("AutoModelForMaskedImageModeling", "AutoImageProcessor"),
 }
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -71,11 +71,11 @@ def test_pushed_default_models_load_without_vitlm(hub, tmp_path):
         code = {name for name in HfApi().list_repo_files(repo) if name.endswith(".py")}
         assert {entry.split(".")[0] + ".py" for entry in shipped.config.auto_map.values()} <= code, repo
 
-        text = QUERIES if task != "inpainting" else None
+        text = QUERIES if task != "masked-image-modeling" else None
         encoded = loaded.processor(images=image, **({"text": text, "padding": True} if text else {}))
         inputs = dict(encoded.convert_to_tensors("pt"))
         extra = {}
-        if task == "inpainting":  # which patches are masked: random, the same in both processes
+        if task == "masked-image-modeling":  # which patches are masked: random, the same in both processes
             grid = loaded.model.config.grid_size
             extra["noise"] = torch.rand(1, grid[0] * grid[1], generator=torch.Generator().manual_seed(0))
         save_file(extra, tmp_path / f"{task}.safetensors")

@@ -514,6 +514,8 @@ def encoder_model_type(model_type: str) -> str:
 
 def is_legacy_masked_image_modeling(config_dict: dict) -> bool:
     """A masked image model's config saved by vitlm before `VitlmViTMAEConfig` (model type "vitlm_vit")."""
+    if not isinstance(config_dict, dict):  # not a config: left for the loader to refuse
+        return False
     return config_dict.get("model_type") == VitlmViTConfig.model_type and MASKED_IMAGE_MODELING_ARCHITECTURE in (
         config_dict.get("architectures") or []
     )
