@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -27,6 +28,7 @@ from vitlm import (
     VitlmImageProcessor,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTMAEConfig,
     VitlmViTModel,
 )
 from vitlm.clip_bpe import clip_tokenizer
@@ -77,6 +79,18 @@ def test_auto_map_lists_every_auto_class_of_the_family(tmp_path):
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_dual_encoder.VitlmDualEncoderModel"
     assert {"modeling_hybrid.py", "modeling_dual_encoder.py"} <= {p.name for p in folder.iterdir()}
+    # an MAE repo answers to the Auto classes vitlm registers for it, and only those, with or without vitlm
+    _, folder = saved_model(tmp_path, "vit_mae", VitlmViTForMaskedImageModeling)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vitlm.VitlmViTMAEConfig",
+        "AutoModel": "modeling_inpainting.VitlmViTMAEModel",
+        "AutoModelForMaskedImageModeling": "modeling_inpainting.VitlmViTForMaskedImageModeling",
+    }
+    for auto_class, module_and_class in auto_map.items():
+        if auto_class != "AutoConfig":
+            registered = getattr(transformers, auto_class)._model_mapping[VitlmViTMAEConfig]
+            assert module_and_class.endswith(f".{registered.__name__}")
 
 
 REMOTE_SCRIPT = textwrap.dedent(

@@ -18,11 +18,19 @@ from .layers import VitlmEncoder, grid_positions, sincos_2d_position_embeddings
 from .modeling_vit import VitlmViTModel, VitlmViTPreTrainedModel
 
 
+# The Auto classes an MAE repo answers to with `trust_remote_code=True`: the same as vitlm registers locally.
+MAE_REMOTE_AUTO_MAP = {
+    "AutoModel": "modeling_inpainting.VitlmViTMAEModel",
+    "AutoModelForMaskedImageModeling": "modeling_inpainting.VitlmViTForMaskedImageModeling",
+}
+
+
 class VitlmViTMAEModel(VitlmViTModel):
     """The encoder of an MAE model, as `AutoModel` loads it from an MAE model's folder (transformers' `ViTMAEModel`
     plays that part): a plain ViT encoder whose config also carries the head's fields."""
 
     config_class = VitlmViTMAEConfig
+    _remote_auto_map = MAE_REMOTE_AUTO_MAP
 
 
 @dataclass
@@ -54,10 +62,7 @@ class VitlmViTForMaskedImageModeling(VitlmViTPreTrainedModel):
 
     config_class = VitlmViTMAEConfig
     pipeline_tag = "image-to-image"
-    _remote_auto_map = {
-        **VitlmViTPreTrainedModel._remote_auto_map,
-        "AutoModelForMaskedImageModeling": "modeling_inpainting.VitlmViTForMaskedImageModeling",
-    }
+    _remote_auto_map = MAE_REMOTE_AUTO_MAP
 
     def __init__(self, config: VitlmViTMAEConfig):
         if config.model_type != VitlmViTMAEConfig.model_type:  # not isinstance: remote code may load its module twice
