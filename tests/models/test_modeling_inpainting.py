@@ -279,7 +279,10 @@ def test_a_folder_saved_before_the_mae_config_loads_with_identical_outputs(tmp_p
 def test_the_shipped_inpainting_model_loads_as_an_mae_model():
     folder = Path(vitlm.__file__).parent / "demo" / "default_models" / "inpainting"
     saved = json.loads((folder / "config.json").read_text())
-    assert saved["model_type"] == "vitlm_vit"  # written by an earlier vitlm
+    # rewritten from an earlier vitlm's "vitlm_vit" (test_a_folder_saved_before_the_mae_config_... covers those),
+    # outputs unchanged; it names the Auto classes vitlm registers for MAE models
+    assert saved["model_type"] == "vitlm_vit_mae"
+    assert saved["auto_map"]["AutoModel"] == "modeling_inpainting.VitlmViTMAEModel"
     model = AutoModelForMaskedImageModeling.from_pretrained(folder)
     assert isinstance(model, VitlmViTForMaskedImageModeling) and type(model.config) is VitlmViTMAEConfig
     head = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "mask_ratio")

@@ -18,6 +18,7 @@ from transformers import (
 
 from vitlm.cli import main
 from vitlm.data.shapes import CATEGORIES, HELD_OUT, generate, to_imagefolder
+from vitlm.training.tasks import get_task
 
 SHAPES = ["--dataset", "shapes", "--shapes-train", "64", "--shapes-test", "16", "--shapes-size", "32"]
 TINY_DECODER = (
@@ -108,6 +109,8 @@ def test_train_end_to_end(task, tmp_path):
     assert card.data.pipeline_tag == PIPELINE_TAGS[task]
     assert card.data.datasets == ["vitlm-shapes"]
     assert task in card.data.tags and f"trained with `vitlm train {task}`" in card.text  # the one vocabulary
+    description = get_task(task).description
+    assert f"\n{description[0].upper()}{description[1:]}, trained with" in card.text  # acronyms keep their case
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
     final = evaluations[-1]
     for name in [*metric_names, "loss"]:

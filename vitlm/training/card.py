@@ -107,7 +107,7 @@ def write_model_card(
 
 # {output_dir.name}
 
-{task.description.capitalize()}, trained with `vitlm train {task.name}` from `{model_name}` on `{dataset_name}`
+{task.description[:1].upper()}{task.description[1:]}, trained with `vitlm train {task.name}` from `{model_name}` on `{dataset_name}`
 ({trainer.state.global_step} optimizer steps, {trainer.state.epoch or 0:.2f} epochs).
 
 ## Evaluation (last evaluation)
