@@ -4,8 +4,9 @@ package first.
 `import vitlm` registers every model class with transformers' Auto classes, which means importing torch and
 transformers: seconds, and `vitlm --help`, `vitlm presets` or a mistyped option need neither. So this entry point
 loads vitlm's light modules, `vitlm.presets`, `vitlm.training.tasks` and `vitlm.cli` (standard library only at
-module level), from the package folder by themselves, then runs `vitlm.cli.main`. A subcommand that works with models imports the package
-as it runs (`from .convert import convert`, ...), so its classes are registered exactly as after `import vitlm`.
+module level), from the package folder by themselves, then runs `vitlm.cli.main`. A subcommand that works with
+models imports the package as it runs (`from .convert import convert`, ...), so its classes are registered exactly
+as after `import vitlm`.
 `import vitlm` itself is unchanged, and `python -m vitlm.cli` / `from vitlm.cli import main` behave the same, only
 with the package imported first.
 """

@@ -6,13 +6,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import tomllib
 
 import pytest
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 import _vitlm_cli
 from vitlm.presets import preset_names

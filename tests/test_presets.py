@@ -2,14 +2,10 @@ import importlib
 import inspect
 import json
 import pathlib
+import tomllib
 
 import pytest
 import torch
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
 import vitlm

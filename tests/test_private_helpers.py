@@ -8,12 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sources() -> list[Path]:
-    return [
-        path
-        for folder in ("vitlm", "demos", "benchmarks")
-        for path in sorted((REPO / folder).rglob("*.py"))
-        if "default_models" not in path.parts  # copies of vitlm/models, checked against it elsewhere
-    ]
+    return [path for folder in ("vitlm", "demos", "benchmarks") for path in sorted((REPO / folder).rglob("*.py"))]
 
 
 def test_no_module_imports_another_modules_private_names():

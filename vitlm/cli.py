@@ -1,10 +1,10 @@
 """The `vitlm` command: one entry point, one subcommand per job.
 
 Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; `run(args)` returns an exit status
-(or None for 0). This module and `vitlm.presets` import only the standard library at module level, and every other
-import happens inside `run`: the `vitlm` console script (`_vitlm_cli`) loads the two of them without the `vitlm`
-package, whose import registers the models with transformers (seconds of torch), so that help, `vitlm presets` and
-argument errors come back at once.
+(or None for 0). This module, `vitlm.presets` and `vitlm.training.tasks` import only the standard library at module
+level, and every other import happens inside `run`: the `vitlm` console script (`_vitlm_cli`) loads the three of them
+without the `vitlm` package, whose import registers the models with transformers (seconds of torch), so that help,
+`vitlm presets` and argument errors come back at once.
 """
 
 import argparse

@@ -196,7 +196,11 @@ def test_gradio_tracks_the_progress_of_every_handler(store):
     untracked = {fn.name for fn in demo.fns.values() if not fn.tracks_progress}
     assert untracked == {"load_example"}  # gr.Examples filling the inputs
     tracked = {fn.api_name for fn in demo.fns.values() if fn.tracks_progress}
-    models = ["zero_shot_image_classification_model", "zero_shot_object_detection_model", "masked_image_modeling_model"]
+    models = [
+        "zero_shot_image_classification_model",
+        "zero_shot_object_detection_model",
+        "masked_image_modeling_model",
+    ]
     assert {"classify", "detect", "inpaint", *models} <= tracked
 
 

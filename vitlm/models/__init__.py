@@ -1,6 +1,7 @@
 """The portable model code: everything here is copied into saved repos and runs with `trust_remote_code=True`.
 
-Modules in this folder import only torch, transformers, numpy, PIL and each other (single-level relative imports).
+Modules in this folder import only torch, transformers (and its own dependencies tokenizers and safetensors), numpy,
+PIL and each other (single-level relative imports).
 """
 
 from .configuration_vitlm import (

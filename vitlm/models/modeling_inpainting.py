@@ -17,7 +17,6 @@ from .inpainting_utils import patchify
 from .layers import VitlmEncoder, grid_positions, sincos_2d_position_embeddings
 from .modeling_vit import VitlmViTModel, VitlmViTPreTrainedModel
 
-
 # The Auto classes an MAE repo answers to with `trust_remote_code=True`: the same as vitlm registers locally.
 MAE_REMOTE_AUTO_MAP = {
     "AutoModel": "modeling_inpainting.VitlmViTMAEModel",

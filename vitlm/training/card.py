@@ -107,7 +107,7 @@ def write_model_card(
 
 # {output_dir.name}
 
-{task.description[:1].upper()}{task.description[1:]}, trained with `vitlm train {task.name}` from `{model_name}` on `{dataset_name}`
+{sentence_start(task.description)}, trained with `vitlm train {task.name}` from `{model_name}` on `{dataset_name}`
 ({trainer.state.global_step} optimizer steps, {trainer.state.epoch or 0:.2f} epochs).
 
 ## Evaluation (last evaluation)
@@ -139,3 +139,8 @@ meant for testing and teaching, not for natural images.
 
 
 __all__ = ["base_commands", "base_model", "last_evaluation", "write_model_card"]
+
+
+def sentence_start(text: str) -> str:
+    """`text` with its first letter upper-cased and the rest as written (`str.capitalize` lower-cases acronyms)."""
+    return text[:1].upper() + text[1:]
