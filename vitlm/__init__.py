@@ -62,7 +62,8 @@ _AUTO_MODELS = [
 
 
 def _register():
-    config_classes = (VitlmViTConfig, VitlmViTMAEConfig, VitlmHybridConfig, VitlmTextConfig, VitlmDualEncoderConfig)
+    # every family is an `_AUTO_MODELS` entry: its config is registered from there
+    config_classes = list(dict.fromkeys(config_class for _, config_class, _ in _AUTO_MODELS))
     for config_class in config_classes:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
@@ -77,7 +78,7 @@ def _register():
         image_processors = {"image_processor_classes": backends}
     else:
         image_processors = {"slow_image_processor_class": VitlmImageProcessor}
-    for config_class in (VitlmViTConfig, VitlmViTMAEConfig, VitlmHybridConfig, VitlmDualEncoderConfig):
+    for config_class in (config for config in config_classes if config is not VitlmTextConfig):  # all take images
         AutoImageProcessor.register(config_class, **image_processors, exist_ok=True)
         # without torchvision (not a dependency) transformers has no video processors: AutoVideoProcessor is then a
         # placeholder that raises on any use, and nothing probes it
