@@ -3,8 +3,8 @@ package first.
 
 `import vitlm` registers every model class with transformers' Auto classes, which means importing torch and
 transformers: seconds, and `vitlm --help`, `vitlm presets` or a mistyped option need neither. So this entry point
-loads vitlm's light modules, `vitlm.presets`, `vitlm.training.tasks` and `vitlm.cli` (standard library only at
-module level), from the package folder by themselves, then runs `vitlm.cli.main`. A subcommand that works with
+loads vitlm's light modules (`LIGHT_MODULES`: standard library only at module level) from the package folder by
+themselves, then runs `vitlm.cli.main`. A subcommand that works with
 models imports the package as it runs (`from .convert import convert`, ...), so its classes are registered exactly
 as after `import vitlm`.
 `import vitlm` itself is unchanged, and `python -m vitlm.cli` / `from vitlm.cli import main` behave the same, only
@@ -16,8 +16,8 @@ import importlib.util
 import pathlib
 import sys
 
-# in dependency order: `cli` imports `presets` and the task table's names (`training.tasks`)
-LIGHT_MODULES = ("presets", "training.tasks", "cli")
+# in dependency order: `cli` imports `presets`, the task table's names (`training.tasks`) and the settings' checks
+LIGHT_MODULES = ("presets", "training.tasks", "training.arguments", "cli")
 
 
 def main() -> int:

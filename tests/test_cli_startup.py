@@ -60,6 +60,14 @@ def test_presets_imports_neither_torch_nor_transformers(tmp_path):
         (["export", "folder"], "required: out_dir"),
         (["demo", "--port", "70000"], "expected a port number from 0 to 65535, got '70000'"),
         (["convert", "timm:vit_tiny_patch16_224"], "required: out_dir"),
+        (
+            ["train", "image-classification", "--model", "x", "--dataset", "shapes", "--layer-decay", "0"],
+            "layer_decay (--layer-decay) must be a number in (0, 1], got 0.0",
+        ),
+        (
+            ["train", "masked-image-modeling", "--model", "x", "--dataset", "shapes", "--mixup", "0.2"],
+            "mixup and cutmix (--mixup, --cutmix) apply to classification, not 'masked-image-modeling'",
+        ),
     ],
 )
 def test_argument_errors_import_neither_torch_nor_transformers(args, fragment, tmp_path):

@@ -1,9 +1,9 @@
 """The `vitlm` command: one entry point, one subcommand per job.
 
 Each subcommand is a `(name, help, add_arguments, run)` entry in `SUBCOMMANDS`; `run(args)` returns an exit status
-(or None for 0). This module, `vitlm.presets` and `vitlm.training.tasks` import only the standard library at module
-level, and every other import happens inside `run`: the `vitlm` console script (`_vitlm_cli`) loads the three of them
-without the `vitlm` package, whose import registers the models with transformers (seconds of torch), so that help,
+(or None for 0). This module and the few it needs before a subcommand runs (`_vitlm_cli.LIGHT_MODULES`) import only
+the standard library at module level, and every other import happens inside `run`: the `vitlm` console script loads
+them without the `vitlm` package, whose import registers the models with transformers (seconds of torch), so that help,
 `vitlm presets` and argument errors come back at once.
 """
 
@@ -164,6 +164,28 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
 
 
 def _run_train(args) -> int:
+    from .training.arguments import check_arguments  # standard library only: refuses bad settings at once
+
+    task_options = dict(
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        block_masking=args.block_masking,
+        caption_weights=args.caption_weights,
+        bbox_format=args.bbox_format,
+    )
+    settings = dict(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+        layer_decay=args.layer_decay,
+        twin_weight=args.twin_weight,
+    )
+    check_arguments(args.task, args.output_dir, **settings, **task_options)
+
     from accelerate import PartialState
 
     from .training.run import train
@@ -173,11 +195,6 @@ def _run_train(args) -> int:
         args.model,
         args.dataset,
         args.output_dir,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
         resume=args.resume,
         push_to_hub=args.push_to_hub,
         shapes_train=args.shapes_train,
@@ -185,19 +202,12 @@ def _run_train(args) -> int:
         shapes_size=args.shapes_size,
         shapes_max_objects=args.shapes_max_objects,
         config_overrides=args.config_overrides,
-        layer_decay=args.layer_decay,
-        mixup_alpha=args.mixup,
-        cutmix_alpha=args.cutmix,
-        bbox_format=args.bbox_format,
-        eval_steps=args.eval_steps,
-        logging_steps=args.logging_steps,
         augment=not args.no_augment,
-        block_masking=args.block_masking,
-        caption_weights=args.caption_weights,
-        twin_weight=args.twin_weight,
         save_checkpoints=not args.no_checkpoints,
         save_dtype=args.save_dtype,
         command=shlex.join(["vitlm", *args.argv]),
+        **settings,
+        **task_options,
     )
     print(f"wrote {args.output_dir} ({trainer.state.global_step} steps)")
     # under torchrun / accelerate on CPU, a process that exits with gloo's threads still running can abort

@@ -2,7 +2,6 @@
 Auto classes (model, processor, loss curves, model card)."""
 
 import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from transformers.trainer_utils import get_last_checkpoint, set_seed
 from ..convert import DTYPES
 from ..models.configuration_vitlm import split_assignments
 from . import transforms
+from .arguments import check_arguments
 from .card import write_model_card
-from .tasks import auto_class, check_task_options, class_names_of, get_task
+from .tasks import auto_class, class_names_of, get_task
 from .trainer import build_trainer, plot_log_history, training_arguments
 
 CLIP_VOCAB = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0}
@@ -152,82 +152,6 @@ def with_transforms(task, train, eval_dataset, image_processor, augment=True, **
     return transforms.with_example_index(train).with_transform(make(True)), eval_dataset.with_transform(make(False))
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_arguments(
-    task,
-    output_dir,
-    *,
-    epochs,
-    max_steps,
-    batch_size,
-    lr,
-    seed,
-    eval_steps,
-    logging_steps,
-    layer_decay,
-    twin_weight=0.0,
-    **task_options,
-):
-    """Refuse a training setting out of its range, naming it and its `vitlm train` option, or an option of another
-    task (`TASK_OPTIONS`: mixup on a task without labels to mix, ...), before any data is generated or model built:
-    Trainer would otherwise fail late, or train silently with no effect (a learning rate or layer decay of 0)."""
-    get_task(task)
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
-    mixup_alpha, cutmix_alpha = task_options.get("mixup_alpha", 0.0), task_options.get("cutmix_alpha", 0.0)
-    ranges = [  # (name, option, value, valid, what it must be)
-        ("epochs", "--epochs", epochs, _number(epochs) and epochs > 0, "a number > 0"),
-        (
-            "max_steps",
-            "--max-steps",
-            max_steps,
-            _integer(max_steps) and (max_steps >= 1 or max_steps == -1),
-            "an integer >= 1, or -1 (no limit)",
-        ),
-        ("batch_size", "--batch-size", batch_size, _integer(batch_size) and batch_size >= 1, "an integer >= 1"),
-        ("lr", "--lr", lr, _number(lr) and lr > 0, "a number > 0"),
-        ("seed", "--seed", seed, _integer(seed) and 0 <= seed < 2**32, "an integer from 0 to 2**32 - 1"),
-        (
-            "eval_steps",
-            "--eval-steps",
-            eval_steps,
-            eval_steps is None or _integer(eval_steps) and eval_steps >= 1,
-            "an integer >= 1",
-        ),
-        (
-            "logging_steps",
-            "--logging-steps",
-            logging_steps,
-            _integer(logging_steps) and logging_steps >= 1,
-            "an integer >= 1",
-        ),
-        (
-            "layer_decay",
-            "--layer-decay",
-            layer_decay,
-            layer_decay is None or _number(layer_decay) and 0 < layer_decay <= 1,
-            "a number in (0, 1]",
-        ),
-        ("mixup_alpha", "--mixup", mixup_alpha, _number(mixup_alpha) and mixup_alpha >= 0, "a number >= 0"),
-        ("cutmix_alpha", "--cutmix", cutmix_alpha, _number(cutmix_alpha) and cutmix_alpha >= 0, "a number >= 0"),
-    ]
-    for name, option, value, valid, expected in ranges:
-        if not valid:
-            raise ValueError(f"{name} ({option}) must be {expected}, got {value!r}")
-    if not (isinstance(twin_weight, (int, float)) and math.isfinite(twin_weight) and twin_weight >= 0):
-        raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
-    check_task_options(task, twin_weight=twin_weight, **task_options)
-    if task_options.get("caption_weights") is not None:
-        transforms.caption_weights_tensor(task_options["caption_weights"])
-
-
 def train(
     task: str,
     model_name: str,
@@ -288,6 +212,8 @@ def train(
         twin_weight=twin_weight,
         **task_options,
     )
+    if caption_weights is not None:
+        transforms.caption_weights_tensor(caption_weights)
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if not save_checkpoints:
@@ -376,4 +302,4 @@ def train(
     return trainer
 
 
-__all__ = ["check_arguments", "class_names_of", "load_datasets", "load_model", "parse_overrides", "train"]
+__all__ = ["class_names_of", "load_datasets", "load_model", "parse_overrides", "train"]
