@@ -4,6 +4,7 @@ sources (failing, of the wrong kind, converted once and cached), and the shipped
 import json
 import logging
 import math
+import pathlib
 import re
 import threading
 from pathlib import Path
@@ -280,8 +281,13 @@ def test_image_validation_messages(tmp_path, monkeypatch):
         load_image(PIL.Image.new("1", (7000, 6000)))
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
-    with pytest.raises(gr.Error, match="Cannot read the image"):
+    with pytest.raises(gr.Error, match="Cannot read the image") as unreadable:
         load_image(str(not_an_image))
+    assert str(tmp_path) not in str(unreadable.value)  # the server's paths stay on the server
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(pathlib.Path(ZERO_SHOT_EXAMPLES[0][0]).read_bytes()[:300])
+    with pytest.raises(gr.Error, match="Cannot read the image: image file is truncated"):
+        load_image(str(truncated))
     monkeypatch.setattr(app, "MAX_FILE_SIZE", 1000)
     with pytest.raises(gr.Error, match="the limit is 1,000"):
         load_image(ZERO_SHOT_EXAMPLES[0][0])

@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -100,6 +101,16 @@ def _escaped(text) -> str:
     return html.escape(str(text), quote=False)
 
 
+# a quoted path or an object's repr inside an error message
+QUOTED_PATH = re.compile(r"\s*('[^']*[/\\][^']*'|\"[^\"]*[/\\][^\"]*\"|<[^<>]*>)")
+
+
+def unreadable(name: str, error: Exception) -> gr.Error:
+    """The refusal of an image PIL cannot read, saying why without the path PIL quotes: where the server keeps
+    uploads is none of a remote user's business."""
+    return refusal(f"Cannot read the {name}: {_escaped(QUOTED_PATH.sub('', str(error)))}")
+
+
 def refusal(message: str) -> gr.Error:
     """The error that refuses a request, shown to the user; the server logs it as one line (gradio would print its
     traceback, as for a bug)."""
@@ -127,7 +138,7 @@ def open_image(image, name: str = "image") -> PIL.Image.Image | np.ndarray:
         except PIL.Image.DecompressionBombError as error:
             raise too_many_pixels(name) from error
         except OSError as error:
-            raise refusal(f"Cannot read the {name}: {_escaped(error)}") from error
+            raise unreadable(name, error) from error
     size = image.size if isinstance(image, PIL.Image.Image) else np.shape(image)[:2]
     if math.prod(size) > MAX_PIXELS:
         raise refusal(f"The {name} has {math.prod(size):,} pixels; the limit is {MAX_PIXELS:,}.")
@@ -144,7 +155,7 @@ def load_image(image, name: str = "image") -> PIL.Image.Image:
             image = PIL.ImageOps.exif_transpose(image)
         return as_rgb(as_pil_image(image))
     except (OSError, ValueError) as error:
-        raise refusal(f"Cannot read the {name}: {_escaped(error)}") from error
+        raise unreadable(name, error) from error
 
 
 def check_length(text: str, what: str, limit: int = MAX_TEXT_LENGTH):
@@ -379,7 +390,7 @@ def refusing_unreadable(component):
         except PIL.Image.DecompressionBombError as error:
             raise too_many_pixels() from error
         except OSError as error:  # not an image, or a truncated one
-            raise refusal(f"Cannot read the image: {_escaped(error)}") from error
+            raise unreadable("image", error) from error
 
     component.preprocess = guarded
     return component
