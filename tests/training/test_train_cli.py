@@ -243,3 +243,23 @@ def test_twin_weight_is_checked(tmp_path, capsys, monkeypatch):
     argv = ["train", "contrastive", "--model", "clip-tiny-test", "--dataset", str(folder), "--output-dir", str(out)]
     assert main([*argv, "--twin-weight", "1"]) == 2
     assert "the dataset has no twins column" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["clip-tiny-test", "shapes-clip-small"])
+def test_a_preset_dual_encoder_tokenizes_as_open_clip_without_it(preset, monkeypatch):
+    """Training a dual-encoder preset takes CLIP's BPE from the presets' own files, not from open_clip (the `convert`
+    extra): the ids equal open_clip's at the model's context length."""
+    import open_clip
+
+    import vitlm.clip_bpe
+    from vitlm.training.run import load_model
+
+    def no_open_clip(*args, **kwargs):
+        raise AssertionError("open_clip's vocabulary file was read")
+
+    monkeypatch.setattr(vitlm.clip_bpe, "default_bpe_path", no_open_clip)
+    model, processor = load_model("zero-shot-image-classification", preset)
+    context = model.config.text_config.max_position_embeddings
+    texts = ["a red circle", "A photo of a PINK cross!", "a blue square " * 20]
+    ids = processor.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, open_clip.get_tokenizer("ViT-B-32", context_length=context)(texts))

@@ -18,6 +18,7 @@ from .tasks import auto_class, class_names_of, get_task
 from .trainer import build_trainer, plot_log_history, training_arguments
 
 CLIP_VOCAB = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0}
+CLIP_TOKENIZER_PRESET = "clip-vit-base-patch32"  # a preset holding CLIP's BPE tokenizer files
 EVAL_SPLITS = ("validation", "valid", "val", "test")
 
 
@@ -59,9 +60,8 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     """(model, processor) for `task` (a name, an alias or a `TrainingTask`) from a preset (random weights), a converter
     source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the classes (classification) gets a
     new head when `class_names` differ from the checkpoint's."""
-    from ..clip_bpe import clip_tokenizer
     from ..convert import SOURCES, load, save
-    from ..models import VitlmDualEncoderProcessor
+    from ..models import VitlmCLIPTokenizer, VitlmDualEncoderProcessor
     from ..presets import preset_names, preset_path
 
     spec = get_task(task)
@@ -95,9 +95,12 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
         )
     if spec.dual_encoder:
         if is_preset:
-            image_processor = AutoImageProcessor.from_pretrained(source)
-            context = config.text_config.max_position_embeddings
-            processor = VitlmDualEncoderProcessor(image_processor, clip_tokenizer(context_length=context))
+            # CLIP's BPE ships with the presets that have its vocabulary (a tiny preset's toy one was widened to it
+            # above), at the model's context length
+            tokenizer = VitlmCLIPTokenizer.from_pretrained(
+                preset_path(CLIP_TOKENIZER_PRESET), model_max_length=config.text_config.max_position_embeddings
+            )
+            processor = VitlmDualEncoderProcessor(AutoImageProcessor.from_pretrained(source), tokenizer)
         else:
             processor = AutoProcessor.from_pretrained(source)
     else:
