@@ -201,9 +201,7 @@ def train(
         caption_weights=caption_weights,
         bbox_format=bbox_format,
     )
-    check_arguments(
-        task,
-        output_dir,
+    schedule = dict(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -211,10 +209,8 @@ def train(
         seed=seed,
         eval_steps=eval_steps,
         logging_steps=logging_steps,
-        layer_decay=layer_decay,
-        twin_weight=twin_weight,
-        **task_options,
     )
+    check_arguments(task, output_dir, **schedule, layer_decay=layer_decay, twin_weight=twin_weight, **task_options)
     if caption_weights is not None:
         transforms.caption_weights_tensor(caption_weights)
     if save_dtype is not None and save_dtype not in DTYPES:
@@ -250,16 +246,7 @@ def train(
     )
 
     args = training_arguments(
-        output_dir,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        eval_strategy="steps" if eval_steps else "epoch",
-        eval_steps=eval_steps,
-        logging_steps=logging_steps,
-        **training_kwargs,
+        output_dir, **schedule, eval_strategy="steps" if eval_steps else "epoch", **training_kwargs
     )
     trainer = build_trainer(
         spec,
