@@ -1,8 +1,9 @@
 """Throughput and peak memory of vitlm against the libraries its weights come from: same weights, one run.
 
 Rows: ViT-B/16 at 224 (vitlm vs transformers' ViT with sdpa vs timm), the CLIP ViT-B/32 image and text towers (vitlm
-vs open_clip), the R50+ViT-B/16 hybrid at 384 and PiT-B at 224 (vitlm vs timm). vitlm's models are converted from the timm and
-open_clip ones and exported to transformers, so every contender computes the same function (checked before timing).
+vs open_clip), the R50+ViT-B/16 hybrid at 384 and PiT-B at 224 (vitlm vs timm). vitlm's models are converted from the
+timm and open_clip ones and exported to transformers, so every contender computes the same function (checked before
+timing).
 CPU fp32 with batch 8 by default, bf16 on a GPU when one is present. Contenders run in turn, round after round, and the
 median is reported, so a drift of the machine's speed hits all of them alike. Peak memory is measured for each
 contender in a fresh process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.

@@ -724,6 +724,7 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
         "stem_stride",
         "use_cls_token",
         "pooling",
+        "representation_size",
     )
 
     def __init__(
@@ -775,6 +776,7 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
 
     use_cls_token = True  # PiT always has a [CLS] token, and pools it
     pooling = "cls"
+    representation_size = None  # and no pre-logits layer
 
     @property
     def num_prefix_tokens(self) -> int:
