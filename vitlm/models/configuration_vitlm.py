@@ -711,7 +711,8 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
             all blocks of all stages.
 
     `hidden_size`, `num_attention_heads` (the last stage's), `num_hidden_layers` (all blocks) and `stem_stride` are
-    derived, read-only, so that code reading a tower's width sees the features' width.
+    derived, read-only, so that code reading a tower's width sees the features' width; `use_cls_token` (True),
+    `pooling` ("cls") and `representation_size` (None) are fixed.
     """
 
     model_type = "vitlm_pit"
