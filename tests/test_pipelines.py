@@ -19,6 +19,7 @@ from vitlm import (
     VitlmDualEncoderProcessor,
     VitlmHybridForImageClassification,
     VitlmImageProcessor,
+    VitlmPiTForImageClassification,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
@@ -37,7 +38,12 @@ def images():
 
 
 @pytest.mark.parametrize(
-    "family,model_class", [("vit", VitlmViTForImageClassification), ("hybrid", VitlmHybridForImageClassification)]
+    "family,model_class",
+    [
+        ("vit", VitlmViTForImageClassification),
+        ("hybrid", VitlmHybridForImageClassification),
+        ("pit", VitlmPiTForImageClassification),
+    ],
 )
 def test_image_classification_pipeline(tmp_path, images, family, model_class):
     labels = ["circle", "square", "triangle"]

@@ -29,6 +29,7 @@ FAMILIES = {
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
+    "pit-": "vitlm_pit",
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",
@@ -41,8 +42,11 @@ PUBLISHED = [
     "clip-vit-base-patch32",
     "clip-vit-base-patch16",
     "clip-vit-large-patch14",
+    "pit-ti-224",
+    "pit-s-224",
+    "pit-b-224",
 ]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test"]
 
 
 def expected_model_type(name):
@@ -136,6 +140,9 @@ REFERENCES = [
     ("clip-vit-base-patch32", "open_clip", "ViT-B-32"),
     ("clip-vit-base-patch16", "open_clip", "ViT-B-16"),
     ("clip-vit-large-patch14", "open_clip", "ViT-L-14"),
+    ("pit-ti-224", "timm", "pit_ti_224"),
+    ("pit-s-224", "timm", "pit_s_224"),
+    ("pit-b-224", "timm", "pit_b_224"),
 ]
 
 

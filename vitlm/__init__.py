@@ -34,6 +34,9 @@ from .models import (
     VitlmHybridForImageClassification,
     VitlmHybridModel,
     VitlmImageProcessor,
+    VitlmPiTConfig,
+    VitlmPiTForImageClassification,
+    VitlmPiTModel,
     VitlmTextConfig,
     VitlmTextModel,
     VitlmViTConfig,
@@ -58,6 +61,8 @@ _AUTO_MODELS = [
     (AutoModelForZeroShotImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderModel),
     (AutoModelForImageClassification, VitlmDualEncoderConfig, VitlmDualEncoderForImageClassification),
     (AutoModelForZeroShotObjectDetection, VitlmDualEncoderConfig, VitlmDualEncoderForObjectDetection),
+    (AutoModel, VitlmPiTConfig, VitlmPiTModel),
+    (AutoModelForImageClassification, VitlmPiTConfig, VitlmPiTForImageClassification),
 ]
 
 

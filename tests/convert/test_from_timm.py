@@ -4,6 +4,7 @@ Reference models come from `timm.create_model(name, pretrained=False)` with pert
 dicts are saved to .safetensors files that `vitlm.convert.load` hands to timm's own pretrained-loading code.
 """
 
+import math
 import re
 from functools import partial
 
@@ -24,6 +25,8 @@ from vitlm import (
     VitlmHybridConfig,
     VitlmHybridForImageClassification,
     VitlmImageProcessor,
+    VitlmPiTForImageClassification,
+    VitlmPiTModel,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
@@ -333,3 +336,98 @@ def test_a_weight_the_tables_do_not_account_for_is_refused_by_name():
         UnsupportedSourceError, match=r"missing: \['vit\.encoder\.layers\.1\.mlp\.fc2\.bias \(from blocks"
     ):
         convert_model(reference, config, "test")
+
+
+# ---- PiT (timm's PoolingVisionTransformer) ----
+
+
+def pit_stage_maps(model, outputs):
+    """vitlm's stage outputs as timm's `forward_intermediates` gives them: the patch tokens on their grid, NCHW."""
+    prefix = model.config.num_prefix_tokens
+    maps = []
+    for hidden_states in outputs.hidden_states[1:]:
+        patches = hidden_states[:, prefix:]
+        side = math.isqrt(patches.shape[1])
+        maps.append(patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side))
+    return maps
+
+
+@pytest.mark.parametrize("spec", ["pit_ti_224", "pit_b_distilled_224"])
+def test_pit_parity(tmp_path, spec):
+    """Full-size models, random weights, 16 inputs: logits, both heads of the distilled model and every stage's map."""
+    reference = random_timm_model(spec)
+    model, processor = load(f"timm:{spec}", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is VitlmPiTForImageClassification and model.config.id2label[0] == "tench, Tinca tinca"
+    assert processor.crop_size == {"height": 224, "width": 224} and processor.size == {"shortest_edge": 248}
+    x = pixels(model.config, 16)
+    with torch.no_grad():
+        # one pass of timm's: the normed class tokens (`forward_features`) and each stage's map
+        features, stage_maps = reference.forward_intermediates(x)
+        expected = reference.forward_head(features)  # in eval mode the distilled heads' mean, as vitlm's
+        output = model(x, output_hidden_states=True)
+    assert max_diff(output.logits, expected) <= TOLERANCE
+    assert torch.equal(output.logits.argmax(-1), expected.argmax(-1))
+    for actual, wanted in zip(pit_stage_maps(model, output), stage_maps, strict=True):
+        assert max_diff(actual, wanted) <= TOLERANCE
+    if model.config.use_distillation_token:
+        assert max_diff(output.cls_logits, reference.head(features[:, 0])) <= TOLERANCE
+        assert max_diff(output.distillation_logits, reference.head_dist(features[:, 1])) <= TOLERANCE
+
+
+@pytest.mark.parametrize("spec,size", [("pit_ti_224", 256), ("pit_b_distilled_224", 280)])
+def test_pit_parity_at_another_resolution(spec, size):
+    """The 224 model with `interpolate_pos_encoding=True` against timm's model built at `size` holding the same
+    weights, its position table resized by timm's own `resample_abs_pos_embed` (bicubic; `antialias=False`, as vitlm
+    resizes without antialiasing, which for an enlargement is plain bicubic with PyTorch's a = -0.75)."""
+    from timm.layers import resample_abs_pos_embed
+
+    reference = random_timm_model(spec)
+    model = convert_model(reference, vitlm_config(reference, spec), spec)
+    resized = timm.create_model(spec, pretrained=False, img_size=size).eval()
+    state = reference.state_dict()
+    table = state["pos_embed"]  # (1, width, height, width) on the 224 grid
+    grid = resized.patch_embed.grid_size
+    tokens = resample_abs_pos_embed(table.flatten(2).transpose(1, 2), grid, num_prefix_tokens=0, antialias=False)
+    state["pos_embed"] = tokens.transpose(1, 2).reshape(1, -1, *grid)
+    resized.load_state_dict(state)
+    x = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = resized(x)
+        actual = model(x, interpolate_pos_encoding=True).logits
+    assert max_diff(actual, expected) <= TOLERANCE
+    assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        model(x[:1])
+
+
+def test_pit_built_at_another_resolution_converts():
+    """timm's PiT built for 256-pixel inputs (a 31x31 patch grid) is a vitlm PiT of that image size."""
+    reference = random_timm_model("pit_ti_224", img_size=256, depth=[1, 1, 1])
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    assert model.config.image_size == 256 and model.config.grid_size == (31, 31)
+    x = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) <= TOLERANCE
+
+
+def test_pit_without_classifier_is_the_base_model():
+    reference = random_timm_model("pit_ti_224", num_classes=0, depth=[1, 1, 1])
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    assert type(model) is VitlmPiTModel
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        assert max_diff(model(x).pooler_output, reference(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "kwargs,feature",
+    [
+        ({"global_pool": ""}, "global_pool=''"),
+        ({"distilled": True, "num_classes": 0}, "a distilled PiT without classifiers"),
+        ({"stride": 5}, "`patch_size` (16) must be a multiple of `stride` (5)"),
+    ],
+)
+def test_unsupported_pit_options_are_refused(kwargs, feature):
+    reference = timm.create_model("pit_ti_224", pretrained=False, device="meta", depth=[1, 1, 1], **kwargs)
+    with pytest.raises(UnsupportedSourceError, match=re.escape(feature)):
+        vitlm_config(reference, "test")

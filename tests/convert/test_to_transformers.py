@@ -29,6 +29,7 @@ from vitlm import (
     VitlmDualEncoderProcessor,
     VitlmHybridForImageClassification,
     VitlmImageProcessor,
+    VitlmPiTForImageClassification,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
@@ -209,6 +210,11 @@ REFUSED = {
     "vit-pre-norm": (lambda: vit(pre_norm=True), r"before the encoder \(pre_norm\)"),
     "vit-classifier-representation": (lambda: vit(representation_size=16), "pre-logits layer"),
     "vit-model-without-pooler": (lambda: VitlmViTModel(tiny_config("vit")), "no pooler"),
+    "pit": (lambda: VitlmPiTForImageClassification(tiny_config("pit")), "a vitlm_pit image tower"),
+    "clip-pit-tower": (
+        lambda: VitlmDualEncoderModel(tiny_config("dual", vision_config=tiny_config("pit").to_dict())),
+        r"a vitlm_pit image tower \(transformers' CLIP is a plain ViT\)",
+    ),
 }
 
 

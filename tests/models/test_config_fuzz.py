@@ -11,11 +11,19 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from vitlm import VitlmDualEncoderConfig, VitlmHybridConfig, VitlmTextConfig, VitlmViTConfig, VitlmViTMAEConfig
+from vitlm import (
+    VitlmDualEncoderConfig,
+    VitlmHybridConfig,
+    VitlmPiTConfig,
+    VitlmTextConfig,
+    VitlmViTConfig,
+    VitlmViTMAEConfig,
+)
 from vitlm.models import (
     VitlmDualEncoderForObjectDetection,
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
+    VitlmPiTForImageClassification,
     VitlmTextModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
@@ -52,6 +60,7 @@ HYBRID_BASE = {
     "backbone_stem_width": 8,
     "backbone_num_groups": 8,
 }
+PIT_BASE = dict(image_size=16, patch_size=4, stride=2, depths=[1, 1], hidden_sizes=[8, 16], num_heads=[2, 2])
 TEXT_BASE = dict(vocab_size=50, max_position_embeddings=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
 TEXT_BASE["intermediate_size"] = 32
 
@@ -101,6 +110,26 @@ HYBRID_VALUES = {
     "backbone_num_groups": [1, 2, 4, 8, 3],
     "backbone_std_conv_eps": [1e-8, 1e-5, 1.0],
 }
+PIT_VALUES = {
+    "image_size": [8, 12, 16, 24, [16, 12], 4, 9],
+    "patch_size": [2, 4, 6, 3],
+    "stride": [1, 2, 3, 4],
+    "num_channels": [1, 3],
+    "depths": [[1], [1, 1], [2, 1], [1, 1, 1], [], [1, 0]],
+    "hidden_sizes": [[8], [8, 16], [8, 8], [8, 12], [4, 8, 16], [6, 12, 24]],
+    "num_heads": [[1], [2, 2], [1, 2], [2, 4, 4], [3, 3, 3], [4]],
+    "mlp_ratio": [0.5, 1, 2.0, 4.0, 0.01, 100.0],
+    "hidden_act": ["gelu", "quick_gelu", "swishy"],
+    "layer_norm_eps": [1e-6, 0.1],
+    "hidden_dropout_prob": [0.0, 0.5],
+    "attention_probs_dropout_prob": [0.0, 0.5],
+    "drop_path_rate": [0.0, 0.5],
+    "qkv_bias": [True, False],
+    "use_distillation_token": [True, False],
+    "initializer_range": [0.02, 1.0],
+    "num_labels": [0, 1, 3],
+    "problem_type": [None, "regression", "single_label_classification", "multi_label_classification"],
+}
 TEXT_VALUES = {
     "vocab_size": [2, 3, 50, 100],
     "max_position_embeddings": [1, 2, 8, 16],
@@ -130,6 +159,7 @@ FAMILIES = {
     "vitlm_vit_mae": (VitlmViTMAEConfig, MAE_BASE, MAE_VALUES),
     "vitlm_hybrid": (VitlmHybridConfig, HYBRID_BASE, HYBRID_VALUES),
     "vitlm_text": (VitlmTextConfig, TEXT_BASE, TEXT_VALUES),
+    "vitlm_pit": (VitlmPiTConfig, PIT_BASE, PIT_VALUES),
 }
 METHODS = (
     "constructor",
@@ -163,7 +193,7 @@ def random_case(rng, family):
     """(config class, base values, changes): changes of a dual encoder may be nested dicts for its towers."""
     count = rng.choice([1, 1, 2, 3])
     if family.startswith("dual"):
-        vision_family = "vitlm_hybrid" if family == "dual_hybrid" else "vitlm_vit"
+        vision_family = {"dual_hybrid": "vitlm_hybrid", "dual_pit": "vitlm_pit"}.get(family, "vitlm_vit")
         changes = random_changes(rng, DUAL_VALUES, rng.choice([0, 1, 2]))
         tower = rng.choice(["vision_config", "text_config", None])
         if tower == "vision_config":
@@ -274,7 +304,9 @@ def run_models(config, seed, train):
             return_loss=True,
         )
         runs = [(model, inputs)]
-        if config.vision_config.use_cls_token:  # the detection head needs it (and says so)
+        # the detection head needs a [CLS] token (and says so); on a hierarchical tower's last stage it comes with the
+        # Swin half of issue 18 (modeling_detection.py reads the grid from the stem's stride)
+        if config.vision_config.use_cls_token and not isinstance(config.vision_config, VitlmPiTConfig):
             runs.append(
                 (VitlmDualEncoderForObjectDetection(config), {k: inputs[k] for k in ("input_ids", "pixel_values")})
             )
@@ -288,6 +320,8 @@ def run_models(config, seed, train):
         classifier_class = (
             VitlmHybridForImageClassification
             if isinstance(config, VitlmHybridConfig)
+            else VitlmPiTForImageClassification
+            if isinstance(config, VitlmPiTConfig)
             else VitlmViTForImageClassification
         )
         pixel_values = pixels(config, generator)
@@ -312,7 +346,8 @@ def run_models(config, seed, train):
 
 def generate_cases():
     rng = random.Random(SEED)
-    families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
+    families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid", "vitlm_pit"]
+    families.append("dual_pit")
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)
     ]

@@ -15,6 +15,9 @@ from vitlm import (
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
     VitlmHybridModel,
+    VitlmPiTConfig,
+    VitlmPiTForImageClassification,
+    VitlmPiTModel,
     VitlmTextModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
@@ -41,12 +44,15 @@ CONFIGS = {
     VitlmDualEncoderModel: lambda **kw: tiny_config("dual", **kw),
     VitlmDualEncoderForImageClassification: lambda **kw: tiny_config("dual", num_labels=3, **kw),
     VitlmDualEncoderForObjectDetection: lambda **kw: tiny_config("dual", **kw),
+    VitlmPiTModel: lambda **kw: tiny_config("pit", **kw),
+    VitlmPiTForImageClassification: lambda **kw: tiny_config("pit", num_labels=3, **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [
     VitlmViTForImageClassification,
     VitlmHybridForImageClassification,
     VitlmDualEncoderForImageClassification,
+    VitlmPiTForImageClassification,
 ]
 
 
@@ -112,6 +118,22 @@ def towers(model, outputs) -> list[tuple[object, object]]:
     if isinstance(model, VitlmDualEncoderForImageClassification):
         return [(outputs, model.config.vision_config)]
     return [(outputs, model.config)]
+
+
+def assert_pit_stages(outputs, config: VitlmPiTConfig):
+    """A PiT records the embeddings and each stage's output (its grid halved, rounding up, from stage to stage, its
+    width the stage's), and every block's attention weights."""
+    grid, shapes, attention_shapes = config.grid_size, [], []
+    for index, (depth, width, heads) in enumerate(zip(config.depths, config.hidden_sizes, config.num_heads)):
+        if index:
+            grid = tuple((side + 1) // 2 for side in grid)
+        tokens = config.num_prefix_tokens + grid[0] * grid[1]
+        shapes.append((2, tokens, width))
+        attention_shapes += [(2, heads, tokens, tokens)] * depth
+    assert [tuple(h.shape) for h in outputs.hidden_states] == [shapes[0], *shapes]
+    assert [tuple(a.shape) for a in outputs.attentions] == attention_shapes
+    for attentions in outputs.attentions:
+        torch.testing.assert_close(attentions.sum(-1), torch.ones(attentions.shape[:-1]))
 
 
 def assert_outputs_equal(actual: dict, expected: dict, atol=0.0):
@@ -209,6 +231,9 @@ def test_hidden_states_and_attentions(model_class, via):
         outputs = model(**inputs, **arguments)
         plain = model(**inputs, output_hidden_states=False, output_attentions=False)
     for tower_outputs, config in towers(model, outputs):
+        if isinstance(config, VitlmPiTConfig):
+            assert_pit_stages(tower_outputs, config)
+            continue
         assert len(tower_outputs.hidden_states) == config.num_hidden_layers + 1
         assert len(tower_outputs.attentions) == config.num_hidden_layers
         tokens = tower_outputs.hidden_states[0].shape[1]

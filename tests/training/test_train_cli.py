@@ -193,6 +193,21 @@ def test_classification_on_shapes_evaluates_on_the_classes_it_trained_on(tmp_pat
     assert history[-1]["eval_accuracy"] > 4 * chance, history[-1]
 
 
+def test_train_classify_runs_a_pit(tmp_path):
+    """`vitlm train classify --model pit-tiny-test`: a hierarchical tower trains through the same task entry."""
+    out = tmp_path / "pit"
+    argv = ["train", "classify", "--model", "pit-tiny-test", *SHAPES, "--output-dir", str(out), "--epochs", "3"]
+    argv += ["--batch-size", "16", "--logging-steps", "1", "--seed", "0", "--lr", "2e-3", "--no-checkpoints"]
+    assert main(argv) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    assert type(model).__name__ == "VitlmPiTForImageClassification" and model.config.id2label[3] == CATEGORIES[3]
+    inputs = AutoImageProcessor.from_pretrained(out)(images=[generate(1, seed=5, image_size=32)[0]["image"]])
+    assert model(torch.as_tensor(inputs["pixel_values"])).logits.shape == (1, len(CATEGORIES))
+
+
 def test_shapes_max_objects_reaches_both_splits():
     from vitlm.training.run import load_datasets
 

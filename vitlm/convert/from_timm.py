@@ -1,4 +1,4 @@
-"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids) as vitlm models.
+"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids, PiT) as vitlm models.
 
 `timm:<name>[.<pretrained_tag>]` is built by `timm.create_model(..., pretrained=True)`, so timm's own download and
 checkpoint filtering produce the weights. The architecture is first translated on the meta device, so that a model
@@ -7,7 +7,8 @@ vitlm cannot represent exactly is refused before anything is downloaded.
 Supported: class-token or average pooling (the final LayerNorm before pooling), learned absolute position embeddings
 (covering the prefix tokens), `norm_pre`, any qkv / patch-projection bias, and the GELU / tanh-GELU / QuickGELU
 activations. Register tokens, layer scale, qk-norm, attention pooling, `fc_norm`, other norms, blocks or backbones
-are refused with an `UnsupportedSourceError` naming them.
+are refused with an `UnsupportedSourceError` naming them. timm's `PoolingVisionTransformer` (`pit_*`, distilled or
+not) becomes a `VitlmPiTModel`; the same block features are refused there.
 """
 
 import math
@@ -20,18 +21,23 @@ from ..models import (
     VitlmHybridForImageClassification,
     VitlmHybridModel,
     VitlmImageProcessor,
+    VitlmPiTConfig,
+    VitlmPiTForImageClassification,
+    VitlmPiTModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
 from . import Converted, UnsupportedSourceError, check_checkpoint, uninitialized
-from .weights import Rule, load_weights, nest
+from .weights import Rule, Transform, load_weights, nest
 
 MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmViTConfig, True): VitlmViTForImageClassification,
     (VitlmViTConfig, False): VitlmViTModel,
     (VitlmHybridConfig, True): VitlmHybridForImageClassification,
     (VitlmHybridConfig, False): VitlmHybridModel,
+    (VitlmPiTConfig, True): VitlmPiTForImageClassification,
+    (VitlmPiTConfig, False): VitlmPiTModel,
 }
 
 # weight tables: timm's names -> vitlm's (see `weights`)
@@ -55,11 +61,22 @@ TRANSFORMER = [  # below the classifiers
     Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
     Rule("norm.", "layernorm."),
 ]
+HEADS = [Rule("head.", "classifier."), Rule("head_dist.", "distillation_classifier.")]
 # a classification model holds the transformer under `vit.`
-CLASSIFIER = [
-    Rule("head.", "classifier."),
-    Rule("head_dist.", "distillation_classifier."),
-    *nest(TRANSFORMER, "", "vit."),
+CLASSIFIER = [*HEADS, *nest(TRANSFORMER, "", "vit.")]
+
+# PiT keeps its [CLS] and distillation tokens in one (1, tokens, width) parameter and its position table on the grid
+TOKENS_FIRST = Transform("tokens first", lambda t: t.transpose(0, 1), lambda t: t.transpose(0, 1))
+GRID_TO_TOKENS = Transform("grid to tokens", lambda t: t.flatten(2).transpose(1, 2))
+PIT = [  # below the classifiers; `pit_rules` adds the class tokens'
+    Rule("patch_embed.conv.", "embeddings.projection."),
+    Rule("pos_embed", "embeddings.position_encoding.position_embeddings", GRID_TO_TOKENS),
+    Rule("transformers.*.pool.", "stages.*.pooling."),
+    Rule("transformers.*.blocks.*.norm1.", "stages.*.layers.*.layer_norm1."),
+    Rule("transformers.*.blocks.*.norm2.", "stages.*.layers.*.layer_norm2."),
+    Rule("transformers.*.blocks.*.attn.", "stages.*.layers.*.attention."),
+    Rule("transformers.*.blocks.*.mlp.", "stages.*.layers.*.mlp."),
+    Rule("norm.", "layernorm."),
 ]
 
 # timm's interpolation names -> PIL filters (torchvision resizes PIL images with these)
@@ -97,12 +114,27 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    return load_weights(model, timm_model.state_dict(), CLASSIFIER if has_classifier else TRANSFORMER, source)
+    if isinstance(config, VitlmPiTConfig):
+        rules = pit_rules(config)
+        rules = [*HEADS, *nest(rules, "", "vit.")] if has_classifier else rules
+    else:
+        rules = CLASSIFIER if has_classifier else TRANSFORMER
+    return load_weights(model, timm_model.state_dict(), rules, source)
+
+
+def pit_rules(config: VitlmPiTConfig) -> list[Rule]:
+    """The PiT table, with the class tokens' rule: one (1, tokens, width) parameter split into vitlm's tokens."""
+    tokens = "embeddings.cls_token"
+    if config.use_distillation_token:
+        tokens = (tokens, "embeddings.distillation_token")
+    return [Rule("cls_token", tokens, TOKENS_FIRST), *PIT]
 
 
 def vitlm_config(model, source: str) -> VitlmViTConfig:
     """The vitlm config of a timm model (meta-device models work), or UnsupportedSourceError naming every feature
     vitlm cannot reproduce exactly."""
+    if type(model).__name__ == "PoolingVisionTransformer":
+        return pit_config(model, source)
     problems = unsupported_features(model)
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
@@ -125,12 +157,7 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
         pre_norm=not isinstance(model.norm_pre, nn.Identity),
         pooling="cls" if model.global_pool == "token" else "mean",
     )
-    if model.num_classes > 0:
-        kwargs["num_labels"] = model.num_classes
-        labels = label_names(model)
-        if labels is not None:
-            kwargs["id2label"] = dict(enumerate(labels))
-            kwargs["label2id"] = {label: index for index, label in enumerate(labels)}
+    kwargs.update(classifier_fields(model))
     if is_hybrid(model):
         backbone = embed.backbone
         stages = [stage.blocks for stage in backbone.stages]
@@ -152,6 +179,102 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
     if is_hybrid(model) and [blocks[-1].conv3.out_channels for blocks in stages] != config.backbone_widths:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent ResNetV2 stage widths other than 256 x 2^i")
     return config
+
+
+def classifier_fields(model) -> dict:
+    """The config fields of a timm model's classifier: its class count and, where timm knows them, the class names."""
+    if model.num_classes == 0:
+        return {}
+    fields = {"num_labels": model.num_classes}
+    labels = label_names(model)
+    if labels is not None:
+        fields["id2label"] = dict(enumerate(labels))
+        fields["label2id"] = {label: index for index, label in enumerate(labels)}
+    return fields
+
+
+def pit_config(model, source: str) -> VitlmPiTConfig:
+    """The vitlm config of a timm `PoolingVisionTransformer`, or UnsupportedSourceError naming what vitlm cannot
+    reproduce exactly."""
+    problems = pit_unsupported_features(model)
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
+    conv = model.patch_embed.conv
+    blocks = [stage.blocks for stage in model.transformers]
+    first = blocks[0][0]
+    height, width = model.patch_embed.img_size
+    kwargs = dict(
+        image_size=height if height == width else [height, width],
+        patch_size=conv.kernel_size[0],
+        stride=conv.stride[0],
+        num_channels=model.in_chans,
+        depths=[len(stage) for stage in blocks],
+        hidden_sizes=[stage[0].norm1.normalized_shape[0] for stage in blocks],
+        num_heads=[stage[0].attn.num_heads for stage in blocks],
+        mlp_ratio=first.mlp.fc1.out_features / first.norm1.normalized_shape[0],
+        hidden_act=activation_name(first.mlp.act),
+        layer_norm_eps=first.norm1.eps,
+        qkv_bias=first.attn.qkv.bias is not None,
+        use_distillation_token=model.num_tokens == 2,
+        **classifier_fields(model),
+    )
+    try:
+        config = VitlmPiTConfig(**kwargs)
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    widths = [block.mlp.fc1.out_features for stage in blocks for block in stage]
+    if widths != [size for size, depth in zip(config.intermediate_sizes, config.depths) for _ in range(depth)]:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent MLP widths other than int(width * mlp_ratio)")
+    return config
+
+
+def pit_unsupported_features(model) -> list[str]:
+    from timm.models.vision_transformer import Block
+
+    problems = []
+    if model.global_pool != "token":
+        problems.append(f"global_pool={model.global_pool!r} (vitlm's PiT pools the class token)")
+    if model.num_tokens == 2 and model.num_classes == 0:
+        # timm's features then average the class and distillation tokens; vitlm's base model pools the class token
+        problems.append("a distilled PiT without classifiers (num_classes=0)")
+    conv = model.patch_embed.conv
+    if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
+        problems.append("a non-square patch embedding")
+    if conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.bias is None:
+        problems.append("a padded, dilated or bias-free patch embedding")
+    norms = [model.norm]
+    shapes = set()
+    for index, stage in enumerate(model.transformers):
+        width = stage.blocks[0].norm1.normalized_shape[0]
+        if not isinstance(stage.norm, nn.Identity):
+            problems.append("a norm at the start of a stage")
+        pool = stage.pool
+        if (pool is None) != (index == 0):
+            problems.append("token pooling other than before every stage but the first")
+        elif pool is not None:
+            pool_conv = pool.conv
+            if (
+                pool_conv.kernel_size != (3, 3)
+                or pool_conv.stride != (2, 2)
+                or pool_conv.padding != (1, 1)
+                or pool_conv.groups != pool_conv.in_channels
+                or pool_conv.padding_mode != "zeros"
+                or pool_conv.bias is None
+            ):
+                problems.append("a token pooling other than a zero-padded depthwise 3x3 stride-2 conv with bias")
+        for block in stage.blocks:
+            problems += block_problems(block, width)
+            if type(block) is Block:
+                norms += [block.norm1, block.norm2]
+                shapes.add((block.mlp.fc1.out_features / width, block.attn.qkv.bias is not None, type(block.mlp.act)))
+    if len(shapes) > 1:
+        problems.append("blocks with different MLP ratios, qkv biases or activations")
+    for norm in norms:
+        if not (isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None):
+            problems.append(f"{type(norm).__name__} norms (vitlm uses affine LayerNorm)")
+    if len({norm.eps for norm in norms if isinstance(norm, nn.LayerNorm)}) > 1:
+        problems.append("LayerNorms with different eps")
+    return list(dict.fromkeys(problems))
 
 
 def is_hybrid(model) -> bool:
@@ -188,35 +311,9 @@ def unsupported_features(model) -> list[str]:
 
     norms = [norm for norm in (model.norm_pre, model.norm) if not isinstance(norm, nn.Identity)]
     for block in model.blocks:
-        if type(block) is not Block:
-            problems.append(f"{type(block).__name__} blocks")
-            continue
-        norms += [block.norm1, block.norm2]
-        if not (isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)):
-            problems.append("layer scale (ls1/ls2, init_values)")
-        attn, mlp = block.attn, block.mlp
-        if type(attn) is not Attention:
-            problems.append(f"{type(attn).__name__} attention")
-        else:
-            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-                problems.append("qk_norm")
-            if not isinstance(attn.norm, nn.Identity):
-                problems.append("a norm inside attention (scale_attn_norm)")
-            if getattr(attn, "gate", None) is not None:
-                problems.append("gated attention")
-            if attn.attn_dim != model.embed_dim:
-                problems.append("an attention width other than embed_dim (attn_head_dim)")
-            if attn.proj.bias is None:
-                problems.append("projections without bias (proj_bias=False)")
-        if type(mlp) is not Mlp:
-            problems.append(f"{type(mlp).__name__} MLP")
-        else:
-            if not isinstance(mlp.norm, nn.Identity):
-                problems.append("a norm inside the MLP (scale_mlp_norm)")
-            if mlp.fc1.bias is None or mlp.fc2.bias is None:
-                problems.append("projections without bias (proj_bias=False)")
-            if activation_name(mlp.act) is None:
-                problems.append(f"the {type(mlp.act).__name__} activation")
+        problems += block_problems(block, model.embed_dim)
+        if type(block) is Block:
+            norms += [block.norm1, block.norm2]
     shapes = {
         (b.attn.num_heads, b.mlp.fc1.out_features, b.attn.qkv.bias is not None, activation_name(b.mlp.act))
         for b in model.blocks
@@ -241,6 +338,42 @@ def unsupported_features(model) -> list[str]:
     else:
         problems.append(f"a {type(embed).__name__} patch embedding")
     return list(dict.fromkeys(problems))
+
+
+def block_problems(block, width: int) -> list[str]:
+    """What vitlm's `VitlmBlock` cannot reproduce of a timm `Block` of `width` channels."""
+    from timm.layers import Attention, Mlp
+    from timm.models.vision_transformer import Block
+
+    if type(block) is not Block:
+        return [f"{type(block).__name__} blocks"]
+    problems = []
+    if not (isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)):
+        problems.append("layer scale (ls1/ls2, init_values)")
+    attn, mlp = block.attn, block.mlp
+    if type(attn) is not Attention:
+        problems.append(f"{type(attn).__name__} attention")
+    else:
+        if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+            problems.append("qk_norm")
+        if not isinstance(attn.norm, nn.Identity):
+            problems.append("a norm inside attention (scale_attn_norm)")
+        if getattr(attn, "gate", None) is not None:
+            problems.append("gated attention")
+        if attn.attn_dim != width:
+            problems.append("an attention width other than embed_dim (attn_head_dim)")
+        if attn.proj.bias is None:
+            problems.append("projections without bias (proj_bias=False)")
+    if type(mlp) is not Mlp:
+        problems.append(f"{type(mlp).__name__} MLP")
+    else:
+        if not isinstance(mlp.norm, nn.Identity):
+            problems.append("a norm inside the MLP (scale_mlp_norm)")
+        if mlp.fc1.bias is None or mlp.fc2.bias is None:
+            problems.append("projections without bias (proj_bias=False)")
+        if activation_name(mlp.act) is None:
+            problems.append(f"the {type(mlp.act).__name__} activation")
+    return problems
 
 
 def patch_projection_problems(proj) -> list[str]:

@@ -85,6 +85,8 @@ def to_vit_model(
 
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
     """What of a vision tower transformers' CLIP or ViT (`family`) cannot represent."""
+    if not isinstance(config, VitlmViTConfig):  # a hierarchical tower (PiT): none of the fields below applies
+        return [f"a {config.model_type} image tower (transformers' {family} is a plain ViT)"]
     problems = []
     if config.model_type != VitlmViTConfig.model_type:
         problems.append("a hybrid CNN stem")

@@ -247,6 +247,11 @@ FIELD_RULES = {
     "label2id": _label2id,
     "vision_config": _vision_config,
     "text_config": _text_config,
+    # hierarchical towers (PiT): one entry per stage
+    **dict.fromkeys(("depths", "hidden_sizes", "num_heads"), _depths),
+    "stride": _positive,
+    # the MLP's width over the block's; 64 is far above any published model's (4)
+    "mlp_ratio": _real_in(0.0, 64.0, low_open=True, high_open=False),
 }
 
 
@@ -684,6 +689,162 @@ class VitlmHybridConfig(VitlmViTConfig):
         super().check_values()
 
 
+class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
+    r"""
+    Configuration of a Pooling-based Vision Transformer (PiT, timm's `pit_*`): an overlapping conv patch embedding,
+    a learned position embedding on its patch grid, then stages of the ViT's pre-LN blocks, each stage after the
+    first starting with a token pooling that halves the patch grid (depthwise 3x3 stride-2 conv) and widens the tokens,
+    the [CLS] (and distillation) token carried through a linear map. A final LayerNorm; the [CLS] state is pooled.
+
+    Args:
+        image_size (`int` or `(int, int)`): resolution the model is built for (the position table's grid).
+        patch_size (`int`): side of the patch embedding's conv kernel.
+        stride (`int`): step of the patch embedding's conv, dividing `patch_size` (PiT's patches overlap by half).
+        num_channels (`int`): input channels.
+        depths (`list[int]`): blocks per stage.
+        hidden_sizes (`list[int]`): token width per stage (timm's `base_dims[i] * heads[i]`); each a multiple of the
+            previous one, as the depthwise pooling multiplies the channels.
+        num_heads (`list[int]`): attention heads per stage.
+        mlp_ratio (`float`): MLP width over the block width.
+        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob, drop_path_rate, qkv_bias,
+            use_distillation_token, initializer_range: as in [`VitlmViTConfig`]. Stochastic depth grows linearly over
+            all blocks of all stages.
+
+    `hidden_size`, `num_attention_heads` (the last stage's), `num_hidden_layers` (all blocks) and `stem_stride` are
+    derived, read-only, so that code reading a tower's width sees the features' width; `use_cls_token` (True),
+    `pooling` ("cls") and `representation_size` (None) are fixed.
+    """
+
+    model_type = "vitlm_pit"
+    # read-only: set, they would silently change nothing
+    _derived = (
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "intermediate_size",
+        "stem_stride",
+        "use_cls_token",
+        "pooling",
+        "representation_size",
+    )
+
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=16,
+        stride=8,
+        num_channels=3,
+        depths=(2, 6, 4),
+        hidden_sizes=(64, 128, 256),
+        num_heads=(2, 4, 8),
+        mlp_ratio=4.0,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+        qkv_bias=True,
+        use_distillation_token=False,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.stride = stride
+        self.num_channels = num_channels
+        self.depths = depths
+        self.hidden_sizes = hidden_sizes
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.qkv_bias = qkv_bias
+        self.use_distillation_token = use_distillation_token
+        self.initializer_range = initializer_range
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
+        super().__init__(**kwargs)
+
+    def __setattr__(self, name, value):
+        if name in self._derived:
+            raise ValueError(
+                f"`{name}` of a {self.model_type} config follows from its architecture and cannot be set: change "
+                "`hidden_sizes`, `num_heads`, `depths`, `mlp_ratio` or `stride` instead"
+            )
+        super().__setattr__(name, value)
+
+    use_cls_token = True  # PiT always has a [CLS] token, and pools it
+    pooling = "cls"
+    representation_size = None  # and no pre-logits layer
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + int(self.use_distillation_token)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hidden_sizes[-1]
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.num_heads[-1]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return sum(self.depths)
+
+    @property
+    def intermediate_sizes(self) -> list[int]:
+        """Each stage's MLP width, rounded down as timm's `Mlp` does."""
+        return [int(width * self.mlp_ratio) for width in self.hidden_sizes]
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.intermediate_sizes[-1]
+
+    @property
+    def stem_stride(self) -> int:
+        """Input pixels between neighbouring patches."""
+        return self.stride
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The patch embedding's grid at the configured resolution."""
+        return tuple((side - self.patch_size) // self.stride + 1 for side in to_pair(self.image_size))
+
+    def check_values(self):
+        lengths = {name: len(getattr(self, name)) for name in ("depths", "hidden_sizes", "num_heads")}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"`depths`, `hidden_sizes` and `num_heads` must have one entry per stage, got {lengths}")
+        for index, (width, heads) in enumerate(zip(self.hidden_sizes, self.num_heads)):
+            if width % heads:
+                raise ValueError(
+                    f"`hidden_sizes` ({width}) must be divisible by `num_heads` ({heads}) at stage {index}"
+                )
+            if int(width * self.mlp_ratio) < 1:
+                raise ValueError(f"`mlp_ratio` ({self.mlp_ratio}) leaves stage {index}'s MLP ({width} wide) no unit")
+        for previous, width in zip(self.hidden_sizes, self.hidden_sizes[1:]):
+            if width % previous:
+                raise ValueError(
+                    f"`hidden_sizes` {self.hidden_sizes}: each stage's width must be a multiple of the previous one "
+                    "(the depthwise token pooling multiplies the channels)"
+                )
+        if self.patch_size % self.stride:
+            raise ValueError(f"`patch_size` ({self.patch_size}) must be a multiple of `stride` ({self.stride})")
+        for side in to_pair(self.image_size):
+            if side < self.patch_size or side % self.stride:
+                raise ValueError(
+                    f"`image_size` ({self.image_size}) must be at least `patch_size` ({self.patch_size}) and "
+                    f"divisible by `stride` ({self.stride}), so that the patch embedding covers every pixel"
+                )
+
+
 class VitlmTextConfig(VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a CLIP-style text tower: token + learned position embeddings, a causal pre-LN encoder, a final
@@ -750,7 +911,7 @@ class VitlmTextConfig(VitlmConfigMixin, PretrainedConfig):
                 raise ValueError(f"`{name}` ({token_id}) must be a token id below `vocab_size` ({self.vocab_size})")
 
 
-VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig)}
+VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig, VitlmPiTConfig)}
 
 
 def vision_config_from(value) -> VitlmViTConfig:
@@ -831,4 +992,11 @@ class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
             )
 
 
-__all__ = ["VitlmViTConfig", "VitlmViTMAEConfig", "VitlmHybridConfig", "VitlmTextConfig", "VitlmDualEncoderConfig"]
+__all__ = [
+    "VitlmViTConfig",
+    "VitlmViTMAEConfig",
+    "VitlmHybridConfig",
+    "VitlmTextConfig",
+    "VitlmDualEncoderConfig",
+    "VitlmPiTConfig",
+]

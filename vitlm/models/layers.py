@@ -319,6 +319,41 @@ class VitlmVisionEmbeddings(nn.Module):
         return self.dropout(embeddings), rotary_embeddings
 
 
+class VitlmStageConfig:
+    """One stage of a hierarchical tower seen as a plain transformer config: the stage's own fields (`hidden_size`,
+    `num_attention_heads`, ...) over every other field of the model's config. The model's config is read live, so
+    that switching the model's attention implementation reaches every stage's blocks."""
+
+    def __init__(self, config, **stage_fields):
+        self.__dict__.update(stage_fields, _config=config)
+
+    def __getattr__(self, name):
+        config = self.__dict__.get("_config")
+        if config is None:  # copy / pickle probe attributes before the state is restored
+            raise AttributeError(name)
+        return getattr(config, name)
+
+
+class VitlmTokenPooling(nn.Module):
+    """PiT's token reducer between stages: the patch tokens, on their grid, go through a depthwise
+    (stride + 1)-square conv of that stride (each channel widened to `out_size / in_size` channels), the prefix tokens
+    ([CLS], distillation) through a linear map to the new width. Returns the tokens and their new grid."""
+
+    def __init__(self, in_size: int, out_size: int, num_prefix_tokens: int, stride: int = 2):
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.conv = nn.Conv2d(
+            in_size, out_size, kernel_size=stride + 1, stride=stride, padding=stride // 2, groups=in_size
+        )
+        self.fc = nn.Linear(in_size, out_size)
+
+    def forward(self, hidden_states, grid_size):
+        prefix, patches = hidden_states[:, : self.num_prefix_tokens], hidden_states[:, self.num_prefix_tokens :]
+        patches = self.conv(patches.transpose(1, 2).unflatten(2, tuple(grid_size)))
+        tokens = torch.cat([self.fc(prefix), patches.flatten(2).transpose(1, 2)], dim=1)
+        return tokens, tuple(patches.shape[2:])
+
+
 __all__ = [
     "VitlmAttention",
     "VitlmBlock",
@@ -326,6 +361,8 @@ __all__ = [
     "VitlmPatchEmbeddings",
     "VitlmPositionEncoding",
     "VitlmVisionEmbeddings",
+    "VitlmStageConfig",
+    "VitlmTokenPooling",
     "check_pixel_values",
     "to_pair",
 ]

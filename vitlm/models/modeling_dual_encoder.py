@@ -13,9 +13,10 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmTextConfig
 from .layers import VitlmEncoder
 from .modeling_hybrid import VitlmHybridModel
+from .modeling_pit import VitlmPiTModel
 from .modeling_vit import VitlmPreTrainedModel, VitlmViTModel
 
-VISION_MODEL_CLASSES = {"vitlm_vit": VitlmViTModel, "vitlm_hybrid": VitlmHybridModel}
+VISION_MODEL_CLASSES = {"vitlm_vit": VitlmViTModel, "vitlm_hybrid": VitlmHybridModel, "vitlm_pit": VitlmPiTModel}
 
 
 def check_input_ids(input_ids, attention_mask, config: VitlmTextConfig) -> torch.Tensor:
