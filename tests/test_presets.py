@@ -26,6 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {
     "vit-": "vitlm_vit",
     "hybrid-": "vitlm_hybrid",
+    "swin-": "vitlm_swin",
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
@@ -41,8 +42,10 @@ PUBLISHED = [
     "clip-vit-base-patch32",
     "clip-vit-base-patch16",
     "clip-vit-large-patch14",
+    "swin-tiny-patch4-window7-224",
+    "swin-base-patch4-window12-384",
 ]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "swin-tiny-test"]
 
 
 def expected_model_type(name):
@@ -136,6 +139,8 @@ REFERENCES = [
     ("clip-vit-base-patch32", "open_clip", "ViT-B-32"),
     ("clip-vit-base-patch16", "open_clip", "ViT-B-16"),
     ("clip-vit-large-patch14", "open_clip", "ViT-L-14"),
+    ("swin-tiny-patch4-window7-224", "timm", "swin_tiny_patch4_window7_224"),
+    ("swin-base-patch4-window12-384", "timm", "swin_base_patch4_window12_384"),
 ]
 
 

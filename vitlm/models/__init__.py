@@ -7,6 +7,7 @@ PIL and each other (single-level relative imports).
 from .configuration_vitlm import (
     VitlmDualEncoderConfig,
     VitlmHybridConfig,
+    VitlmSwinConfig,
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTMAEConfig,
@@ -16,6 +17,7 @@ from .modeling_detection import VitlmDualEncoderForObjectDetection
 from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, VitlmDualEncoderModel, VitlmTextModel
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
+from .modeling_swin import VitlmSwinForImageClassification, VitlmSwinModel
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
@@ -32,6 +34,9 @@ __all__ = [
     "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",
+    "VitlmSwinConfig",
+    "VitlmSwinModel",
+    "VitlmSwinForImageClassification",
     "VitlmTextModel",
     "VitlmDualEncoderModel",
     "VitlmDualEncoderForImageClassification",
