@@ -12,6 +12,7 @@ TINY_PRESETS = {
     "vit_mae": "vit-tiny-test",
     "hybrid": "hybrid-tiny-test",
     "dual": "clip-tiny-test",
+    "swin": "swin-tiny-test",
 }
 
 

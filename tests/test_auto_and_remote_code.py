@@ -26,6 +26,8 @@ from vitlm import (
     VitlmHybridForImageClassification,
     VitlmHybridModel,
     VitlmImageProcessor,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
@@ -41,6 +43,8 @@ CASES = [
     ("dual", VitlmDualEncoderModel, AutoModel),
     ("dual", VitlmDualEncoderModel, AutoModelForZeroShotImageClassification),
     ("vit_mae", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
+    ("swin", VitlmSwinModel, AutoModel),
+    ("swin", VitlmSwinForImageClassification, AutoModelForImageClassification),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

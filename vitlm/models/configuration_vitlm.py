@@ -217,7 +217,8 @@ FIELD_RULES = {
     "image_size": _size,
     "window_size": _size,
     **dict.fromkeys(("backbone_depths", "depths", "num_heads"), _depths),
-    "mlp_ratio": _real_in(0.0, math.inf, low_open=True, high_open=True),
+    # MLP width over the block's: published models use 4; far above, the MLP's size overflows before it is built
+    "mlp_ratio": _real_in(0.0, 64.0, low_open=True, high_open=False),
     "representation_size": _int_at_least(1, optional=True),
     "vocab_size": _int_at_least(2),  # at least the start- and end-of-text tokens
     # 0: no classifier, features only (transformers' convention); setting it builds an `id2label` entry per class,
@@ -877,6 +878,10 @@ class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
                 raise ValueError(
                     f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})"
                 )
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(
+                f"`mlp_ratio` ({self.mlp_ratio}) leaves the first stage's MLP ({self.embed_dim} wide) no unit"
+            )
 
 
 VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig, VitlmSwinConfig)}
