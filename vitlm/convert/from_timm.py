@@ -1,4 +1,5 @@
-"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids) as vitlm models.
+"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids) and Swin Transformers as vitlm
+models.
 
 `timm:<name>[.<pretrained_tag>]` is built by `timm.create_model(..., pretrained=True)`, so timm's own download and
 checkpoint filtering produce the weights. The architecture is first translated on the meta device, so that a model
@@ -8,6 +9,13 @@ Supported: class-token or average pooling (the final LayerNorm before pooling), 
 (covering the prefix tokens), `norm_pre`, any qkv / patch-projection bias, and the GELU / tanh-GELU / QuickGELU
 activations. Register tokens, layer scale, qk-norm, attention pooling, `fc_norm`, other norms, blocks or backbones
 are refused with an `UnsupportedSourceError` naming them.
+
+Swin (`swin_*`): the original architecture, one window size for every stage. timm shifts before padding a map the
+windows do not divide and picks windows per axis; vitlm pads first and picks by the shorter side, as the original
+Swin and transformers do: outputs are equal wherever neither applies (every map a multiple of the window, square
+inputs), which covers the published models at their resolutions. Refused: per-stage window sizes (`swin_s3_*`),
+`always_partition`, a head dimension other than width / heads, windows timm clamped below `window_size` at the
+resolution it was built for, and pooling other than the average.
 """
 
 import math
@@ -20,10 +28,15 @@ from ..models import (
     VitlmHybridForImageClassification,
     VitlmHybridModel,
     VitlmImageProcessor,
+    VitlmSwinConfig,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
+from ..models.configuration_vitlm import to_pair
+from ..models.modeling_swin import stage_windows
 from . import Converted, UnsupportedSourceError, check_checkpoint, uninitialized
 from .weights import Rule, load_weights, nest
 
@@ -32,6 +45,8 @@ MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmViTConfig, False): VitlmViTModel,
     (VitlmHybridConfig, True): VitlmHybridForImageClassification,
     (VitlmHybridConfig, False): VitlmHybridModel,
+    (VitlmSwinConfig, True): VitlmSwinForImageClassification,
+    (VitlmSwinConfig, False): VitlmSwinModel,
 }
 
 # weight tables: timm's names -> vitlm's (see `weights`)
@@ -61,6 +76,27 @@ CLASSIFIER = [
     Rule("head_dist.", "distillation_classifier."),
     *nest(TRANSFORMER, "", "vit."),
 ]
+
+SWIN = [  # below the classifier
+    Rule("patch_embed.proj.", "patch_embeddings.projection."),
+    Rule("patch_embed.norm.", "embedding_norm."),
+    Rule("layers.*.downsample.", "stages.*.downsample."),
+    Rule("layers.*.blocks.*.norm1.", "stages.*.blocks.*.layer_norm1."),
+    Rule("layers.*.blocks.*.norm2.", "stages.*.blocks.*.layer_norm2."),
+    Rule(
+        "layers.*.blocks.*.attn.relative_position_bias_table",
+        "stages.*.blocks.*.relative_position_bias.relative_position_bias_table",
+    ),
+    Rule("layers.*.blocks.*.attn.", "stages.*.blocks.*.attention."),
+    Rule("layers.*.blocks.*.mlp.", "stages.*.blocks.*.mlp."),
+    Rule("norm.", "layernorm."),
+]
+SWIN_CLASSIFIER = [Rule("head.fc.", "classifier."), *nest(SWIN, "", "swin.")]
+WEIGHT_TABLES = {  # config class -> (base model's table, classifier's table)
+    VitlmViTConfig: (TRANSFORMER, CLASSIFIER),
+    VitlmHybridConfig: (TRANSFORMER, CLASSIFIER),
+    VitlmSwinConfig: (SWIN, SWIN_CLASSIFIER),
+}
 
 # timm's interpolation names -> PIL filters (torchvision resizes PIL images with these)
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -97,12 +133,15 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    return load_weights(model, timm_model.state_dict(), CLASSIFIER if has_classifier else TRANSFORMER, source)
+    rules = WEIGHT_TABLES[type(config)][has_classifier]
+    return load_weights(model, timm_model.state_dict(), rules, source)
 
 
-def vitlm_config(model, source: str) -> VitlmViTConfig:
+def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
     """The vitlm config of a timm model (meta-device models work), or UnsupportedSourceError naming every feature
     vitlm cannot reproduce exactly."""
+    if type(model).__name__ == "SwinTransformer":
+        return swin_config(model, source)
     problems = unsupported_features(model)
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
@@ -151,6 +190,93 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
         raise UnsupportedSourceError(f"{source}: {error}") from error
     if is_hybrid(model) and [blocks[-1].conv3.out_channels for blocks in stages] != config.backbone_widths:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent ResNetV2 stage widths other than 256 x 2^i")
+    return config
+
+
+def swin_config(model, source: str) -> VitlmSwinConfig:
+    """The config of timm's `SwinTransformer`, checked block by block against what vitlm computes from it."""
+    from timm.layers import Mlp, PatchEmbed
+    from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
+
+    problems = []
+    stages = list(model.layers)
+    blocks = [block for stage in stages for block in stage.blocks]
+    if type(model.patch_embed) is not PatchEmbed or not isinstance(model.patch_embed.norm, nn.LayerNorm):
+        problems.append("a patch embedding other than a conv followed by a LayerNorm")
+    else:
+        problems += patch_projection_problems(model.patch_embed.proj)
+    if model.global_pool != "avg":
+        problems.append(f"global_pool={model.global_pool!r} (vitlm averages the final tokens)")
+    if any(type(block) is not SwinTransformerBlock for block in blocks):
+        problems.append("blocks other than SwinTransformerBlock")
+    elif any(type(block.attn) is not WindowAttention or type(block.mlp) is not Mlp for block in blocks):
+        problems.append("attention or MLP other than WindowAttention and Mlp")
+    elif any(block.always_partition for block in blocks):
+        problems.append("always_partition=True")
+    elif any(block.attn.qkv.out_features != 3 * block.dim for block in blocks):
+        problems.append("a head dimension other than width / heads (head_dim)")
+    elif len({block.attn.window_size for block in blocks}) > 1:
+        problems.append(
+            f"window sizes that differ between blocks ({sorted({block.attn.window_size for block in blocks})}): "
+            "per-stage windows, or windows timm clamped to a small feature map at the resolution it was built for"
+        )
+    for stage in stages[1:]:
+        if type(stage.downsample) is not PatchMerging:
+            problems.append("downsampling other than patch merging")
+    norms = [model.norm, model.patch_embed.norm, *(m for b in blocks for m in (b.norm1, b.norm2))]
+    norms += [stage.downsample.norm for stage in stages[1:] if type(stage.downsample) is PatchMerging]
+    if any(not isinstance(norm, nn.LayerNorm) or norm.bias is None for norm in norms):
+        problems.append("norms other than affine LayerNorm")
+    elif len({norm.eps for norm in norms}) > 1:
+        problems.append("LayerNorms with different eps")
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(dict.fromkeys(problems)))
+
+    first = blocks[0]
+    height, width = model.patch_embed.img_size
+    activations = {activation_name(block.mlp.act) for block in blocks}
+    kwargs = dict(
+        image_size=height if height == width else [height, width],
+        patch_size=model.patch_embed.proj.kernel_size[0],
+        num_channels=model.in_chans,
+        embed_dim=model.embed_dim,
+        depths=[len(stage.blocks) for stage in stages],
+        num_heads=[stage.blocks[0].attn.num_heads for stage in stages],
+        window_size=first.attn.window_size[0]
+        if len(set(first.attn.window_size)) == 1
+        else list(first.attn.window_size),
+        mlp_ratio=first.mlp.fc1.out_features / first.dim,
+        qkv_bias=first.attn.qkv.bias is not None,
+        hidden_act=activations.pop() if len(activations) == 1 else None,
+        layer_norm_eps=first.norm1.eps,
+    )
+    if kwargs["hidden_act"] is None:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent activations other than one GELU variant")
+    if model.num_classes > 0:
+        kwargs["num_labels"] = model.num_classes
+        labels = label_names(model)
+        if labels is not None:
+            kwargs["id2label"] = dict(enumerate(labels))
+            kwargs["label2id"] = {label: index for index, label in enumerate(labels)}
+    try:
+        config = VitlmSwinConfig(**kwargs)
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    if any(int(block.dim * config.mlp_ratio) != block.mlp.fc1.out_features for block in blocks):
+        raise UnsupportedSourceError(
+            f"{source}: vitlm cannot represent MLP widths that are not one ratio of the width"
+        )
+    # the windows and shifts vitlm picks at timm's resolution must be timm's (they differ for non-square maps)
+    for index, (stage, grid) in enumerate(zip(stages, config.stage_grids(height, width))):
+        window, shift = stage_windows(*grid, to_pair(config.window_size))
+        for number, block in enumerate(stage.blocks):
+            expected = (window, shift if number % 2 else (0, 0))
+            if (tuple(block.window_size), tuple(block.shift_size)) != expected:
+                raise UnsupportedSourceError(
+                    f"{source}: stage {index} uses windows {tuple(block.window_size)} shifted by "
+                    f"{tuple(block.shift_size)} where vitlm (as the original Swin) uses {expected[0]} shifted by "
+                    f"{expected[1]} (a non-square feature map?)"
+                )
     return config
 
 

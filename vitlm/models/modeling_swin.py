@@ -24,6 +24,15 @@ from .layers import (
 from .modeling_vit import VitlmPreTrainedModel
 
 
+def stage_windows(height: int, width: int, window_size: tuple[int, int]):
+    """The (window, shift) of a stage on a height x width map, by the original Swin's rule: where the map's shorter
+    side is no longer than the window, the window shrinks to that side and does not shift."""
+    if min(height, width) <= min(window_size):
+        side = min(height, width)
+        return (side, side), (0, 0)
+    return tuple(window_size), (window_size[0] // 2, window_size[1] // 2)
+
+
 class VitlmSwinStage(nn.Module):
     """Patch merging (every stage after the first), then blocks alternating plain and shifted windows. Takes and
     returns tokens (batch, height * width, channels), row-major on the map, so that the recorded `hidden_states`
@@ -39,20 +48,12 @@ class VitlmSwinStage(nn.Module):
             for rate in drop_path_rates
         )
 
-    def windows(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The window and shift on a height x width map, by the original Swin's rule: where the map's shorter side
-        is no longer than the window, the window shrinks to that side and does not shift."""
-        if min(height, width) <= min(self.window_size):
-            side = min(height, width)
-            return (side, side), (0, 0)
-        return self.window_size, (self.window_size[0] // 2, self.window_size[1] // 2)
-
     def forward(self, hidden_states, grid_size: tuple[int, int], **kwargs: Unpack[TransformersKwargs]):
         hidden_states = hidden_states.unflatten(1, tuple(grid_size))
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states)
         height, width = hidden_states.shape[1:3]
-        window_size, shift_size = self.windows(height, width)
+        window_size, shift_size = stage_windows(height, width, self.window_size)
         shift_mask = None
         if any(shift_size):  # one mask for every shifted block of the stage
             padded = (-(-height // window_size[0]) * window_size[0], -(-width // window_size[1]) * window_size[1])
@@ -170,4 +171,4 @@ class VitlmSwinForImageClassification(VitlmSwinPreTrainedModel):
         )
 
 
-__all__ = ["VitlmSwinModel", "VitlmSwinForImageClassification"]
+__all__ = ["VitlmSwinModel", "VitlmSwinForImageClassification", "stage_windows"]
