@@ -26,6 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {
     "vit-": "vitlm_vit",
     "hybrid-": "vitlm_hybrid",
+    "swin-": "vitlm_swin",
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
@@ -45,8 +46,10 @@ PUBLISHED = [
     "pit-ti-224",
     "pit-s-224",
     "pit-b-224",
+    "swin-tiny-patch4-window7-224",
+    "swin-base-patch4-window12-384",
 ]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test"]
 
 
 def expected_model_type(name):
@@ -143,6 +146,8 @@ REFERENCES = [
     ("pit-ti-224", "timm", "pit_ti_224"),
     ("pit-s-224", "timm", "pit_s_224"),
     ("pit-b-224", "timm", "pit_b_224"),
+    ("swin-tiny-patch4-window7-224", "timm", "swin_tiny_patch4_window7_224"),
+    ("swin-base-patch4-window12-384", "timm", "swin_base_patch4_window12_384"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`.
+"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`, Swins as
+`SwinModel` / `SwinForImageClassification`.
 
 The weight tables are `from_transformers`' read backwards, so a transformers model converted to vitlm and back has its
 original state dict. Whatever transformers' classes cannot represent is refused with `UnsupportedSourceError`, naming
@@ -7,7 +8,8 @@ stochastic depth, a sigmoid loss with its logit bias; for CLIP also a missing `p
 without qkv bias, a pre-logits layer, hidden dropout, non-square images and an end-of-text id of 2 (which transformers
 reads as its legacy argmax pooling); for `ViTModel` a `pre_norm` or a patch projection without bias, and no pre-logits
 layer (transformers' `ViTModel` always has its dense + tanh pooler); for `ViTForImageClassification` a pre-logits
-layer (its classifier reads the [CLS] state).
+layer (its classifier reads the [CLS] state); for Swin non-square windows. transformers' Swin applies stochastic depth
+(`drop_path_rate`, kept) to the attention branch only, vitlm's to both branches: training differs, inference not.
 
 Processors become `CLIPProcessor` / `ViTImageProcessor` with the same options. Two differences are transformers':
 its image processors floor half-pixel crop offsets where torchvision (open_clip, timm) rounds them, so a model
@@ -28,6 +30,9 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    SwinConfig,
+    SwinForImageClassification,
+    SwinModel,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -39,17 +44,26 @@ from ..models import (
     VitlmDualEncoderConfig,
     VitlmDualEncoderModel,
     VitlmImageProcessor,
+    VitlmSwinConfig,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
-from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER
+from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER, swin_classifier_rules, swin_rules
 from .weights import load_weights, reverse
 
 logger = logging.get_logger(__name__)
-EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
+EXPORTABLE = (
+    VitlmDualEncoderModel,
+    VitlmViTModel,
+    VitlmViTForImageClassification,
+    VitlmSwinModel,
+    VitlmSwinForImageClassification,
+)
 TO_CLIP, TO_VIT, TO_VIT_CLASSIFIER = reverse(CLIP), reverse(VIT), reverse(VIT_CLASSIFIER)
 
 
@@ -81,6 +95,44 @@ def to_vit_model(
     vit_model = uninitialized(ViTForImageClassification if classifier else ViTModel, vit_config(config))
     vit_model = load_weights(vit_model, model.state_dict(), TO_VIT_CLASSIFIER if classifier else TO_VIT, target)
     return vit_model.to(model.dtype)
+
+
+def to_swin_model(
+    model: VitlmSwinModel | VitlmSwinForImageClassification,
+) -> SwinModel | SwinForImageClassification:
+    """A vitlm Swin as transformers' `SwinModel`, or a classifier as `SwinForImageClassification`."""
+    config = model.config
+    classifier = isinstance(model, VitlmSwinForImageClassification)
+    target = "SwinForImageClassification" if classifier else "SwinModel"
+    if not isinstance(config.window_size, int):
+        refuse_if([f"non-square windows {config.window_size}"], target)
+    rules = (swin_classifier_rules if classifier else swin_rules)(len(config.depths))
+    swin_model = uninitialized(SwinForImageClassification if classifier else SwinModel, swin_config(config))
+    return load_weights(swin_model, model.state_dict(), reverse(rules), target).to(model.dtype)
+
+
+def swin_config(config: VitlmSwinConfig) -> SwinConfig:
+    names = (
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "mlp_ratio",
+        "qkv_bias",
+        "hidden_act",
+        "layer_norm_eps",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "drop_path_rate",
+        "initializer_range",
+        "id2label",
+        "label2id",
+        "problem_type",
+    )
+    return SwinConfig(**{name: getattr(config, name) for name in names})
 
 
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
@@ -248,12 +300,19 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
     if processor is None:
         raise ValueError("pass the model's `processor` to export it with the model")
     if not isinstance(model_or_folder, EXPORTABLE):
-        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
+        raise UnsupportedSourceError(
+            f"a {type(model_or_folder).__name__}: only vitlm dual encoders, ViTs and Swins export"
+        )
     if isinstance(model_or_folder, VitlmDualEncoderModel):
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
     else:
-        image_processor = getattr(processor, "image_processor", processor)
-        converted = Converted(to_vit_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
+        image_processor = to_image_processor(getattr(processor, "image_processor", processor), ViTImageProcessor)
+        to_model = (
+            to_swin_model
+            if isinstance(model_or_folder, (VitlmSwinModel, VitlmSwinForImageClassification))
+            else to_vit_model
+        )
+        converted = Converted(to_model(model_or_folder), image_processor)
     return save(converted, out_dir, overwrite=overwrite)
 
 
@@ -270,7 +329,7 @@ def load_folder(folder, processor=None):
     if model_class is None or not architectures[0].startswith("Vitlm"):
         raise UnsupportedSourceError(f"{folder} holds a {architectures[0] or 'model of no architecture'}, not vitlm's")
     if not issubclass(model_class, EXPORTABLE):  # refused before loading weights and processor
-        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders and ViTs export")
+        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders, ViTs and Swins export")
     model = model_class.from_pretrained(folder)
     if processor is None:
         auto_class = AutoProcessor if isinstance(model, VitlmDualEncoderModel) else AutoImageProcessor
@@ -278,4 +337,12 @@ def load_folder(folder, processor=None):
     return model, processor
 
 
-__all__ = ["export", "to_clip_model", "to_vit_model", "to_clip_processor", "to_image_processor", "to_clip_tokenizer"]
+__all__ = [
+    "export",
+    "to_clip_model",
+    "to_vit_model",
+    "to_swin_model",
+    "to_clip_processor",
+    "to_image_processor",
+    "to_clip_tokenizer",
+]

@@ -19,6 +19,7 @@ from .layers import (
     VitlmEncoder,
     VitlmPatchEmbeddings,
     VitlmPositionEncoding,
+    VitlmRelativePositionBias,
     VitlmVisionEmbeddings,
 )
 
@@ -62,6 +63,8 @@ class VitlmPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(token, std=std)
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
             init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, VitlmRelativePositionBias):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
 
     # ---- loading checkpoints: refuse damaged ones in one error, report non-finite weights ----
     @classmethod

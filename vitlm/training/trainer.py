@@ -82,9 +82,10 @@ def training_arguments(
 
 
 def block_depth(name: str, num_layers: int) -> int:
-    """0 for embeddings (patch, position, [CLS] tokens), i + 1 for encoder block i, num_layers + 1 for what follows
-    the encoder (final norm, pooler, heads)."""
-    match = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+    """0 for embeddings (patch, position, [CLS] tokens), i + 1 for encoder block i (stage i of a hierarchical tower,
+    whose config counts stages as its layers), num_layers + 1 for what follows the encoder (final norm, pooler,
+    heads)."""
+    match = re.search(r"(?:^|\.)(?:layers?|stages)\.(\d+)\.", name)
     if match:
         return int(match.group(1)) + 1
     if re.search(r"embed|cls_token|dist_token|position|stem|backbone", name):
