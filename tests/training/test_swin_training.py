@@ -34,12 +34,16 @@ def test_train_classify_swin_tiny_test_on_shapes(tmp_path):
     assert model(**inputs).logits.shape == (1, len(CATEGORIES))
 
 
-def test_layer_decay_slows_each_stage_by_its_depth():
+def test_layer_decay_slows_each_block_by_its_depth():
+    """Blocks count in order across stages; a patch merging sits at the depth of the blocks before it."""
     model = VitlmSwinForImageClassification(tiny_config("swin"))
     groups = layerwise_lr_decay_groups(model, lr=1.0, decay=0.5, weight_decay=0.05)
     rate = {id(p): group["lr"] for group in groups for p in group["params"]}
-    stages = model.config.num_hidden_layers
-    assert rate[id(model.swin.patch_embeddings.projection.weight)] == 0.5 ** (stages + 1)
-    assert rate[id(model.swin.stages[0].blocks[1].mlp.fc1.weight)] == 0.5**stages
-    assert rate[id(model.swin.stages[1].downsample.reduction.weight)] == 0.5 ** (stages - 1)
+    depths = model.config.depths
+    blocks = sum(depths)
+    assert rate[id(model.swin.patch_embeddings.projection.weight)] == 0.5 ** (blocks + 1)
+    assert rate[id(model.swin.stages[0].blocks[1].mlp.fc1.weight)] == 0.5 ** (blocks - 1)
+    assert rate[id(model.swin.stages[1].downsample.reduction.weight)] == 0.5 ** (blocks + 1 - depths[0])
+    assert rate[id(model.swin.stages[1].blocks[0].mlp.fc1.weight)] == 0.5 ** (blocks - depths[0])
+    assert rate[id(model.swin.layernorm.weight)] == 1.0
     assert rate[id(model.classifier.weight)] == 1.0
