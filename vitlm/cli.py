@@ -75,12 +75,32 @@ def _run_convert(args) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT or ViT classifier)")
-    parser.add_argument("out_dir", help="folder to write the transformers CLIPModel / ViTModel and its processor to")
+    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT or ViT classifier; any with --onnx)")
+    parser.add_argument(
+        "out_dir",
+        help="folder to write the transformers CLIPModel / ViTModel and its processor to (with --onnx: the ONNX "
+        "graphs, config and processor files)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export ONNX graphs instead (dual encoder: image and text encoders; classifiers, the zero-shot "
+        "classifier, the detector, towers: model.onnx), checked with onnxruntime against PyTorch",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --onnx: int8 weights in the linear layers")
 
 
 def _run_export(args) -> int:
+    if args.int8 and not args.onnx:
+        raise ValueError("--int8 quantizes ONNX graphs: add --onnx (in Python, `vitlm.quantize(model)`)")
+    if args.onnx:
+        from .deploy.onnx import export_onnx
+
+        report = export_onnx(args.folder, args.out_dir, int8=args.int8, overwrite=args.overwrite)
+        for name, difference in report.items():
+            print(f"wrote {args.out_dir}/{name} (onnxruntime vs PyTorch: max abs difference {difference:.1e})")
+        return 0
     from .convert.to_transformers import export
 
     print(f"wrote {export(args.folder, args.out_dir, overwrite=args.overwrite)}")
@@ -267,7 +287,8 @@ SUBCOMMANDS = [
     ),
     (
         "export",
-        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification)",
+        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification) or, with "
+        "--onnx, to ONNX",
         _add_export_arguments,
         _run_export,
     ),
