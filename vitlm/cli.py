@@ -181,6 +181,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
+    parser.add_argument(
+        "--lora",
+        type=int,
+        metavar="R",
+        help="train rank-R LoRA adapters (PEFT) and the task head, the rest frozen; the folder holds the adapters",
+    )
+    parser.add_argument(
+        "--lora-targets",
+        type=lambda text: [name.strip() for name in text.split(",")],
+        help="with --lora: comma-separated layer names to adapt (default: qkv,fc1,fc2; also proj)",
+    )
+    parser.add_argument("--merge-lora", action="store_true", help="with --lora: save the model with adapters merged")
 
 
 def _run_train(args) -> int:
@@ -203,6 +215,9 @@ def _run_train(args) -> int:
         logging_steps=args.logging_steps,
         layer_decay=args.layer_decay,
         twin_weight=args.twin_weight,
+        lora_rank=args.lora,
+        lora_targets=args.lora_targets,
+        merge_lora=args.merge_lora,
     )
     check_arguments(args.task, args.output_dir, **settings, **task_options)
 
