@@ -75,12 +75,34 @@ def _run_convert(args) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT, Swin, or their classifiers)")
-    parser.add_argument("out_dir", help="folder to write the transformers CLIP / ViT / Swin model and processor to")
+    parser.add_argument(
+        "folder", help="a vitlm model folder (dual encoder, ViT, Swin, or their classifiers; any with --onnx)"
+    )
+    parser.add_argument(
+        "out_dir",
+        help="folder to write the transformers CLIP / ViT / Swin model and processor to (with --onnx: the ONNX "
+        "graphs, config and processor files)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export ONNX graphs instead (dual encoder: image and text encoders; classifiers, the zero-shot "
+        "classifier, the detector, towers: model.onnx), checked with onnxruntime against PyTorch",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --onnx: int8 weights in the linear layers")
 
 
 def _run_export(args) -> int:
+    if args.int8 and not args.onnx:
+        raise ValueError("--int8 quantizes ONNX graphs: add --onnx (in Python, `vitlm.quantize(model)`)")
+    if args.onnx:
+        from .deploy.onnx import export_onnx
+
+        report = export_onnx(args.folder, args.out_dir, int8=args.int8, overwrite=args.overwrite)
+        for name, difference in report.items():
+            print(f"wrote {args.out_dir}/{name} (onnxruntime vs PyTorch: max abs difference {difference:.1e})")
+        return 0
     from .convert.to_transformers import export
 
     print(f"wrote {export(args.folder, args.out_dir, overwrite=args.overwrite)}")
@@ -161,6 +183,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
+    parser.add_argument(
+        "--lora",
+        type=int,
+        metavar="R",
+        help="train rank-R LoRA adapters (PEFT) and the task head, the rest frozen; the folder holds the adapters",
+    )
+    parser.add_argument(
+        "--lora-targets",
+        type=lambda text: [name.strip() for name in text.split(",")],
+        help="with --lora: comma-separated layer names to adapt (default: qkv,fc1,fc2; also proj)",
+    )
+    parser.add_argument("--merge-lora", action="store_true", help="with --lora: save the model with adapters merged")
 
 
 def _run_train(args) -> int:
@@ -183,6 +217,9 @@ def _run_train(args) -> int:
         logging_steps=args.logging_steps,
         layer_decay=args.layer_decay,
         twin_weight=args.twin_weight,
+        lora_rank=args.lora,
+        lora_targets=args.lora_targets,
+        merge_lora=args.merge_lora,
     )
     check_arguments(args.task, args.output_dir, **settings, **task_options)
 
@@ -267,7 +304,8 @@ SUBCOMMANDS = [
     ),
     (
         "export",
-        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification)",
+        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification) or, with "
+        "--onnx, to ONNX",
         _add_export_arguments,
         _run_export,
     ),
