@@ -10,9 +10,8 @@ import torch
 
 from ..models import VitlmDualEncoderForImageClassification
 from . import store
+from .checks import check_text, positive
 from .engine import DEFAULT_MODEL, load_model, run_local
-from .job import positive
-from .search import check_text
 from .sources import FolderSource
 
 HEADER = ["path", "label", "probability", "error"]
@@ -35,7 +34,7 @@ def classify_folder(
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    labels = [check_text(label) for label in labels]
+    labels = [check_text(label, "a label") for label in labels]
     positive("batch_size", batch_size)
     collection = FolderSource(folder)
     dual_encoder, processor = load_model(model, device)

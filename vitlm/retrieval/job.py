@@ -14,17 +14,10 @@ import numpy as np
 import torch
 
 from . import store
+from .checks import check_engine, positive
 from .engine import DEFAULT_MODEL, image_embeddings, load_model, model_name, pixel_shape, run_local
 from .index import build_index, save_index
 from .sources import open_source
-
-ENGINES = ("local", "ray")
-
-
-def positive(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_job(out_dir: Path, job: dict):
@@ -68,8 +61,7 @@ def embed(
     dual encoder `model` into `out_dir`, build the index and return `out_dir`. `engine="ray"` runs the same job on
     Ray Data (a local runtime with `num_cpus`, or the cluster at `address`; `num_actors` model replicas with
     `gpus_per_actor` GPUs each). Images that fail to decode are listed in `errors.csv` and left out."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    check_engine(engine)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("num_actors", num_actors)):
         positive(name, value)
     out_dir = Path(out_dir)

@@ -100,14 +100,17 @@ def run_ray(
                 fn_kwargs={"source": source, "image_processor": image_processor, "pixel_shape": shape},
                 batch_size=DECODE_BATCH,
                 batch_format="numpy",
-                num_cpus=1,
+                # decoding a file is light; and a request unlike the actors' keeps Ray from fusing decoding into
+                # them (it fuses operators that ask for the same resources), which would put it in series with
+                # the model
+                num_cpus=0.5,
             )
             embedded = decoded.map_batches(
                 _EmbeddingActor,
                 fn_constructor_kwargs={"model": model},
                 batch_size=batch_size,
                 batch_format="numpy",
-                concurrency=num_actors,
+                compute=ray.data.ActorPoolStrategy(size=num_actors),
                 num_gpus=gpus_per_actor or 0,
                 num_cpus=0 if gpus_per_actor else 1,
             )

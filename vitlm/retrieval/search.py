@@ -1,18 +1,15 @@
 """Searching an embedded collection by text or by example image."""
 
-import unicodedata
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from . import store
-from .engine import image_embeddings, load_model, text_embeddings
+from .checks import check_k, check_text
+from .engine import describe_error, image_embeddings, load_model, text_embeddings
 from .index import load_index
 from .sources import decode
-
-MAX_QUERY_LENGTH = 1000  # characters: the tokenizer keeps a few dozen tokens, and a huge string only stalls it
-MAX_K = 10_000
 
 
 class Hit(NamedTuple):
@@ -22,38 +19,12 @@ class Hit(NamedTuple):
     path: str | None  # the image file, for a folder collection
 
 
-def check_text(text) -> str:
-    """A text query, refused with the reason when it is no usable text."""
-    if not isinstance(text, str):
-        raise ValueError(f"the query must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError("the query text is empty")
-    if len(text) > MAX_QUERY_LENGTH:
-        raise ValueError(f"the query text has {len(text):,} characters; the limit is {MAX_QUERY_LENGTH:,}")
-    control = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n"})
-    if control:
-        raise ValueError(f"the query text holds control characters ({', '.join(control)})")
-    return text.strip()
-
-
-def check_k(k) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
-    return k
-
-
 def query_image(image):
     """A query image (a path or a PIL image) as RGB, refused with the reason when it cannot be read."""
     try:
-        return decode(str(image)) if isinstance(image, (str, Path)) else decode_image(image)
+        return decode(str(image) if isinstance(image, Path) else image)
     except Exception as error:  # PIL's plugins raise many kinds on a damaged file
-        raise ValueError(f"cannot read the query image {Path(str(image)).name!r}: {type(error).__name__}") from error
-
-
-def decode_image(image):
-    from ..models.image_processing_vitlm import as_pil_image, as_rgb
-
-    return as_rgb(as_pil_image(image))
+        raise ValueError(f"cannot read the query image: {describe_error(error)}") from error
 
 
 class Collection:

@@ -182,8 +182,9 @@ def open_source(
     raise ValueError(f"unknown source kind {kind!r}; expected auto, folder, dataset or parquet")
 
 
-def decode(payload: str | bytes) -> PIL.Image.Image:
-    """An RGB image from a file path or encoded bytes (EXIF orientation applied, transparency on white)."""
+def decode(payload) -> PIL.Image.Image:
+    """An RGB image from a file path, encoded bytes or an image (PIL, array): EXIF orientation applied,
+    transparency on white, 16-bit and float images mapped to 8 bits."""
     if isinstance(payload, bytes):
         with PIL.Image.open(io.BytesIO(payload)) as image:
             image.load()
