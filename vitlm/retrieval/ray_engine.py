@@ -1,6 +1,6 @@
 """The Ray Data engine: the same job as `engine.run_local`, spread over a Ray cluster (or a local Ray runtime).
 
-CPU tasks read, decode and preprocess items (one CPU each); a pool of `num_actors` actors holds the model, each on
+CPU tasks read, decode and preprocess items (half a CPU each); a pool of `num_actors` actors holds the model, each on
 `gpus_per_actor` GPUs (fractions share a GPU: 0.5 puts two replicas on each) or, without GPUs, on one CPU. The
 driver receives the embeddings and writes the shards, in the same format and with the same rows as the
 single-process engine; only the batches the model sees differ, which changes embeddings by float rounding (< 1e-6).
@@ -15,6 +15,9 @@ import torch
 from .engine import BatchResult, describe_error, image_embeddings, pixel_shape, preprocess
 
 DECODE_BATCH = 32  # items per decoding task
+# decoding a file is light; and a request unlike the actors' keeps Ray from fusing decoding into them (it fuses
+# operators that ask for the same resources), which would put decoding in series with the model
+DECODE_CPUS = 0.5
 
 
 def _decode_batch(batch: dict, source, image_processor, pixel_shape: tuple) -> dict:
@@ -92,6 +95,13 @@ def run_ray(
     batch_size = max(len(batch) for batch in batches)
     shape = pixel_shape(image_processor)
     with ray_runtime(address, num_cpus):
+        cpus = ray.cluster_resources().get("CPU", 0)
+        needed = DECODE_CPUS + (0 if gpus_per_actor else num_actors)
+        if cpus < needed:  # Ray would wait for them for ever
+            raise ValueError(
+                f"the Ray cluster has {cpus:g} CPUs; {num_actors} model replica(s) on CPUs and decoding need at least "
+                f"{needed:g} (one per replica, {DECODE_CPUS:g} per decoding task)"
+            )
         context = ray.data.DataContext.get_current()
         bars, context.enable_progress_bars = context.enable_progress_bars, False  # the job shows its own
         try:
@@ -100,10 +110,7 @@ def run_ray(
                 fn_kwargs={"source": source, "image_processor": image_processor, "pixel_shape": shape},
                 batch_size=DECODE_BATCH,
                 batch_format="numpy",
-                # decoding a file is light; and a request unlike the actors' keeps Ray from fusing decoding into
-                # them (it fuses operators that ask for the same resources), which would put it in series with
-                # the model
-                num_cpus=0.5,
+                num_cpus=DECODE_CPUS,
             )
             embedded = decoded.map_batches(
                 _EmbeddingActor,
