@@ -29,7 +29,11 @@ def test_writes_shards_index_and_manifest(embedded, collection, model):
     manifest = store.read_manifest(embedded)
     assert manifest["counts"] == {"items": NUM_IMAGES + 2, "embedded": NUM_IMAGES, "errors": 2}
     assert manifest["embedding_dim"] == 64 and manifest["model"] == "default"
-    assert [shard["rows"] for shard in manifest["shards"]] == [8, 7, 5]  # 8 items per shard (sorted paths), less the broken ones
+    assert [shard["rows"] for shard in manifest["shards"]] == [
+        8,
+        7,
+        5,
+    ]  # 8 items per shard (sorted paths), less the broken ones
     assert manifest["index"]["kind"] == "exact"
     ids, embeddings, _ = read_all(embedded)
     assert ids == [i for i in FolderSource(collection).ids if i not in ("broken.png", "nested/truncated.png")]
