@@ -3,9 +3,22 @@ into shards and a nearest-neighbour index (single process, or on Ray Data), `sea
 `classify_folder` with a cached zero-shot classifier. faiss, pyarrow, datasets and ray are imported when used."""
 
 from .classify import classify_folder
-from .engine import DEFAULT_MODEL, load_model
+from .engine import DEFAULT_MODEL, embed_source, load_model
 from .job import embed
-from .search import Collection, Hit, search
-from .sources import open_source
+from .search import Collection, Hit, query_embedding, search
+from .sources import FolderSource, MemorySource, open_source
 
-__all__ = ["DEFAULT_MODEL", "Collection", "Hit", "classify_folder", "embed", "load_model", "open_source", "search"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Collection",
+    "FolderSource",
+    "Hit",
+    "MemorySource",
+    "classify_folder",
+    "embed",
+    "embed_source",
+    "load_model",
+    "open_source",
+    "query_embedding",
+    "search",
+]

@@ -159,3 +159,18 @@ def run_local(
     for positions, pixels, errors in loader:
         outputs = compute(pixels) if pixels is not None else np.zeros((0, 0), np.float32)
         yield BatchResult(positions, outputs, errors)
+
+
+def embed_source(
+    model: VitlmDualEncoderModel, image_processor, source: Source, batch_size: int = 64, num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """A small collection embedded in memory: (positions embedded, their (n, dim) embeddings, [(position, why it
+    could not be decoded)]). Decodes in this process by default (a server's request thread must not fork)."""
+    batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
+    positions, embeddings, errors = [], [], []
+    for result in run_local(source, image_processor, batches, lambda p: image_embeddings(model, p), num_workers):
+        positions.append(result.positions)
+        embeddings.extend(result.outputs)
+        errors += result.errors
+    dim = model.config.projection_dim
+    return np.concatenate(positions), np.array(embeddings, np.float32).reshape(-1, dim), errors

@@ -27,6 +27,20 @@ def query_image(image):
         raise ValueError(f"cannot read the query image: {describe_error(error)}") from error
 
 
+def query_embedding(model, processor, text: str | None = None, image=None) -> np.ndarray:
+    """The normalized query: the text's embedding, the image's, or, given both, their normalized sum."""
+    if text is None and image is None:
+        raise ValueError("give a query text, a query image or both")
+    parts = []
+    if text is not None:
+        parts.append(text_embeddings(model, processor.tokenizer, [check_text(text)])[0])
+    if image is not None:
+        pixels = processor.image_processor(query_image(image), return_tensors="pt")["pixel_values"]
+        parts.append(image_embeddings(model, pixels)[0])
+    query = np.sum(parts, axis=0)
+    return query / np.linalg.norm(query)
+
+
 class Collection:
     """An embedded collection opened for searching: its manifest, index, ids and (loaded once) the model that
     embedded it, or `model` (a loaded (model, processor) pair, or a source) when given."""
@@ -52,17 +66,7 @@ class Collection:
         self.root = Path(source["root"]) if source["kind"] == "folder" else None
 
     def query_embedding(self, text: str | None = None, image=None) -> np.ndarray:
-        """The normalized query: the text's embedding, the image's, or, given both, their normalized sum."""
-        if text is None and image is None:
-            raise ValueError("give a query text, a query image or both")
-        parts = []
-        if text is not None:
-            parts.append(text_embeddings(self.model, self.processor.tokenizer, [check_text(text)])[0])
-        if image is not None:
-            pixels = self.processor.image_processor(query_image(image), return_tensors="pt")["pixel_values"]
-            parts.append(image_embeddings(self.model, pixels)[0])
-        query = np.sum(parts, axis=0)
-        return query / np.linalg.norm(query)
+        return query_embedding(self.model, self.processor, text, image)
 
     def search(self, text: str | None = None, image=None, k: int = 10) -> list[Hit]:
         k = check_k(k)

@@ -59,6 +59,19 @@ class FolderSource(Source):
         return str(self.root / self.ids[index])
 
 
+class MemorySource(Source):
+    """Encoded images held in memory (PNG or JPEG bytes), named by `ids`."""
+
+    def __init__(self, ids: list[str], payloads: list[bytes], description: dict | None = None):
+        if len(ids) != len(payloads) or len(set(ids)) != len(ids):
+            raise ValueError("a memory source needs one unique id per image")
+        self.ids, self.payloads = list(ids), list(payloads)
+        self.description = description or {"kind": "memory"}
+
+    def read(self, index: int) -> bytes:
+        return self.payloads[index]
+
+
 def _image_payload(value, base: Path | None) -> str | bytes:
     """An image cell as datasets and parquet writers store it: raw bytes, a {"bytes", "path"} struct (datasets'
     `Image` feature) or a path string (relative to `base`)."""
