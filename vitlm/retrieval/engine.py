@@ -135,7 +135,8 @@ def _collate(items):
 
 
 def default_num_workers() -> int:
-    return min(8, len(os.sched_getaffinity(0)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus)
 
 
 def run_local(
@@ -154,7 +155,6 @@ def run_local(
         num_workers=num_workers,
         collate_fn=_collate,
         prefetch_factor=2 if num_workers else None,
-        persistent_workers=False,
     )
     for positions, pixels, errors in loader:
         outputs = compute(pixels) if pixels is not None else np.zeros((0, 0), np.float32)

@@ -37,7 +37,9 @@ class _EmbeddingActor:
     """Holds one replica of the model: on its GPU in bfloat16 when Ray gave it one, else on its CPU in float32."""
 
     def __init__(self, model):
-        if torch.cuda.is_available() and ray_gpu_ids():
+        import ray
+
+        if ray.get_gpu_ids():  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs
             model = model.to("cuda", torch.bfloat16)
         self.model = model.eval()
 
@@ -47,12 +49,6 @@ class _EmbeddingActor:
         if good.any():
             embeddings[good] = image_embeddings(self.model, torch.from_numpy(batch["pixel_values"][good]))
         return {"position": batch["position"], "embedding": embeddings, "error": batch["error"]}
-
-
-def ray_gpu_ids() -> list:
-    import ray
-
-    return ray.get_gpu_ids()
 
 
 @contextlib.contextmanager
