@@ -59,6 +59,22 @@ def test_corrupt_files_are_listed_and_skipped(embedded):
     assert all("cannot" in row["error"] or "truncated" in row["error"] for row in rows), rows
 
 
+def test_a_shard_of_unreadable_files_only(collection, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"broken")
+    (folder / "b.png").write_bytes(b"broken too")
+    (folder / "c.png").write_bytes((collection / "000.png").read_bytes())
+    out = embed(folder, tmp_path / "out", shard_size=2, num_workers=0, progress=False)
+    assert [shard["rows"] for shard in store.read_manifest(out)["shards"]] == [0, 1]
+    ids, embeddings, errors = read_all(out)
+    assert ids == ["c.png"] and embeddings.shape == (1, 64) and [e[0] for e in errors] == ["a.png", "b.png"]
+    (folder / "c.png").write_bytes(b"broken as well")
+    with pytest.raises(ValueError, match="no image of the collection could be decoded"):
+        embed(folder, tmp_path / "out2", shard_size=2, num_workers=0, progress=False)
+    assert len((tmp_path / "out2" / store.ERRORS).read_text().splitlines()) == 4
+
+
 def test_resume_after_a_kill_ends_identical(collection, embedded, tmp_path, monkeypatch):
     """A job killed after its first shard (and in the middle of writing another, leaving a temporary file) ends,
     rerun, with the files of the uninterrupted run."""
@@ -71,7 +87,7 @@ def test_resume_after_a_kill_ends_identical(collection, embedded, tmp_path, monk
             (out / store.SHARDS / ".shard-00001.parquet.abc.tmp").write_bytes(b"half a shard")
             raise KeyboardInterrupt  # what SIGINT raises; SIGKILL leaves the same files
         write_shard(*args)
-        written.append(args[2])
+        written.append(args[2])  # the shard's number
 
     monkeypatch.setattr(job, "_write_shard", killed_after_one)
     with pytest.raises(KeyboardInterrupt):

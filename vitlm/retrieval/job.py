@@ -109,11 +109,12 @@ def embed(
             num_actors,
             gpus_per_actor,
         )
-    _write_shards(out_dir, collection, shard_size, pending, results, progress)
-    return finish(out_dir, job, dual_encoder.config.projection_dim, len(shards), index)
+    dim = dual_encoder.config.projection_dim
+    _write_shards(out_dir, collection, shard_size, dim, pending, results, progress)
+    return finish(out_dir, job, dim, len(shards), index)
 
 
-def _write_shards(out_dir: Path, collection, shard_size: int, pending: list[int], results, progress: bool):
+def _write_shards(out_dir: Path, collection, shard_size: int, dim: int, pending: list[int], results, progress: bool):
     """Collect each pending shard's rows from the engine's batches (in any order) and write it once complete."""
     from tqdm.auto import tqdm
 
@@ -130,17 +131,16 @@ def _write_shards(out_dir: Path, collection, shard_size: int, pending: list[int]
             touched |= {position // shard_size for position, _ in result.errors}
             for shard in touched:
                 if len(rows[shard]) == sizes[shard]:
-                    _write_shard(out_dir, collection, shard, rows.pop(shard))
+                    _write_shard(out_dir, collection, shard, dim, rows.pop(shard))
             bar.update(len(result.positions) + len(result.errors))
     if rows:  # an engine that ends early must not leave a shard out silently
         raise RuntimeError(f"the engine returned no results for shards {sorted(rows)}")
 
 
-def _write_shard(out_dir: Path, collection, shard: int, rows: list):
+def _write_shard(out_dir: Path, collection, shard: int, dim: int, rows: list):
     rows.sort(key=lambda row: row[0])
     good = [(position, value) for position, value in rows if not isinstance(value, str)]
     errors = [(collection.ids[position], value) for position, value in rows if isinstance(value, str)]
-    dim = len(good[0][1]) if good else 0
     embeddings = np.stack([value for _, value in good]) if good else np.zeros((0, dim), np.float32)
     store.write_shard(
         store.shard_path(out_dir, shard), [collection.ids[position] for position, _ in good], embeddings, errors

@@ -60,7 +60,7 @@ def write_shard(path: Path, ids: list[str], embeddings: np.ndarray, errors: list
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(ids), -1)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # (len(ids), dim), also with no rows
     column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), embeddings.shape[1])
     table = pa.table({"id": pa.array(ids, pa.string()), "embedding": column})
     table = table.replace_schema_metadata({ERRORS_METADATA: json.dumps(errors).encode()})
