@@ -177,3 +177,15 @@ def test_ray_engine_equals_single_process(collection, embedded, tmp_path):
     assert np.abs(embeddings - local_embeddings).max() <= 1e-6
     manifest, local = (json.loads((folder / store.MANIFEST).read_text()) for folder in (out, embedded))
     assert manifest == local
+
+
+def test_embed_cli(collection, tmp_path, capsys):
+    from vitlm.cli import main
+
+    out = tmp_path / "out"
+    assert main(["embed", str(collection), "--out", str(out), "--shard-size", "8", "--num-workers", "0"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {out}: 20 of 22 images embedded (2 could not be decoded, listed in {out / 'errors.csv'}), exact index"
+    )
+    assert main(["embed", str(collection), "--out", str(out), "--shard-size", "8", "--batch-size", "4"]) == 2
+    assert "holds another embedding job (different batch_size)" in capsys.readouterr().err
