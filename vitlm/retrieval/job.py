@@ -62,6 +62,10 @@ def embed(
     Ray Data (a local runtime with `num_cpus`, or the cluster at `address`; `num_actors` model replicas with
     `gpus_per_actor` GPUs each). Images that fail to decode are listed in `errors.csv` and left out."""
     check_engine(engine)
+    # the shards' writer, loaded before the embedding starts: a missing install fails at once, and the libraries it
+    # maps (about 100 MB) do not first count when the first shard is written, in the middle of the job
+    import pyarrow.parquet  # noqa: F401
+
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("num_actors", num_actors)):
         positive(name, value)
     out_dir = Path(out_dir)
