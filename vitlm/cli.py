@@ -289,6 +289,140 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_embed_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "source", help="a folder of images (recursive), a datasets data set (saved folder or Hub id) or parquet files"
+    )
+    parser.add_argument("--out", required=True, help="folder for the shards, index and manifest (rerun to resume)")
+    parser.add_argument("--model", default="default", help="a dual encoder: default, a folder, a Hub id or hf:/...")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="this process, or Ray Data")
+    parser.add_argument("--address", help="--engine ray: the Ray cluster to attach to (default: start one here)")
+    parser.add_argument("--num-cpus", type=_positive_int, help="--engine ray: CPUs of the local Ray runtime")
+    parser.add_argument("--num-actors", type=_positive_int, default=1, help="--engine ray: model replicas")
+    parser.add_argument(
+        "--gpus-per-actor", type=float, help="--engine ray: GPUs per model replica (0.5: two replicas per GPU)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="images per model call")
+    parser.add_argument("--shard-size", type=_positive_int, default=4096, help="images per output shard")
+    parser.add_argument("--num-workers", type=int, help="DataLoader decoding processes (default: CPUs, at most 8)")
+    parser.add_argument(
+        "--index", choices=["auto", "exact", "hnsw", "ivf"], default="auto", help="auto: exact up to 100,000 images"
+    )
+    parser.add_argument("--kind", choices=["auto", "folder", "dataset", "parquet"], default="auto")
+    parser.add_argument("--image-column", default="image", help="datasets / parquet: the column of images")
+    parser.add_argument("--id-column", help="datasets / parquet: a column of unique ids (default: row numbers)")
+    parser.add_argument("--split", default="train", help="datasets: the split")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when there is one)")
+
+
+def _run_embed(args) -> int:
+    from .retrieval.checks import check_engine
+
+    check_engine(args.engine)
+    from .retrieval import embed
+    from .retrieval.store import read_manifest
+
+    out = embed(
+        args.source,
+        args.out,
+        model=args.model,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        index=args.index,
+        num_workers=args.num_workers,
+        device=args.device,
+        kind=args.kind,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        split=args.split,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_actors=args.num_actors,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+    manifest = read_manifest(out)
+    counts, index = manifest["counts"], manifest["index"]
+    recall = f", recall@10 against exact search {index['recall_at_10']:.3f}" if "recall_at_10" in index else ""
+    print(
+        f"wrote {out}: {counts['embedded']:,} of {counts['items']:,} images embedded ({counts['errors']:,} could not "
+        f"be decoded, listed in {out / manifest['errors_file']}), {index['kind']} index{recall}"
+    )
+    return 0
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("index", help="a folder written by `vitlm embed`")
+    parser.add_argument("text", nargs="?", help="the query text")
+    parser.add_argument("--image", help="a query image (with a text too: both count)")
+    parser.add_argument("-k", type=_positive_int, default=10, help="how many images to list")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
+
+
+def _run_search(args) -> int:
+    from .retrieval.checks import check_k, check_text
+
+    if args.text is None and args.image is None:
+        raise ValueError("give a query text, --image or both")
+    if args.text is not None:
+        check_text(args.text)
+    check_k(args.k)
+    from .retrieval import search
+
+    hits = search(args.index, args.text, args.image, k=args.k, device=args.device)
+    print(markdown_table(["rank", "score", "image"], [[h.rank, f"{h.score:.4f}", h.path or h.id] for h in hits]))
+    return 0
+
+
+def _add_classify_folder_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("folder", help="a folder of images (recursive)")
+    parser.add_argument("--labels", required=True, help="comma-separated class names")
+    parser.add_argument("--out", required=True, help="the CSV to write: path,label,probability,error")
+    parser.add_argument("--model", default="default", help="a dual encoder: default, a folder, a Hub id or hf:/...")
+    parser.add_argument(
+        "--template",
+        action="append",
+        help="a prompt template with {} for the label (repeatable; default: the model's)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--num-workers", type=int, help="DataLoader decoding processes (default: CPUs, at most 8)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _run_classify_folder(args) -> int:
+    from .retrieval.checks import check_text
+
+    labels = [check_text(label, "a label") for label in args.labels.split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--labels names no class: give comma-separated names")
+    from .retrieval import classify_folder
+
+    out = classify_folder(
+        args.folder,
+        labels,
+        args.out,
+        model=args.model,
+        templates=args.template,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 SUBCOMMANDS = [
     (
         "presets",
@@ -320,6 +454,24 @@ SUBCOMMANDS = [
         "serve the Gradio demo: zero-shot classification, open-vocabulary detection and inpainting",
         _add_demo_arguments,
         _run_demo,
+    ),
+    (
+        "embed",
+        "embed a collection of images (folder, datasets data set, parquet) into shards and a search index",
+        _add_embed_arguments,
+        _run_embed,
+    ),
+    (
+        "search",
+        "search an index written by `vitlm embed` by text or by example image",
+        _add_search_arguments,
+        _run_search,
+    ),
+    (
+        "classify-folder",
+        "label every image of a folder with the zero-shot classifier, into a CSV",
+        _add_classify_folder_arguments,
+        _run_classify_folder,
     ),
 ]
 
