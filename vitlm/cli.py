@@ -451,7 +451,7 @@ SUBCOMMANDS = [
     ),
     (
         "demo",
-        "serve the Gradio demo: zero-shot classification, open-vocabulary detection and inpainting",
+        "serve the Gradio demo: zero-shot classification, open-vocabulary detection, inpainting and search",
         _add_demo_arguments,
         _run_demo,
     ),

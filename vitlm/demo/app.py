@@ -1,4 +1,4 @@
-"""The vitlm demo: zero-shot classification, open-vocabulary detection and inpainting in one Gradio app.
+"""The vitlm demo: zero-shot classification, open-vocabulary detection, inpainting and image search in one Gradio app.
 
     vitlm demo [--host 127.0.0.1] [--port 7860] [--share]        # or: python demos/app.py
 
@@ -605,8 +605,8 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
     store = store or _default_store
     with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# vitlm demo\nZero-shot classification, open-vocabulary detection and inpainting with vitlm models. "
-            "The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
+            "# vitlm demo\nZero-shot classification, open-vocabulary detection, inpainting and image search with vitlm "
+            "models. The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
             "textured backgrounds): try them on its images, or pick a pretrained model."
         )
         with gr.Tab("Zero-shot classification", id="zero-shot-image-classification"):
