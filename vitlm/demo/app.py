@@ -605,9 +605,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
     store = store or _default_store
     with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# vitlm demo\nZero-shot classification, open-vocabulary detection, inpainting and image search with vitlm "
-            "models. The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
-            "textured backgrounds): try them on its images, or pick a pretrained model."
+            "# vitlm demo\nZero-shot classification, open-vocabulary detection, inpainting and image search with "
+            "vitlm models. The default models are small and were trained on the synthetic *shapes world* (coloured "
+            "shapes on textured backgrounds): try them on its images, or pick a pretrained model."
         )
         with gr.Tab("Zero-shot classification", id="zero-shot-image-classification"):
             with gr.Row():
