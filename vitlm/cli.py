@@ -375,6 +375,9 @@ def _add_search_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("text", nargs="?", help="the query text")
     parser.add_argument("--image", help="a query image (with a text too: both count)")
     parser.add_argument("-k", type=_positive_int, default=10, help="how many images to list")
+    parser.add_argument(
+        "--captions", action="store_true", help="search the captions' embeddings (an index embedded with --captions)"
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
 
 
@@ -388,7 +391,7 @@ def _run_search(args) -> int:
     check_k(args.k)
     from .retrieval import search
 
-    hits = search(args.index, args.text, args.image, k=args.k, device=args.device)
+    hits = search(args.index, args.text, args.image, k=args.k, device=args.device, captions=args.captions)
     print(markdown_table(["rank", "score", "image"], [[h.rank, f"{h.score:.4f}", h.path or h.id] for h in hits]))
     return 0
 

@@ -141,3 +141,25 @@ def test_embed_cli_with_captions(collection, tmp_path, capsys):
     assert main(["embed", str(collection), "--out", str(tmp_path / "other"), "--captions", "csv"]) == 2
     err = capsys.readouterr().err
     assert "no image under" in err and "Traceback" not in err, err
+
+
+def test_search_by_captions(embedded_captions, embedded, collection, model, capsys):
+    from vitlm.cli import main
+    from vitlm.retrieval import Collection, search
+
+    ids, _, captions = read_captions(embedded_captions)
+    captioned = np.flatnonzero(~np.isnan(captions[:, 0]))
+    query = text_embeddings(model[0], model[1].tokenizer, ["a red circle"])[0]
+    scores = captions[captioned] @ query
+    order = np.argsort(-scores)
+    hits = search(embedded_captions, "a red circle", k=50, captions=True)  # k above the captions: all of them
+    assert [hit.id for hit in hits] == [ids[captioned[row]] for row in order]
+    np.testing.assert_allclose([hit.score for hit in hits], scores[order], atol=1e-5)
+    assert hits[0].path == str(collection / hits[0].id)
+    by_image = Collection(embedded_captions, model=model).search(image=collection / "002.png", k=3, captions=True)
+    assert len(by_image) == 3 and {hit.id for hit in by_image} <= {ids[row] for row in captioned}
+    with pytest.raises(ValueError, match="holds no caption embeddings: embed the collection with captions"):
+        search(embedded, "a red circle", captions=True)
+    assert main(["search", str(embedded_captions), "a red circle", "--captions", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 2 and lines[2].split("|")[3].strip() == hits[0].path
