@@ -145,19 +145,20 @@ class DatasetSource(Source):
                 raise ValueError(f"the caption column {captions!r} of {name} holds {feature}, not text")
         if isinstance(dataset.features[image_column], datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        self.dataset = dataset.select_columns([image_column, *([captions] if captions else [])])
+        self.dataset = dataset.select_columns([image_column])
         self.image_column = image_column
         self.ids = [str(value) for value in dataset[id_column]] if id_column else list(map(str, range(len(dataset))))
         _check_unique(name, self.ids, id_column)
         self.description = {"kind": "dataset", "name": name, "split": split, "image_column": image_column}
         if captions is not None:
             self.captions = self.description["captions"] = captions
+            self.caption_rows = dataset.select_columns([captions])  # a view: reading a caption reads no image
 
     def read(self, index: int) -> str | bytes:
         return _image_payload(self.dataset[index][self.image_column], None)
 
     def read_caption(self, index: int) -> str | None:
-        return clean_caption(self.dataset[index][self.captions])
+        return clean_caption(self.caption_rows[index][self.captions])
 
 
 class ParquetSource(Source):
