@@ -322,13 +322,20 @@ def _add_embed_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--image-column", default="image", help="datasets / parquet: the column of images")
     parser.add_argument("--id-column", help="datasets / parquet: a column of unique ids (default: row numbers)")
     parser.add_argument("--split", default="train", help="datasets: the split")
+    parser.add_argument(
+        "--captions",
+        metavar="COLUMN",
+        help="datasets / parquet: a text column whose captions the text tower embeds too (a folder: the suffix of "
+        "caption files beside the images, e.g. txt for cat.jpg -> cat.txt)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when there is one)")
 
 
 def _run_embed(args) -> int:
-    from .retrieval.checks import check_engine
+    from .retrieval.checks import check_caption_column, check_engine
 
     check_engine(args.engine)
+    check_caption_column(args.captions)
     from .retrieval import embed
     from .retrieval.store import read_manifest
 
@@ -350,13 +357,15 @@ def _run_embed(args) -> int:
         num_cpus=args.num_cpus,
         num_actors=args.num_actors,
         gpus_per_actor=args.gpus_per_actor,
+        captions=args.captions,
     )
     manifest = read_manifest(out)
     counts, index = manifest["counts"], manifest["index"]
     recall = f", recall@10 against exact search {index['recall_at_10']:.3f}" if "recall_at_10" in index else ""
+    captions = f", {manifest['captions']['embedded']:,} captions embedded" if "captions" in manifest else ""
     print(
         f"wrote {out}: {counts['embedded']:,} of {counts['items']:,} images embedded ({counts['errors']:,} could not "
-        f"be decoded, listed in {out / manifest['errors_file']}), {index['kind']} index{recall}"
+        f"be decoded, listed in {out / manifest['errors_file']}), {index['kind']} index{recall}{captions}"
     )
     return 0
 
@@ -366,6 +375,9 @@ def _add_search_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("text", nargs="?", help="the query text")
     parser.add_argument("--image", help="a query image (with a text too: both count)")
     parser.add_argument("-k", type=_positive_int, default=10, help="how many images to list")
+    parser.add_argument(
+        "--captions", action="store_true", help="search the captions' embeddings (an index embedded with --captions)"
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
 
 
@@ -379,7 +391,7 @@ def _run_search(args) -> int:
     check_k(args.k)
     from .retrieval import search
 
-    hits = search(args.index, args.text, args.image, k=args.k, device=args.device)
+    hits = search(args.index, args.text, args.image, k=args.k, device=args.device, captions=args.captions)
     print(markdown_table(["rank", "score", "image"], [[h.rank, f"{h.score:.4f}", h.path or h.id] for h in hits]))
     return 0
 

@@ -169,14 +169,31 @@ def test_source_errors(tmp_path):
         embed(tmp_path / "empty", tmp_path / "out", progress=False)
 
 
-def test_ray_engine_equals_single_process(collection, embedded, tmp_path):
-    out = embed(collection, tmp_path / "ray", engine="ray", num_cpus=2, shard_size=8, batch_size=3, progress=False)
+def test_ray_engine_equals_single_process(collection, embedded, embedded_captions, tmp_path):
+    """With the caption files too (one Ray start): the images' and the captions' embeddings equal the single-process
+    jobs' with and without captions."""
+    out = embed(
+        collection,
+        tmp_path / "ray",
+        engine="ray",
+        num_cpus=2,
+        shard_size=8,
+        batch_size=3,
+        captions="txt",
+        progress=False,
+    )
     ids, embeddings, errors = read_all(out)
     local_ids, local_embeddings, local_errors = read_all(embedded)
     assert ids == local_ids and errors == local_errors
     assert np.abs(embeddings - local_embeddings).max() <= 1e-6
-    manifest, local = (json.loads((folder / store.MANIFEST).read_text()) for folder in (out, embedded))
+    manifest, local = (json.loads((folder / store.MANIFEST).read_text()) for folder in (out, embedded_captions))
     assert manifest == local
+    captions, local_captions = (
+        np.concatenate([store.read_shard_captions(folder / shard["file"]) for shard in manifest["shards"]])
+        for folder in (out, embedded_captions)
+    )
+    assert np.array_equal(np.isnan(captions), np.isnan(local_captions))
+    assert np.nanmax(np.abs(captions - local_captions)) <= 1e-6
 
 
 def test_embed_cli(collection, tmp_path, capsys):

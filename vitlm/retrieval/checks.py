@@ -40,3 +40,24 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     return engine
+
+
+# characters of a caption kept before tokenizing: the tokenizer then keeps the model's context (a few dozen tokens),
+# and a caption of megabytes would only stall it
+MAX_CAPTION_LENGTH = 10_000
+
+
+def check_caption_column(column) -> str | None:
+    """The caption setting of `embed`: None (no captions), or a column name (a folder: the caption files' suffix)."""
+    if column is not None and (not isinstance(column, str) or not column.strip()):
+        raise ValueError(f"captions must name a text column (a folder: the caption files' suffix), got {column!r}")
+    return column
+
+
+def clean_caption(value: str | None) -> str | None:
+    """A caption as the text tower gets it: its first MAX_CAPTION_LENGTH characters, control characters and lone
+    surrogates as spaces; None when nothing is left (a missing or blank caption)."""
+    if value is None:
+        return None
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in value[:MAX_CAPTION_LENGTH])
+    return text.strip() or None

@@ -27,6 +27,7 @@ class BatchResult(NamedTuple):
     positions: np.ndarray  # (n,) items computed, in the batch's order
     outputs: np.ndarray  # (n, dim) float32
     errors: list[tuple[int, str]]  # (position, why it could not be decoded)
+    captions: np.ndarray | None = None  # (n, dim) float32 caption embeddings, NaN where an item has no caption
 
 
 def default_device() -> torch.device:
@@ -104,14 +105,27 @@ def image_embeddings(model: VitlmDualEncoderModel, pixel_values: torch.Tensor) -
 
 @torch.no_grad()
 def text_embeddings(model: VitlmDualEncoderModel, tokenizer, texts: list[str]) -> np.ndarray:
-    tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(model.device)
+    """L2-normalized text embeddings, float32; a text longer than the model's context is cut to it, as the
+    tokenizer truncates (its end dropped)."""
+    context = min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
+    tokens = tokenizer(texts, padding=True, truncation=True, max_length=context, return_tensors="pt")
+    tokens = tokens.to(model.device)
     features = model.get_text_features(tokens["input_ids"], tokens["attention_mask"], return_dict=True).pooler_output
     return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
+def caption_embeddings(model: VitlmDualEncoderModel, tokenizer, captions: list[str | None]) -> np.ndarray:
+    """(len(captions), dim) float32: each caption's text embedding, NaN rows for the items with none."""
+    embeddings = np.full((len(captions), model.config.projection_dim), np.nan, np.float32)
+    present = [row for row, caption in enumerate(captions) if caption is not None]
+    if present:
+        embeddings[present] = text_embeddings(model, tokenizer, [captions[row] for row in present])
+    return embeddings
+
+
 class DecodedItems(torch.utils.data.Dataset):
-    """Item `i` as (i, pixel values, None), or (i, None, why) when it cannot be decoded: a DataLoader worker never
-    dies on a bad file."""
+    """Item `i` as (i, pixel values, caption, None) (the caption None when the source has no captions or the item
+    none), or (i, None, None, why) when it cannot be read: a DataLoader worker never dies on a bad file."""
 
     def __init__(self, source: Source, image_processor):
         self.source = source
@@ -122,16 +136,18 @@ class DecodedItems(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int):
         try:
-            return position, preprocess(self.source, self.image_processor, position), None
+            caption = self.source.read_caption(position) if self.source.captions else None
+            return position, preprocess(self.source, self.image_processor, position), caption, None
         except Exception as error:  # a user's file can make PIL's plugins raise anything
-            return position, None, describe_error(error)
+            return position, None, None, describe_error(error)
 
 
 def _collate(items):
-    good = [(position, pixels) for position, pixels, error in items if error is None]
-    errors = [(position, error) for position, _, error in items if error is not None]
-    pixels = torch.stack([pixels for _, pixels in good]) if good else None
-    return np.array([position for position, _ in good], dtype=np.int64), pixels, errors
+    good = [(position, pixels, caption) for position, pixels, caption, error in items if error is None]
+    errors = [(position, error) for position, _, _, error in items if error is not None]
+    pixels = torch.stack([pixels for _, pixels, _ in good]) if good else None
+    captions = [caption for _, _, caption in good]
+    return np.array([position for position, _, _ in good], dtype=np.int64), pixels, captions, errors
 
 
 def default_num_workers() -> int:
@@ -145,9 +161,11 @@ def run_local(
     batches: Iterable[list[int]],
     compute: Callable[[torch.Tensor], np.ndarray],
     num_workers: int | None = None,
+    compute_captions: Callable[[list[str | None]], np.ndarray] | None = None,
 ) -> Iterator[BatchResult]:
     """`compute(pixel_values)` on every batch of positions, in order, decoding in `num_workers` DataLoader worker
-    processes (default: one per CPU core, at most 8; 0 decodes in this process)."""
+    processes (default: one per CPU core, at most 8; 0 decodes in this process); `compute_captions(captions)` on
+    the captions of the batch's decoded items, when given."""
     num_workers = default_num_workers() if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
         DecodedItems(source, image_processor),
@@ -156,9 +174,9 @@ def run_local(
         collate_fn=_collate,
         prefetch_factor=2 if num_workers else None,
     )
-    for positions, pixels, errors in loader:
+    for positions, pixels, captions, errors in loader:
         outputs = compute(pixels) if pixels is not None else np.zeros((0, 0), np.float32)
-        yield BatchResult(positions, outputs, errors)
+        yield BatchResult(positions, outputs, errors, compute_captions(captions) if compute_captions else None)
 
 
 def embed_source(

@@ -14,8 +14,16 @@ import numpy as np
 import torch
 
 from . import store
-from .checks import check_engine, positive
-from .engine import DEFAULT_MODEL, image_embeddings, load_model, model_name, pixel_shape, run_local
+from .checks import check_caption_column, check_engine, positive
+from .engine import (
+    DEFAULT_MODEL,
+    caption_embeddings,
+    image_embeddings,
+    load_model,
+    model_name,
+    pixel_shape,
+    run_local,
+)
 from .index import build_index, save_index
 from .sources import open_source
 
@@ -55,13 +63,17 @@ def embed(
     num_cpus: int | None = None,
     num_actors: int = 1,
     gpus_per_actor: float | None = None,
+    captions: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Embed every image of `source` (a folder, a `datasets` data set or parquet files; see `open_source`) with the
     dual encoder `model` into `out_dir`, build the index and return `out_dir`. `engine="ray"` runs the same job on
     Ray Data (a local runtime with `num_cpus`, or the cluster at `address`; `num_actors` model replicas with
-    `gpus_per_actor` GPUs each). Images that fail to decode are listed in `errors.csv` and left out."""
+    `gpus_per_actor` GPUs each). Images that fail to decode are listed in `errors.csv` and left out. `captions`
+    names a text column (a folder: the suffix of caption files beside the images, e.g. "txt"): the text tower embeds
+    each item's caption in the same batches, into the shards' `caption_embedding` column (null without a caption)."""
     check_engine(engine)
+    check_caption_column(captions)
     # the shards' writer, loaded before the embedding starts: a missing install fails at once, and the libraries it
     # maps (about 100 MB) do not first count when the first shard is written, in the middle of the job
     import pyarrow.parquet  # noqa: F401
@@ -69,12 +81,13 @@ def embed(
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("num_actors", num_actors)):
         positive(name, value)
     out_dir = Path(out_dir)
-    collection = open_source(source, kind, image_column, split, id_column)
+    collection = open_source(source, kind, image_column, split, id_column, captions)
     if not len(collection):
         raise ValueError(f"{source} holds no images")
     # Ray's actors take a copy of the model and move it to their own GPU
     dual_encoder, processor = load_model(model, "cpu" if engine == "ray" else device)
     pixel_shape(processor.image_processor)
+    tokenizer = processor.tokenizer if collection.captions else None  # a dual encoder's processor always has one
     job = {
         "model": model_name(model),
         "source": collection.description,
@@ -99,6 +112,7 @@ def embed(
             batches,
             lambda pixels: image_embeddings(dual_encoder, pixels),
             num_workers,
+            (lambda texts: caption_embeddings(dual_encoder, tokenizer, texts)) if tokenizer else None,
         )
     else:
         from .ray_engine import run_ray
@@ -107,6 +121,7 @@ def embed(
             collection,
             processor.image_processor,
             dual_encoder,
+            tokenizer,
             batches,
             address,
             num_cpus,
@@ -123,14 +138,15 @@ def _write_shards(out_dir: Path, collection, shard_size: int, dim: int, pending:
     from tqdm.auto import tqdm
 
     sizes = {shard: min(shard_size, len(collection) - shard * shard_size) for shard in pending}
-    rows = {shard: [] for shard in pending}  # [(position, embedding or error message)]
+    rows = {shard: [] for shard in pending}  # [(position, embedding or error message, caption embedding or None)]
     bar = tqdm(total=sum(sizes.values()), desc="Embedding", unit="image", disable=not progress, file=sys.stderr)
     with bar:
         for result in results:
-            for position, embedding in zip(result.positions.tolist(), result.outputs):
-                rows[position // shard_size].append((position, embedding))
+            captions = result.captions if result.captions is not None else [None] * len(result.positions)
+            for position, embedding, caption in zip(result.positions.tolist(), result.outputs, captions):
+                rows[position // shard_size].append((position, embedding, caption))
             for position, error in result.errors:
-                rows[position // shard_size].append((position, error))
+                rows[position // shard_size].append((position, error, None))
             touched = {position // shard_size for position in result.positions.tolist()}
             touched |= {position // shard_size for position, _ in result.errors}
             for shard in touched:
@@ -143,23 +159,28 @@ def _write_shards(out_dir: Path, collection, shard_size: int, dim: int, pending:
 
 def _write_shard(out_dir: Path, collection, shard: int, dim: int, rows: list):
     rows.sort(key=lambda row: row[0])
-    good = [(position, value) for position, value in rows if not isinstance(value, str)]
-    errors = [(collection.ids[position], value) for position, value in rows if isinstance(value, str)]
-    embeddings = np.stack([value for _, value in good]) if good else np.zeros((0, dim), np.float32)
+    good = [row for row in rows if not isinstance(row[1], str)]
+    errors = [(collection.ids[position], value) for position, value, _ in rows if isinstance(value, str)]
+    embeddings = np.stack([row[1] for row in good]) if good else np.zeros((0, dim), np.float32)
+    captions = None
+    if collection.captions:
+        captions = np.stack([row[2] for row in good]) if good else np.zeros((0, dim), np.float32)
     store.write_shard(
-        store.shard_path(out_dir, shard), [collection.ids[position] for position, _ in good], embeddings, errors
+        store.shard_path(out_dir, shard), [collection.ids[row[0]] for row in good], embeddings, errors, captions
     )
 
 
 def finish(out_dir: Path, job: dict, dim: int, num_shards: int, index_kind: str) -> Path:
     """Index every shard's rows and write the errors file and the manifest (last)."""
-    ids, parts, errors, shard_rows = [], [], [], []
+    ids, parts, errors, shard_rows, captioned = [], [], [], [], 0
     for shard in range(num_shards):
         shard_ids, embeddings, shard_errors = store.read_shard(store.shard_path(out_dir, shard))
         ids += shard_ids
         parts.append(embeddings.reshape(-1, dim))
         errors += shard_errors
         shard_rows.append(len(shard_ids))
+        if "captions" in job["source"]:
+            captioned += int((~np.isnan(store.read_shard_captions(store.shard_path(out_dir, shard))[:, 0])).sum())
     store.write_text(out_dir / store.ERRORS, store.errors_csv(errors))
     if not ids:
         raise ValueError(f"no image of the collection could be decoded: see {out_dir / store.ERRORS}")
@@ -180,5 +201,7 @@ def finish(out_dir: Path, job: dict, dim: int, num_shards: int, index_kind: str)
         "errors_file": store.ERRORS,
         "torch": torch.__version__,
     }
+    if "captions" in job["source"]:  # where the captions came from, and how many items had one
+        manifest["captions"] = {"column": job["source"]["captions"], "embedded": captioned}
     store.write_json(out_dir / store.MANIFEST, manifest)
     return out_dir

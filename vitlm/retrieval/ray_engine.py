@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .engine import BatchResult, describe_error, image_embeddings, pixel_shape, preprocess
+from .engine import BatchResult, caption_embeddings, describe_error, image_embeddings, pixel_shape, preprocess
 
 DECODE_BATCH = 32  # items per decoding task
 # decoding a file is light; and a request unlike the actors' keeps Ray from fusing decoding into them (it fuses
@@ -21,34 +21,47 @@ DECODE_CPUS = 0.5
 
 
 def _decode_batch(batch: dict, source, image_processor, pixel_shape: tuple) -> dict:
+    """The batch's pixel values, errors ("" when none) and, for a source with captions, captions ("" when none: a
+    caption is never blank once cleaned)."""
     positions = batch["position"]
     pixels = np.zeros((len(positions), *pixel_shape), np.float32)
-    errors = []
+    errors, captions = [], []
     for row, position in enumerate(positions.tolist()):
         try:
+            caption = source.read_caption(position) if source.captions else None
             pixels[row] = preprocess(source, image_processor, position).numpy()
             errors.append("")
+            captions.append(caption or "")
         except Exception as error:  # a user's file can make PIL's plugins raise anything
             errors.append(describe_error(error))
-    return {"position": positions, "pixel_values": pixels, "error": np.array(errors, dtype=object)}
+            captions.append("")
+    decoded = {"position": positions, "pixel_values": pixels, "error": np.array(errors, dtype=object)}
+    if source.captions:
+        decoded["caption"] = np.array(captions, dtype=object)
+    return decoded
 
 
 class _EmbeddingActor:
     """Holds one replica of the model: on its GPU in bfloat16 when Ray gave it one, else on its CPU in float32."""
 
-    def __init__(self, model):
+    def __init__(self, model, tokenizer=None):
         import ray
 
         if ray.get_gpu_ids():  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs
             model = model.to("cuda", torch.bfloat16)
         self.model = model.eval()
+        self.tokenizer = tokenizer  # given when the source has captions
 
     def __call__(self, batch: dict) -> dict:
         good = batch["error"] == ""
         embeddings = np.zeros((len(good), self.model.config.projection_dim), np.float32)
         if good.any():
             embeddings[good] = image_embeddings(self.model, torch.from_numpy(batch["pixel_values"][good]))
-        return {"position": batch["position"], "embedding": embeddings, "error": batch["error"]}
+        embedded = {"position": batch["position"], "embedding": embeddings, "error": batch["error"]}
+        if self.tokenizer is not None:
+            captions = [caption or None for caption in batch["caption"].tolist()]
+            embedded["caption_embedding"] = caption_embeddings(self.model, self.tokenizer, captions)
+        return embedded
 
 
 @contextlib.contextmanager
@@ -77,6 +90,7 @@ def run_ray(
     source,
     image_processor,
     model,
+    tokenizer,
     batches: list[list[int]],
     address: str | None = None,
     num_cpus: int | None = None,
@@ -110,7 +124,7 @@ def run_ray(
             )
             embedded = decoded.map_batches(
                 _EmbeddingActor,
-                fn_constructor_kwargs={"model": model},
+                fn_constructor_kwargs={"model": model, "tokenizer": tokenizer},
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=num_actors),
@@ -120,6 +134,7 @@ def run_ray(
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 good = batch["error"] == ""
                 errors = list(zip(batch["position"][~good].tolist(), batch["error"][~good].tolist()))
-                yield BatchResult(batch["position"][good], batch["embedding"][good], errors)
+                captions = batch["caption_embedding"][good] if tokenizer is not None else None
+                yield BatchResult(batch["position"][good], batch["embedding"][good], errors, captions)
         finally:
             context.enable_progress_bars = bars

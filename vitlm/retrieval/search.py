@@ -1,4 +1,5 @@
-"""Searching an embedded collection by text or by example image."""
+"""Searching an embedded collection by text or by example image: its images' embeddings (through the index), or
+its captions' (a job run with captions; exact search)."""
 
 from pathlib import Path
 from typing import NamedTuple
@@ -8,7 +9,7 @@ import numpy as np
 from . import store
 from .checks import check_k, check_text
 from .engine import describe_error, image_embeddings, load_model, text_embeddings
-from .index import load_index
+from .index import load_index, top_k
 from .sources import decode
 
 
@@ -64,13 +65,32 @@ class Collection:
             )
         source = self.manifest["source"]
         self.root = Path(source["root"]) if source["kind"] == "folder" else None
+        self._captions = None  # (rows with a caption, their caption embeddings), read on first use
+
+    def caption_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows of the items with a caption, their caption embeddings), from the shards."""
+        if "captions" not in self.manifest:
+            raise ValueError(f"{self.folder} holds no caption embeddings: embed the collection with captions")
+        if self._captions is None:
+            files = [self.folder / shard["file"] for shard in self.manifest["shards"]]
+            embeddings = np.concatenate([store.read_shard_captions(file) for file in files])
+            rows = np.flatnonzero(~np.isnan(embeddings[:, 0]))
+            self._captions = rows, embeddings[rows]
+        return self._captions
 
     def query_embedding(self, text: str | None = None, image=None) -> np.ndarray:
         return query_embedding(self.model, self.processor, text, image)
 
-    def search(self, text: str | None = None, image=None, k: int = 10) -> list[Hit]:
+    def search(self, text: str | None = None, image=None, k: int = 10, captions: bool = False) -> list[Hit]:
+        """The top `k` items by their images' embeddings, or by their captions' with `captions=True`."""
         k = check_k(k)
-        scores, rows = self.index.search(self.query_embedding(text, image)[None].astype(np.float32), k)
+        query = self.query_embedding(text, image)[None].astype(np.float32)
+        if captions:
+            captioned, embeddings = self.caption_embeddings()
+            scores, found = top_k(embeddings, query, min(k, len(captioned)))
+            rows = captioned[found]
+        else:
+            scores, rows = self.index.search(query, k)
         return [
             Hit(rank, self.ids[row], float(score), str(self.root / self.ids[row]) if self.root else None)
             for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1)
@@ -78,10 +98,13 @@ class Collection:
         ]
 
 
-def search(index_dir, text: str | None = None, image=None, k: int = 10, model=None, device=None) -> list[Hit]:
+def search(
+    index_dir, text: str | None = None, image=None, k: int = 10, model=None, device=None, captions: bool = False
+) -> list[Hit]:
     """The `k` images of the collection embedded into `index_dir` most similar to `text`, `image` (a path or PIL
-    image) or both, best first. The collection's own model embeds the query unless `model` names another."""
+    image) or both, best first; with `captions=True`, the `k` whose captions are. The collection's own model embeds
+    the query unless `model` names another."""
     check_k(k)
     if text is not None:
         check_text(text)
-    return Collection(index_dir, model, device).search(text, image, k)
+    return Collection(index_dir, model, device).search(text, image, k, captions)

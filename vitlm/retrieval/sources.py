@@ -13,18 +13,24 @@ import PIL.Image
 import PIL.ImageOps
 
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
+from .checks import MAX_CAPTION_LENGTH, check_caption_column, clean_caption
 
 IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 
 
 class Source:
     """`ids[i]` names item `i` (a relative path, or a row's id); `read(i)` returns its encoded image (a file path
-    or bytes); `description` says what was read, for the manifest."""
+    or bytes); `description` says what was read, for the manifest. A source opened with captions (`captions` names
+    where they are) also has `read_caption(i)`: item `i`'s caption, cleaned (`checks.clean_caption`), or None."""
 
     ids: list[str]
     description: dict
+    captions: str | None = None
 
     def read(self, index: int) -> str | bytes:
+        raise NotImplementedError
+
+    def read_caption(self, index: int) -> str | None:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -40,9 +46,11 @@ class Source:
 
 class FolderSource(Source):
     """Every image file under `root` (by suffix, case-insensitive; hidden files and folders skipped), sorted by
-    relative path; the ids are those paths (with `/`)."""
+    relative path; the ids are those paths (with `/`). With `captions="txt"`, an image's caption is the text file
+    beside it with the same name and that suffix (`cat.jpg` -> `cat.txt`, as img2dataset and webdataset write them),
+    read as UTF-8 (undecodable bytes replaced); an image without one has no caption."""
 
-    def __init__(self, root):
+    def __init__(self, root, captions: str | None = None):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"{root} is not a folder")
@@ -54,9 +62,32 @@ class FolderSource(Source):
             and path.is_file()
         )
         self.description = {"kind": "folder", "root": str(self.root)}
+        if captions is not None:
+            suffix = "." + check_caption_column(captions).removeprefix(".")
+            if not suffix[1:].replace("_", "").replace("-", "").isalnum() or suffix.lower() in IMAGE_SUFFIXES:
+                raise ValueError(
+                    "captions of a folder name the suffix of the text files beside its images (e.g. txt), "
+                    f"got {captions!r}"
+                )
+            if not any(self._caption_path(index, suffix).is_file() for index in range(len(self.ids))):
+                raise ValueError(
+                    f"no image under {root} has a caption file (an image's name with the suffix {suffix})"
+                )
+            self.captions = suffix
+            self.description["captions"] = suffix
+
+    def _caption_path(self, index: int, suffix: str) -> Path:
+        return (self.root / self.ids[index]).with_suffix(suffix)
 
     def read(self, index: int) -> str:
         return str(self.root / self.ids[index])
+
+    def read_caption(self, index: int) -> str | None:
+        path = self._caption_path(index, self.captions)
+        if not path.is_file():
+            return None
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return clean_caption(file.read(MAX_CAPTION_LENGTH))
 
 
 class MemorySource(Source):
@@ -86,9 +117,17 @@ def _image_payload(value, base: Path | None) -> str | bytes:
 
 class DatasetSource(Source):
     """A `datasets` data set: a folder written by `save_to_disk`, or a Hub id (one `split`). Its `image_column` is
-    read undecoded, so that an image datasets cannot decode is listed as an error like a corrupt file."""
+    read undecoded, so that an image datasets cannot decode is listed as an error like a corrupt file; `captions`
+    names a text column (a null or blank cell: no caption)."""
 
-    def __init__(self, name: str, image_column: str = "image", split: str = "train", id_column: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        image_column: str = "image",
+        split: str = "train",
+        id_column: str | None = None,
+        captions: str | None = None,
+    ):
         import datasets
 
         if Path(name).is_dir():
@@ -99,7 +138,11 @@ class DatasetSource(Source):
                 dataset = dataset[split]
         else:
             dataset = datasets.load_dataset(name, split=split)
-        _check_columns(name, dataset.column_names, image_column, id_column)
+        _check_columns(name, dataset.column_names, image_column, id_column, check_caption_column(captions))
+        if captions is not None:
+            feature = dataset.features[captions]
+            if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
+                raise ValueError(f"the caption column {captions!r} of {name} holds {feature}, not text")
         if isinstance(dataset.features[image_column], datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         self.dataset = dataset.select_columns([image_column])
@@ -107,17 +150,27 @@ class DatasetSource(Source):
         self.ids = [str(value) for value in dataset[id_column]] if id_column else list(map(str, range(len(dataset))))
         _check_unique(name, self.ids, id_column)
         self.description = {"kind": "dataset", "name": name, "split": split, "image_column": image_column}
+        if captions is not None:
+            self.captions = self.description["captions"] = captions
+            self.caption_rows = dataset.select_columns([captions])  # a view: reading a caption reads no image
 
     def read(self, index: int) -> str | bytes:
         return _image_payload(self.dataset[index][self.image_column], None)
 
+    def read_caption(self, index: int) -> str | None:
+        return clean_caption(self.caption_rows[index][self.captions])
+
 
 class ParquetSource(Source):
     """Parquet files (a file, or every `*.parquet` under a folder, sorted) with a column of image bytes, datasets'
-    image structs or paths (relative paths from the file's folder). Ids: `id_column`, else `<file>:<row>`. A worker
-    keeps the last row group it read, since items come to it in order."""
+    image structs or paths (relative paths from the file's folder), and optionally a text column of `captions`.
+    Ids: `id_column`, else `<file>:<row>`. A worker keeps the last row group it read, since items come to it in
+    order."""
 
-    def __init__(self, location, image_column: str = "image", id_column: str | None = None):
+    def __init__(
+        self, location, image_column: str = "image", id_column: str | None = None, captions: str | None = None
+    ):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         location = Path(location)
@@ -130,7 +183,12 @@ class ParquetSource(Source):
         self.ids = []
         for number, file in enumerate(files):
             parquet = pq.ParquetFile(file)
-            _check_columns(str(file), parquet.schema_arrow.names, image_column, id_column)
+            schema = parquet.schema_arrow
+            _check_columns(str(file), schema.names, image_column, id_column, check_caption_column(captions))
+            if captions is not None and not (
+                pa.types.is_string(kind := schema.field(captions).type) or pa.types.is_large_string(kind)
+            ):
+                raise ValueError(f"the caption column {captions!r} of {file} holds {kind}, not text")
             for group in range(parquet.num_row_groups):
                 count = parquet.metadata.row_group(group).num_rows
                 self.rows.extend((number, group, row) for row in range(count))
@@ -141,23 +199,31 @@ class ParquetSource(Source):
                 self.ids.extend(f"{name}:{row}" for row in range(parquet.metadata.num_rows))
         _check_unique(str(location), self.ids, id_column)
         self.description = {"kind": "parquet", "files": self.files, "image_column": image_column}
-        self._cached = None  # (file index, row group) -> its image column
+        if captions is not None:
+            self.captions = self.description["captions"] = captions
+        self._cached = None  # (file index, row group) -> its image (and caption) column
 
     def __getstate__(self):
         return {**self.__dict__, "_cached": None}
 
-    def read(self, index: int) -> str | bytes:
+    def _cell(self, index: int, column: str):
         import pyarrow.parquet as pq
 
         number, group, row = self.rows[index]
         if self._cached is None or self._cached[0] != (number, group):
-            table = pq.ParquetFile(self.files[number]).read_row_group(group, columns=[self.image_column])
-            self._cached = ((number, group), table.column(0))
-        return _image_payload(self._cached[1][row].as_py(), Path(self.files[number]).parent)
+            columns = [self.image_column, *([self.captions] if self.captions else [])]
+            self._cached = ((number, group), pq.ParquetFile(self.files[number]).read_row_group(group, columns=columns))
+        return self._cached[1].column(column)[row].as_py()
+
+    def read(self, index: int) -> str | bytes:
+        return _image_payload(self._cell(index, self.image_column), Path(self.files[self.rows[index][0]]).parent)
+
+    def read_caption(self, index: int) -> str | None:
+        return clean_caption(self._cell(index, self.captions))
 
 
-def _check_columns(name: str, columns: list[str], image_column: str, id_column: str | None):
-    for column in (image_column, id_column):
+def _check_columns(name: str, columns: list[str], *wanted: str | None):
+    for column in wanted:
         if column is not None and column not in columns:
             raise ValueError(f"{name} has no column {column!r}; its columns are {columns}")
 
@@ -168,12 +234,20 @@ def _check_unique(name: str, ids: list[str], id_column: str | None):
 
 
 def open_source(
-    location, kind: str = "auto", image_column: str = "image", split: str = "train", id_column: str | None = None
+    location,
+    kind: str = "auto",
+    image_column: str = "image",
+    split: str = "train",
+    id_column: str | None = None,
+    captions: str | None = None,
 ) -> Source:
     """The collection at `location`: `kind` "folder", "dataset" or "parquet"; "auto" takes a `.parquet` file or a
     folder holding parquet files as parquet, a folder written by `datasets`' `save_to_disk` as a dataset, any other
-    folder as a folder of images, and a name that is no local path as a Hub data set id."""
+    folder as a folder of images, and a name that is no local path as a Hub data set id. `captions`: the text column
+    (a folder: the suffix of the caption files beside the images), None for no captions."""
     if isinstance(location, Source):
+        if captions is not None and (location.captions or "").removeprefix(".") != captions.removeprefix("."):
+            raise ValueError(f"this source was opened with captions {location.captions!r}, not {captions!r}")
         return location
     path = Path(location)
     if kind == "auto":
@@ -187,11 +261,11 @@ def open_source(
         else:
             kind = "dataset"
     if kind == "folder":
-        return FolderSource(path)
+        return FolderSource(path, captions)
     if kind == "parquet":
-        return ParquetSource(path, image_column, id_column)
+        return ParquetSource(path, image_column, id_column, captions)
     if kind == "dataset":
-        return DatasetSource(str(location), image_column, split, id_column)
+        return DatasetSource(str(location), image_column, split, id_column, captions)
     raise ValueError(f"unknown source kind {kind!r}; expected auto, folder, dataset or parquet")
 
 

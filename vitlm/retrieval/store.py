@@ -2,7 +2,8 @@
 
     OUT/job.json                 what the job embeds (model, source, shard size, the ids' hash): a rerun must match
     OUT/shards/shard-00000.parquet  one per `shard_size` items: columns `id` and `embedding` (float32, normalized);
-                                 the items that failed to decode in the file's metadata
+                                 the items that failed to decode in the file's metadata; a job with captions
+                                 adds `caption_embedding` (float32, normalized; null for an item without one)
     OUT/index.faiss              the nearest-neighbour index over every shard's rows, in shard order
     OUT/errors.csv               id,error for every item that failed to decode
     OUT/manifest.json            model, dimensions, counts, index and its recall: written last, so a folder with a
@@ -56,13 +57,32 @@ def write_json(path: Path, value):
     write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_shard(path: Path, ids: list[str], embeddings: np.ndarray, errors: list[tuple[str, str]]):
+def _vectors(rows: np.ndarray):
+    """(n, dim) float32 as a fixed-size list column; NaN rows become nulls (zeros underneath)."""
+    import pyarrow as pa
+
+    rows = np.array(rows, dtype=np.float32)  # a copy: the null rows are zeroed
+    missing = np.isnan(rows).any(axis=1)
+    rows[missing] = 0
+    mask = pa.array(missing) if missing.any() else None
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1], mask=mask)
+
+
+def write_shard(
+    path: Path,
+    ids: list[str],
+    embeddings: np.ndarray,
+    errors: list[tuple[str, str]],
+    caption_embeddings: np.ndarray | None = None,
+):
+    """`embeddings` (len(ids), dim), also with no rows; `caption_embeddings` the same, NaN rows for no caption."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # (len(ids), dim), also with no rows
-    column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), embeddings.shape[1])
-    table = pa.table({"id": pa.array(ids, pa.string()), "embedding": column})
+    columns = {"id": pa.array(ids, pa.string()), "embedding": _vectors(embeddings)}
+    if caption_embeddings is not None:
+        columns["caption_embedding"] = _vectors(caption_embeddings)
+    table = pa.table(columns)
     table = table.replace_schema_metadata({ERRORS_METADATA: json.dumps(errors).encode()})
     write_atomically(path, lambda staging: pq.write_table(table, staging))
 
@@ -77,6 +97,16 @@ def read_shard(path: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]
     embeddings = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
     errors = [tuple(error) for error in json.loads(table.schema.metadata[ERRORS_METADATA])]
     return table.column("id").to_pylist(), embeddings, errors
+
+
+def read_shard_captions(path: Path) -> np.ndarray:
+    """(rows, dim) float32 caption embeddings of a job with captions, NaN rows for the items without one."""
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(path, columns=["caption_embedding"]).column(0).combine_chunks()
+    rows = column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float32)
+    rows[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return rows
 
 
 def read_shard_ids(path: Path) -> list[str]:
