@@ -92,14 +92,34 @@ class VitlmAttention(nn.Module):
 
 
 class VitlmMLP(nn.Module):
+    """fc2(act(fc1(x))), or with `config.mlp_type == "swiglu"` the gated unit of DINOv2-giant: fc1 makes a gate and a
+    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT) are plain."""
+
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gated = getattr(config, "mlp_type", "mlp") == "swiglu"
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size * (2 if self.gated else 1))
         self.act = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states):
-        return self.fc2(self.act(self.fc1(hidden_states)))
+        hidden_states = self.fc1(hidden_states)
+        if self.gated:
+            gate, hidden_states = hidden_states.chunk(2, dim=-1)
+            return self.fc2(self.act(gate) * hidden_states)
+        return self.fc2(self.act(hidden_states))
+
+
+class VitlmLayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DINOv2's layer scale), starting at `value`."""
+
+    def __init__(self, width: int, value: float):
+        super().__init__()
+        self.value = value
+        self.scale = nn.Parameter(torch.full((width,), value))
+
+    def forward(self, hidden_states):
+        return hidden_states * self.scale
 
 
 class VitlmDropPath(nn.Module):
@@ -122,7 +142,8 @@ class VitlmDropPath(nn.Module):
 
 
 class VitlmBlock(GradientCheckpointingLayer):
-    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)); with `config.layerscale_value` each branch is
+    scaled per channel first."""
 
     def __init__(self, config, drop_path_rate: float = 0.0, is_causal: bool = False):
         super().__init__()
@@ -132,14 +153,22 @@ class VitlmBlock(GradientCheckpointingLayer):
         self.mlp = VitlmMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
+        layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; text and PiT towers have none
+        self.layer_scale1 = (
+            VitlmLayerScale(config.hidden_size, layerscale_value) if layerscale_value else nn.Identity()
+        )
+        self.layer_scale2 = (
+            VitlmLayerScale(config.hidden_size, layerscale_value) if layerscale_value else nn.Identity()
+        )
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
     ) -> torch.Tensor:
         attn_output, _ = self.attention(self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        hidden_states = hidden_states + self.drop_path(self.dropout(self.layer_scale1(attn_output)))
         del attn_output  # not alive through the MLP, where memory peaks
-        return hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
+        mlp_output = self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states + self.drop_path(self.dropout(self.layer_scale2(mlp_output)))
 
 
 class VitlmEncoder(nn.Module):
@@ -228,7 +257,8 @@ class VitlmPositionEncoding(nn.Module):
     The one position-encoding module, its kind chosen by `config.position_embedding_type`:
 
     - `learned`: a learnable table over prefix tokens and the configured patch grid, bicubically resized when
-      `interpolate_pos_encoding=True`;
+      `interpolate_pos_encoding=True` (antialiased with `interpolate_antialias`); register tokens (DINOv2-reg) have
+      no row and get nothing added;
     - `sincos2d`: a fixed 2D sin-cos table added to the patch tokens (prefix tokens get zeros, as in MAE);
     - `rope2d`: no additive term; returns (cos, sin) rotating queries and keys by their patch's row and column
       (prefix tokens are not rotated), so attention sees relative positions.
@@ -241,18 +271,25 @@ class VitlmPositionEncoding(nn.Module):
         super().__init__()
         self.type = config.position_embedding_type
         self.num_prefix_tokens = config.num_prefix_tokens
+        self.num_register_tokens = getattr(config, "num_register_tokens", 0)  # a ViT option; PiT has none
         self.grid_size = config.grid_size
         self.hidden_size = config.hidden_size
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.rope_theta = config.rope_theta
+        self.antialias = getattr(config, "interpolate_antialias", False)  # a ViT option; PiT has none
         if self.type == "learned":
-            num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+            num_positions = self.num_positioned_prefix_tokens + self.grid_size[0] * self.grid_size[1]
             self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
 
     def forward(self, embeddings, grid_size, interpolate_pos_encoding=False):
         """Returns the embeddings with any absolute encoding added, and the rotary (cos, sin) or None."""
         if self.type == "learned":
-            return embeddings + self.resized_position_embeddings(grid_size, interpolate_pos_encoding), None
+            positions = self.resized_position_embeddings(grid_size, interpolate_pos_encoding)
+            if self.num_register_tokens:  # they follow the positioned prefix tokens
+                split = self.num_positioned_prefix_tokens
+                registers = positions.new_zeros(1, self.num_register_tokens, positions.shape[-1])
+                positions = torch.cat([positions[:, :split], registers, positions[:, split:]], dim=1)
+            return embeddings + positions, None
         reference = self.grid_size if interpolate_pos_encoding else (None, None)
         ys = grid_positions(grid_size[0], reference[0], embeddings.device)
         xs = grid_positions(grid_size[1], reference[1], embeddings.device)
@@ -265,6 +302,11 @@ class VitlmPositionEncoding(nn.Module):
         angles = torch.cat([angles.new_zeros(self.num_prefix_tokens, self.head_dim), angles])
         return embeddings, (angles.cos().to(embeddings.dtype), angles.sin().to(embeddings.dtype))
 
+    @property
+    def num_positioned_prefix_tokens(self) -> int:
+        """The prefix tokens with a row in the learned table: [CLS] and the distillation token, not the registers."""
+        return self.num_prefix_tokens - self.num_register_tokens
+
     def resized_position_embeddings(self, grid_size, interpolate_pos_encoding):
         if tuple(grid_size) == tuple(self.grid_size):
             return self.position_embeddings
@@ -274,17 +316,18 @@ class VitlmPositionEncoding(nn.Module):
                 f"{self.grid_size[0]}x{self.grid_size[1]} (learned position embeddings); pass "
                 "`interpolate_pos_encoding=True` to resize them"
             )
-        prefix = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = self.position_embeddings[:, self.num_prefix_tokens :]
+        prefix = self.position_embeddings[:, : self.num_positioned_prefix_tokens]
+        patches = self.position_embeddings[:, self.num_positioned_prefix_tokens :]
         patches = patches.reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
         patches = nn.functional.interpolate(
-            patches.float(), size=tuple(grid_size), mode="bicubic", align_corners=False
+            patches.float(), size=tuple(grid_size), mode="bicubic", align_corners=False, antialias=self.antialias
         ).to(prefix.dtype)
         return torch.cat([prefix, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
 
 class VitlmVisionEmbeddings(nn.Module):
-    """Stem tokens, prefixed by [CLS] (and DeiT's distillation token), with their position encoding."""
+    """Stem tokens, prefixed by [CLS] (and DeiT's distillation token, and DINOv2's register tokens), with their
+    position encoding."""
 
     def __init__(self, config, stem: nn.Module):
         super().__init__()
@@ -292,6 +335,11 @@ class VitlmVisionEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
         self.distillation_token = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+            if config.num_register_tokens
+            else None
         )
         self.position_encoding = VitlmPositionEncoding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -301,15 +349,20 @@ class VitlmVisionEmbeddings(nn.Module):
         visible patches; prefix tokens are always kept."""
         patch_embeddings = self.stem(pixel_values)
         batch_size, grid_size = patch_embeddings.shape[0], tuple(patch_embeddings.shape[2:])
-        prefix = [t.expand(batch_size, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
+        prefix = [
+            t.expand(batch_size, -1, -1)
+            for t in (self.cls_token, self.distillation_token, self.register_tokens)
+            if t is not None
+        ]
         # a view until the concatenation: one copy of the tokens, not two
         embeddings = torch.cat([*prefix, patch_embeddings.flatten(2).transpose(1, 2)], dim=1)
         embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
         if keep_indices is not None:
+            num_prefix = embeddings.shape[1] - grid_size[0] * grid_size[1]
             token_indices = torch.cat(
                 [
-                    torch.arange(len(prefix), device=keep_indices.device).expand(batch_size, -1),
-                    keep_indices + len(prefix),
+                    torch.arange(num_prefix, device=keep_indices.device).expand(batch_size, -1),
+                    keep_indices + num_prefix,
                 ],
                 dim=1,
             )
@@ -358,6 +411,7 @@ __all__ = [
     "VitlmAttention",
     "VitlmBlock",
     "VitlmEncoder",
+    "VitlmLayerScale",
     "VitlmPatchEmbeddings",
     "VitlmPositionEncoding",
     "VitlmVisionEmbeddings",

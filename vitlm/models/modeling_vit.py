@@ -17,6 +17,7 @@ from .layers import (
     VitlmAttention,
     VitlmBlock,
     VitlmEncoder,
+    VitlmLayerScale,
     VitlmPatchEmbeddings,
     VitlmPositionEncoding,
     VitlmVisionEmbeddings,
@@ -57,9 +58,11 @@ class VitlmPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, VitlmVisionEmbeddings):
-            for token in (module.cls_token, module.distillation_token):
+            for token in (module.cls_token, module.distillation_token, module.register_tokens):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
+        elif isinstance(module, VitlmLayerScale):
+            init.constant_(module.scale, module.value)
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
             init.trunc_normal_(module.position_embeddings, std=std)
 
@@ -201,7 +204,8 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
 
     @property
     def pooled_size(self) -> int:
-        return self.config.representation_size or self.config.hidden_size
+        width = self.config.hidden_size * (2 if self.config.pooling == "cls_mean" else 1)
+        return self.config.representation_size or width
 
     @staticmethod
     def build_stem(config) -> nn.Module:
@@ -230,14 +234,22 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
         hidden_states = self.encoder(hidden_states, rotary_embeddings=rotary_embeddings, **kwargs).last_hidden_state
-        last_hidden_state = self.layernorm(hidden_states)
-        if self.config.pooling == "cls":
-            pooled_output = last_hidden_state[:, 0]
+        if self.config.norm_after_pooling:
+            last_hidden_state = hidden_states
+            pooled_output = self.layernorm(self.pool(hidden_states))
         else:
-            pooled_output = last_hidden_state[:, self.config.num_prefix_tokens :].mean(dim=1)
+            last_hidden_state = self.layernorm(hidden_states)
+            pooled_output = self.pool(last_hidden_state)
         if self.pooler is not None:
             pooled_output = self.pooler(pooled_output)
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image's representation from its tokens, by `config.pooling` (registers are never pooled)."""
+        if self.config.pooling == "cls":
+            return tokens[:, 0]
+        patches_mean = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        return patches_mean if self.config.pooling == "mean" else torch.cat([tokens[:, 0], patches_mean], dim=-1)
 
 
 @dataclass
