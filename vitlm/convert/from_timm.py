@@ -5,15 +5,18 @@ checkpoint filtering produce the weights. The architecture is first translated o
 vitlm cannot represent exactly is refused before anything is downloaded.
 
 Supported: class-token or average pooling (the final LayerNorm before pooling), learned absolute position embeddings
-(covering the prefix tokens), `norm_pre`, any qkv / patch-projection bias, and the GELU / tanh-GELU / QuickGELU
-activations. Register tokens, layer scale, qk-norm, attention pooling, `fc_norm`, other norms, blocks or backbones
-are refused with an `UnsupportedSourceError` naming them. timm's `PoolingVisionTransformer` (`pit_*`, distilled or
-not) becomes a `VitlmPiTModel`; the same block features are refused there.
+(covering the prefix tokens, or not: `no_embed_class`, where the prefix tokens' rows become zeros), register tokens
+(DINOv2-reg), layer scale (DINOv2, DeiT-3), the packed SwiGLU MLP (DINOv2-giant), `norm_pre`, any qkv /
+patch-projection bias, and the GELU / tanh-GELU / QuickGELU / SiLU activations. qk-norm, attention pooling,
+`fc_norm`, other norms, blocks or backbones are refused with an `UnsupportedSourceError` naming them. timm's
+`PoolingVisionTransformer` (`pit_*`, distilled or not) becomes a `VitlmPiTModel`; the same block features are refused
+there.
 """
 
 import math
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..models import (
@@ -59,6 +62,9 @@ TRANSFORMER = [  # below the classifiers
     Rule("blocks.*.norm2.", "encoder.layers.*.layer_norm2."),
     Rule("blocks.*.attn.", "encoder.layers.*.attention."),
     Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
+    Rule("blocks.*.ls1.gamma", "encoder.layers.*.layer_scale1.scale"),
+    Rule("blocks.*.ls2.gamma", "encoder.layers.*.layer_scale2.scale"),
+    Rule("reg_token", "embeddings.register_tokens"),
     Rule("norm.", "layernorm."),
 ]
 HEADS = [Rule("head.", "classifier."), Rule("head_dist.", "distillation_classifier.")]
@@ -116,10 +122,26 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
     if isinstance(config, VitlmPiTConfig):
         rules = pit_rules(config)
-        rules = [*HEADS, *nest(rules, "", "vit.")] if has_classifier else rules
+    elif getattr(timm_model, "no_embed_class", False) and config.num_prefix_tokens > config.num_register_tokens:
+        rules = [prefix_position_rule(config.num_prefix_tokens - config.num_register_tokens), *TRANSFORMER]
     else:
-        rules = CLASSIFIER if has_classifier else TRANSFORMER
+        rules = TRANSFORMER
+    rules = [*HEADS, *nest(rules, "", "vit.")] if has_classifier else rules
     return load_weights(model, timm_model.state_dict(), rules, source)
+
+
+def prefix_position_rule(count: int) -> Rule:
+    """timm's `no_embed_class` table covers the patches only: [CLS] (and the distillation token) get no position,
+    i.e. zero rows in vitlm's table, which covers them."""
+    return Rule(
+        "pos_embed",
+        "embeddings.position_encoding.position_embeddings",
+        Transform(
+            "zero prefix positions",
+            lambda t: torch.cat([t.new_zeros(1, count, t.shape[-1]), t], dim=1),
+            lambda t: t[:, count:],
+        ),
+    )
 
 
 def pit_rules(config: VitlmPiTConfig) -> list[Rule]:
@@ -139,6 +161,8 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
 
+    from timm.layers import LayerScale, Mlp
+
     block, embed = model.blocks[0], model.patch_embed
     height, width = embed.img_size
     kwargs = dict(
@@ -148,7 +172,10 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
         hidden_size=model.embed_dim,
         num_hidden_layers=len(model.blocks),
         num_attention_heads=block.attn.num_heads,
-        intermediate_size=block.mlp.fc1.out_features,
+        intermediate_size=block.mlp.fc2.in_features,
+        mlp_type="mlp" if type(block.mlp) is Mlp else "swiglu",
+        layerscale_value=block.ls1.init_values if isinstance(block.ls1, LayerScale) else None,
+        num_register_tokens=model.num_reg_tokens,
         hidden_act=activation_name(block.mlp.act),
         layer_norm_eps=block.norm1.eps,
         qkv_bias=block.attn.qkv.bias is not None,
@@ -282,19 +309,15 @@ def is_hybrid(model) -> bool:
 
 
 def unsupported_features(model) -> list[str]:
-    from timm.layers import Attention, HybridEmbed, Mlp, PatchEmbed
+    from timm.layers import Attention, GluMlp, HybridEmbed, Mlp, PatchEmbed
     from timm.models.vision_transformer import Block
 
     name = type(model).__name__
     if name not in ("VisionTransformer", "VisionTransformerDistilled"):
         return [f"timm's {name} (only VisionTransformer and DeiT's VisionTransformerDistilled map onto vitlm)"]
     problems = []
-    if model.reg_token is not None:
-        problems.append(f"register tokens (reg_tokens={model.num_reg_tokens})")
     if model.pos_embed is None:
         problems.append("no position embedding (pos_embed='none')")
-    if model.no_embed_class and model.num_prefix_tokens:
-        problems.append("position embeddings that skip the class token (no_embed_class=True)")
     if model.global_pool not in ("token", "avg"):
         problems.append(
             f"global_pool={model.global_pool!r} (vitlm pools the class token or averages the patch tokens)"
@@ -315,9 +338,16 @@ def unsupported_features(model) -> list[str]:
         if type(block) is Block:
             norms += [block.norm1, block.norm2]
     shapes = {
-        (b.attn.num_heads, b.mlp.fc1.out_features, b.attn.qkv.bias is not None, activation_name(b.mlp.act))
+        (
+            b.attn.num_heads,
+            b.mlp.fc1.out_features,
+            type(b.mlp),
+            type(b.ls1),
+            b.attn.qkv.bias is not None,
+            activation_name(b.mlp.act),
+        )
         for b in model.blocks
-        if type(b) is Block and type(b.attn) is Attention and type(b.mlp) is Mlp
+        if type(b) is Block and type(b.attn) is Attention and type(b.mlp) in (Mlp, GluMlp)
     }
     if len(shapes) > 1:
         problems.append("blocks of different shapes or activations")
@@ -342,14 +372,17 @@ def unsupported_features(model) -> list[str]:
 
 def block_problems(block, width: int) -> list[str]:
     """What vitlm's `VitlmBlock` cannot reproduce of a timm `Block` of `width` channels."""
-    from timm.layers import Attention, Mlp
+    from timm.layers import Attention, GluMlp, LayerScale, Mlp
     from timm.models.vision_transformer import Block
 
     if type(block) is not Block:
         return [f"{type(block).__name__} blocks"]
     problems = []
-    if not (isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)):
-        problems.append("layer scale (ls1/ls2, init_values)")
+    scales = {type(block.ls1), type(block.ls2)}
+    if scales not in ({nn.Identity}, {LayerScale}) or any(
+        getattr(ls, "inplace", False) for ls in (block.ls1, block.ls2)
+    ):
+        problems.append("layer scale other than timm's LayerScale on both branches")
     attn, mlp = block.attn, block.mlp
     if type(attn) is not Attention:
         problems.append(f"{type(attn).__name__} attention")
@@ -364,9 +397,12 @@ def block_problems(block, width: int) -> list[str]:
             problems.append("an attention width other than embed_dim (attn_head_dim)")
         if attn.proj.bias is None:
             problems.append("projections without bias (proj_bias=False)")
-    if type(mlp) is not Mlp:
+    if type(mlp) is GluMlp:
+        if mlp.gate_last or mlp.chunk_dim != -1:
+            problems.append("a GluMlp gating with the second half of fc1 (vitlm gates with the first, SwiGLUPacked)")
+    elif type(mlp) is not Mlp:
         problems.append(f"{type(mlp).__name__} MLP")
-    else:
+    if type(mlp) in (Mlp, GluMlp):
         if not isinstance(mlp.norm, nn.Identity):
             problems.append("a norm inside the MLP (scale_mlp_norm)")
         if mlp.fc1.bias is None or mlp.fc2.bias is None:
@@ -441,6 +477,8 @@ def activation_name(act) -> str | None:
 
     if type(act) is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_pytorch_tanh"}[act.approximate]
+    if type(act) is nn.SiLU:
+        return "silu"
     return {GELU: "gelu", GELUTanh: "gelu_pytorch_tanh", QuickGELU: "quick_gelu"}.get(type(act))
 
 
