@@ -45,6 +45,8 @@ CASES = [
     ("vit_mae", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
     ("pit", VitlmPiTModel, AutoModel),
     ("pit", VitlmPiTForImageClassification, AutoModelForImageClassification),
+    ("dinov2", VitlmViTModel, AutoModel),
+    ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

@@ -30,6 +30,7 @@ FAMILIES = {
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
     "pit-": "vitlm_pit",
+    "dino": "vitlm_vit",  # DINO and DINOv2 (self-supervised ViTs)
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",
@@ -46,7 +47,9 @@ PUBLISHED = [
     "pit-s-224",
     "pit-b-224",
 ]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test"]
+# published without a classifier (num_labels 0), as their self-supervised weights are
+PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "dinov2-tiny-test"]
 
 
 def expected_model_type(name):
@@ -65,7 +68,7 @@ def check_fields_are_known(fields: dict, config_class, where: str):
 
 
 def test_every_expected_preset_exists():
-    assert set(PUBLISHED + TINY) <= set(preset_names())
+    assert set(PUBLISHED + PUBLISHED_FEATURES + TINY) <= set(preset_names())
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -85,7 +88,8 @@ def test_preset_loads_as_its_family(name):
             check_fields_are_known(fields[key], type(getattr(config, key)), f"{name}.{key}")
             assert getattr(config, key).model_type == fields[key]["model_type"]
     else:
-        assert config.num_labels == (1000 if name in PUBLISHED else fields.get("num_labels", 2))
+        published = 1000 if name in PUBLISHED else 0 if name in PUBLISHED_FEATURES else None
+        assert config.num_labels == (published if published is not None else fields.get("num_labels", 2))
     for architecture in config.architectures:
         assert hasattr(vitlm, architecture), architecture
 
@@ -143,16 +147,22 @@ REFERENCES = [
     ("pit-ti-224", "timm", "pit_ti_224"),
     ("pit-s-224", "timm", "pit_s_224"),
     ("pit-b-224", "timm", "pit_b_224"),
+    ("dinov2-small", "timm", "vit_small_patch14_dinov2"),
+    ("dinov2-base", "timm", "vit_base_patch14_dinov2"),
+    ("dinov2-small-reg", "timm", "vit_small_patch14_reg4_dinov2"),
+    ("dinov2-base-reg", "timm", "vit_base_patch14_reg4_dinov2"),
+    ("dino-vitb16", "timm", "vit_base_patch16_224.dino"),
 ]
 
 
 def test_every_published_preset_has_a_reference():
-    assert sorted(preset for preset, _, _ in REFERENCES) == sorted(PUBLISHED)
+    assert sorted(preset for preset, _, _ in REFERENCES) == sorted(PUBLISHED + PUBLISHED_FEATURES)
 
 
 @pytest.mark.parametrize("preset,library,name", REFERENCES)
 def test_parameter_count_matches_the_original(preset, library, name):
-    """timm classifiers with their 1000-class head; open_clip models with both towers, projections and temperature."""
+    """timm classifiers with their 1000-class head (self-supervised models without one); open_clip models with both
+    towers, projections and temperature."""
     original = reference_model(library, name)
     model = build_empty_model(load_preset_config(preset))
     if library == "open_clip":  # the image tower first, so that a mismatch says where it is

@@ -25,6 +25,15 @@ from vitlm import (
     VitlmViTModel,
 )
 
+
+def variant(model_class, name):
+    """`model_class` under a name of its own (a subclass adding nothing), so that an option set of its family gets
+    contract cases of its own."""
+    return type(f"{model_class.__name__}_{name}", (model_class,), {})
+
+
+# the ViT with the self-supervised checkpoints' options: layer scale, registers, SwiGLU, [CLS] + mean pooling
+DINOV2_MODEL, DINOV2_CLASSIFIER = variant(VitlmViTModel, "dinov2"), variant(VitlmViTForImageClassification, "dinov2")
 MAE_DECODER = {
     "decoder_hidden_size": 16,
     "decoder_num_hidden_layers": 1,
@@ -46,6 +55,8 @@ CONFIGS = {
     VitlmDualEncoderForObjectDetection: lambda **kw: tiny_config("dual", **kw),
     VitlmPiTModel: lambda **kw: tiny_config("pit", **kw),
     VitlmPiTForImageClassification: lambda **kw: tiny_config("pit", num_labels=3, **kw),
+    DINOV2_MODEL: lambda **kw: tiny_config("dinov2", pooling="cls", **kw),
+    DINOV2_CLASSIFIER: lambda **kw: tiny_config("dinov2", num_labels=3, **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [
@@ -53,6 +64,7 @@ CLASSIFIERS = [
     VitlmHybridForImageClassification,
     VitlmDualEncoderForImageClassification,
     VitlmPiTForImageClassification,
+    DINOV2_CLASSIFIER,
 ]
 
 

@@ -5,7 +5,7 @@ checkpoint filtering produce the weights. The architecture is first translated o
 vitlm cannot represent exactly is refused before anything is downloaded.
 
 Supported: class-token or average pooling (the final LayerNorm before pooling), learned absolute position embeddings
-(covering the prefix tokens, or not: `no_embed_class`, where the prefix tokens' rows become zeros), register tokens
+(covering the prefix tokens, or not: `no_embed_class`, `prefix_position_embeddings=False`), register tokens
 (DINOv2-reg), layer scale (DINOv2, DeiT-3), the packed SwiGLU MLP (DINOv2-giant), `norm_pre`, any qkv /
 patch-projection bias, and the GELU / tanh-GELU / QuickGELU / SiLU activations. qk-norm, attention pooling,
 `fc_norm`, other norms, blocks or backbones are refused with an `UnsupportedSourceError` naming them. timm's
@@ -16,7 +16,6 @@ there.
 import math
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..models import (
@@ -122,26 +121,10 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
     if isinstance(config, VitlmPiTConfig):
         rules = pit_rules(config)
-    elif getattr(timm_model, "no_embed_class", False) and config.num_prefix_tokens > config.num_register_tokens:
-        rules = [prefix_position_rule(config.num_prefix_tokens - config.num_register_tokens), *TRANSFORMER]
     else:
         rules = TRANSFORMER
     rules = [*HEADS, *nest(rules, "", "vit.")] if has_classifier else rules
     return load_weights(model, timm_model.state_dict(), rules, source)
-
-
-def prefix_position_rule(count: int) -> Rule:
-    """timm's `no_embed_class` table covers the patches only: [CLS] (and the distillation token) get no position,
-    i.e. zero rows in vitlm's table, which covers them."""
-    return Rule(
-        "pos_embed",
-        "embeddings.position_encoding.position_embeddings",
-        Transform(
-            "zero prefix positions",
-            lambda t: torch.cat([t.new_zeros(1, count, t.shape[-1]), t], dim=1),
-            lambda t: t[:, count:],
-        ),
-    )
 
 
 def pit_rules(config: VitlmPiTConfig) -> list[Rule]:
@@ -176,6 +159,7 @@ def vitlm_config(model, source: str) -> VitlmViTConfig:
         mlp_type="mlp" if type(block.mlp) is Mlp else "swiglu",
         layerscale_value=block.ls1.init_values if isinstance(block.ls1, LayerScale) else None,
         num_register_tokens=model.num_reg_tokens,
+        prefix_position_embeddings=not model.no_embed_class,
         hidden_act=activation_name(block.mlp.act),
         layer_norm_eps=block.norm1.eps,
         qkv_bias=block.attn.qkv.bias is not None,
@@ -318,6 +302,8 @@ def unsupported_features(model) -> list[str]:
     problems = []
     if model.pos_embed is None:
         problems.append("no position embedding (pos_embed='none')")
+    if model.num_reg_tokens and not model.no_embed_class:
+        problems.append("register tokens with rows in the position table (reg_tokens without no_embed_class)")
     if model.global_pool not in ("token", "avg"):
         problems.append(
             f"global_pool={model.global_pool!r} (vitlm pools the class token or averages the patch tokens)"

@@ -157,27 +157,34 @@ VIT = [
     Rule("pooler.dense.", "pooler.0."),
 ]
 VIT_CLASSIFIER = [*nest(VIT, "vit.", "vit."), Rule("classifier.", "classifier.")]
-DINOV2_BLOCK = [  # under one encoder layer
+DINOV2_MLP = {  # under one encoder layer, by vitlm's `mlp_type`
+    "mlp": [Rule("*.mlp.", "*.mlp.")],
+    # the gate first, as vitlm's fc1 holds it
+    "swiglu": [Rule(("*.mlp.gate_proj.", "*.mlp.up_proj."), "*.mlp.fc1."), Rule("*.mlp.down_proj.", "*.mlp.fc2.")],
+}
+DINOV2_BLOCK = [  # under one encoder layer, with one of DINOV2_MLP
     Rule(("*.attention.q_proj.", "*.attention.k_proj.", "*.attention.v_proj."), "*.attention.qkv."),
     Rule("*.attention.o_proj.", "*.attention.proj."),
     Rule("*.norm1.", "*.layer_norm1."),
     Rule("*.norm2.", "*.layer_norm2."),
     Rule("*.layer_scale1.lambda1", "*.layer_scale1.scale"),
     Rule("*.layer_scale2.lambda1", "*.layer_scale2.scale"),
-    # SwiGLU: the gate first, as vitlm's fc1 holds it
-    Rule(("*.mlp.gate_proj.", "*.mlp.up_proj."), "*.mlp.fc1."),
-    Rule("*.mlp.down_proj.", "*.mlp.fc2."),
-    Rule("*.mlp.", "*.mlp."),
 ]
-DINOV2 = [
+DINOV2_EMBEDDINGS = [
     Rule("embeddings.cls_token", "embeddings.cls_token"),
     Rule("embeddings.register_tokens", "embeddings.register_tokens"),
-    Rule("embeddings.mask_token", None),  # iBOT's masked-token training input; see the module docstring
     Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
     Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
-    *nest(DINOV2_BLOCK, "encoder.layer.", "encoder.layers."),
     Rule("layernorm.", "layernorm."),
 ]
+
+
+def dinov2_rules(mlp_type: str) -> list[Rule]:
+    """transformers' DINOv2 base model -> vitlm's ViT, but for the mask token (iBOT's masked-token training input, see
+    the module docstring), which the converter drops and the export adds."""
+    return [*DINOV2_EMBEDDINGS, *nest([*DINOV2_BLOCK, *DINOV2_MLP[mlp_type]], "encoder.layer.", "encoder.layers.")]
+
+
 # MAE's fixed sin-cos tables, which vitlm computes: `convert_vit_mae` checks them instead of mapping them
 MAE_SINCOS_TABLES = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
 VIT_MAE = [
@@ -379,10 +386,9 @@ def convert_dinov2(model, source: str = "transformers DINOv2") -> VitlmViTModel 
         drop_path_rate=config.drop_path_rate,
         pooling="cls_mean" if classifier else "cls",
     )
-    rules = DINOV2
+    rules = [Rule("embeddings.mask_token", None), *dinov2_rules(vitlm_config.mlp_type)]
     if classifier:
-        prefix = model.base_model_prefix + "."
-        rules = [*nest(DINOV2, prefix, "vit."), Rule("classifier.", "classifier.")]
+        rules = [*nest(rules, model.base_model_prefix + ".", "vit."), Rule("classifier.", "classifier.")]
     vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, vitlm_config)
     return load_weights(vitlm_model, model.state_dict(), rules, source)
 

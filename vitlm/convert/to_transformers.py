@@ -1,4 +1,5 @@
-"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`.
+"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`, ViTs with
+layer scale (DINOv2) as `Dinov2Model` / `Dinov2ForImageClassification` (`Dinov2WithRegisters*` with registers).
 
 The weight tables are `from_transformers`' read backwards, so a transformers model converted to vitlm and back has its
 original state dict. Whatever transformers' classes cannot represent is refused with `UnsupportedSourceError`, naming
@@ -7,7 +8,11 @@ stochastic depth, a sigmoid loss with its logit bias; for CLIP also a missing `p
 without qkv bias, a pre-logits layer, hidden dropout, non-square images and an end-of-text id of 2 (which transformers
 reads as its legacy argmax pooling); for `ViTModel` a `pre_norm` or a patch projection without bias, and no pre-logits
 layer (transformers' `ViTModel` always has its dense + tanh pooler); for `ViTForImageClassification` a pre-logits
-layer (its classifier reads the [CLS] state).
+layer (its classifier reads the [CLS] state). Layer scale, register tokens, a SwiGLU MLP, a LayerNorm after pooling,
+antialiased position resizing and a position table without the [CLS] row are refused for CLIP and ViT; DINOv2 takes
+layer scale, registers (with antialiased resizing, as transformers' registers model does) and SwiGLU (with `silu` and
+transformers' width rule), and pools [CLS] (its classifier [CLS] and the patches' mean, `pooling="cls_mean"`). The
+exported DINOv2 gets a zero mask token, which transformers uses only when given `bool_masked_pos`.
 
 Processors become `CLIPProcessor` / `ViTImageProcessor` with the same options. Two differences are transformers':
 its image processors floor half-pixel crop offsets where torchvision (open_clip, timm) rounds them, so a model
@@ -28,6 +33,12 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    Dinov2WithRegistersModel,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -45,8 +56,8 @@ from ..models import (
 )
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
-from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER
-from .weights import load_weights, reverse
+from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER, dinov2_rules
+from .weights import Rule, load_weights, nest, reverse
 
 logger = logging.get_logger(__name__)
 EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
@@ -83,6 +94,71 @@ def to_vit_model(
     return vit_model.to(model.dtype)
 
 
+def to_dinov2_model(model: VitlmViTModel | VitlmViTForImageClassification):
+    """A vitlm ViT with layer scale as transformers' DINOv2 (with registers where it has them): `Dinov2Model`
+    pooling [CLS], or an image classifier reading [CLS] and the patches' mean."""
+    import torch
+
+    config = model.config
+    classifier = isinstance(model, VitlmViTForImageClassification)
+    registers = config.num_register_tokens > 0
+    name = "Dinov2WithRegisters" if registers else "Dinov2"
+    target = f"{name}ForImageClassification" if classifier else f"{name}Model"
+    problems = [problem for problem in vision_problems(config, "DINOv2") if "pooling" not in problem]
+    if config.pooling != ("cls_mean" if classifier else "cls"):
+        problems.append(f"{config.pooling} pooling ({target} pools {'[CLS] and the mean' if classifier else '[CLS]'})")
+    if config.interpolate_antialias != registers:
+        problems.append(f"position resizing {'with' if config.interpolate_antialias else 'without'} antialiasing")
+    mlp_ratio = config.intermediate_size // config.hidden_size  # an int in transformers' DINOv2 configs
+    if config.mlp_type == "swiglu":
+        mlp_ratio = 4  # transformers derives the SwiGLU width from it: two thirds, rounded up to a multiple of 8
+        if (
+            int(config.hidden_size * 4 * 2 / 3) + 7
+        ) // 8 * 8 != config.intermediate_size or config.hidden_act != "silu":
+            problems.append("a SwiGLU MLP other than transformers' (silu, two thirds of 4 x hidden_size rounded to 8)")
+    elif config.hidden_size * mlp_ratio != config.intermediate_size:
+        problems.append(f"an MLP width {config.intermediate_size} other than an integer mlp_ratio x hidden_size")
+    refuse_if(problems, target)
+    config_class = Dinov2WithRegistersConfig if registers else Dinov2Config
+    dinov2_config = config_class(
+        image_size=to_pair(config.image_size)[0],
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        mlp_ratio=mlp_ratio,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        drop_path_rate=config.drop_path_rate,
+        qkv_bias=config.qkv_bias,
+        layerscale_value=config.layerscale_value,
+        use_swiglu_ffn=config.mlp_type == "swiglu",
+        initializer_range=config.initializer_range,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        **({"num_register_tokens": config.num_register_tokens} if registers else {}),
+    )
+    classes = {
+        (False, False): Dinov2Model,
+        (False, True): Dinov2ForImageClassification,
+        (True, False): Dinov2WithRegistersModel,
+        (True, True): Dinov2WithRegistersForImageClassification,
+    }
+    dinov2 = uninitialized(classes[registers, classifier], dinov2_config)
+    state = model.state_dict()
+    prefix = "vit." if classifier else ""
+    state[f"{prefix}embeddings.mask_token"] = torch.zeros(1, config.hidden_size, dtype=model.dtype)
+    # the mask token has no vitlm counterpart: a zero one is handed to the table
+    rules = [Rule("embeddings.mask_token", "embeddings.mask_token"), *reverse(dinov2_rules(config.mlp_type))]
+    if classifier:
+        rules = [*nest(rules, "vit.", dinov2.base_model_prefix + "."), Rule("classifier.", "classifier.")]
+    return load_weights(dinov2, state, rules, target).to(model.dtype)
+
+
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
     """What of a vision tower transformers' CLIP or ViT (`family`) cannot represent."""
     if not isinstance(config, VitlmViTConfig):  # a hierarchical tower (PiT): none of the fields below applies
@@ -96,6 +172,24 @@ def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
         problems.append(f"{config.pooling} pooling")
     if config.use_distillation_token:
         problems.append("a distillation token")
+    if not config.prefix_position_embeddings:
+        problems.append("no position for [CLS] (prefix_position_embeddings=False)")
+    if config.norm_after_pooling:
+        problems.append("the final LayerNorm after pooling (norm_after_pooling)")
+    if config.pre_norm and family == "DINOv2":
+        problems.append("a LayerNorm before the encoder (pre_norm)")
+    if (not config.patch_bias or config.representation_size) and family == "DINOv2":
+        problems.append("a patch projection without bias or a pre-logits layer")
+    if family == "DINOv2":
+        return problems
+    if config.layerscale_value:
+        problems.append("layer scale (layerscale_value)")
+    if config.num_register_tokens:
+        problems.append("register tokens")
+    if config.mlp_type != "mlp":
+        problems.append(f"a {config.mlp_type} MLP")
+    if config.interpolate_antialias:
+        problems.append("antialiased position resizing (interpolate_antialias)")
     if config.drop_path_rate:
         problems.append("stochastic depth (drop_path_rate)")
     if family == "ViT":
@@ -253,7 +347,8 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
     else:
         image_processor = getattr(processor, "image_processor", processor)
-        converted = Converted(to_vit_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
+        to_model = to_dinov2_model if getattr(model_or_folder.config, "layerscale_value", None) else to_vit_model
+        converted = Converted(to_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
     return save(converted, out_dir, overwrite=overwrite)
 
 
@@ -278,4 +373,12 @@ def load_folder(folder, processor=None):
     return model, processor
 
 
-__all__ = ["export", "to_clip_model", "to_vit_model", "to_clip_processor", "to_image_processor", "to_clip_tokenizer"]
+__all__ = [
+    "export",
+    "to_clip_model",
+    "to_vit_model",
+    "to_dinov2_model",
+    "to_clip_processor",
+    "to_image_processor",
+    "to_clip_tokenizer",
+]

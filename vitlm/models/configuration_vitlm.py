@@ -248,6 +248,7 @@ FIELD_RULES = {
             "norm_pix_loss",
             "norm_after_pooling",
             "interpolate_antialias",
+            "prefix_position_embeddings",
         ),
         _flag,
     ),
@@ -418,6 +419,9 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
             and MLP outputs are multiplied by a learned per-channel scale; `None` for none.
         num_register_tokens (`int`): DINOv2-reg's register tokens, learned prefix tokens after [CLS] (and the
             distillation token) that get no position encoding and are never pooled.
+        prefix_position_embeddings (`bool`): the learned position table has rows for [CLS] and the distillation
+            token; `False`: for the patches only, the prefix tokens getting no position (timm's `no_embed_class`,
+            DeiT-3 and timm's DINOv2-reg).
         interpolate_antialias (`bool`): resize the learned position table with antialiasing
             (`interpolate_pos_encoding=True`), as DINOv2 with registers does; bicubic either way.
         mlp_type (`str`): `"mlp"` (fc1, activation, fc2) or `"swiglu"` (a gated unit: fc1 makes a gate and a value
@@ -461,6 +465,7 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         mlp_type="mlp",
         norm_after_pooling=False,
         interpolate_antialias=False,
+        prefix_position_embeddings=True,
         **kwargs,
     ):
         self.image_size = image_size
@@ -490,6 +495,7 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         self.mlp_type = mlp_type
         self.norm_after_pooling = norm_after_pooling
         self.interpolate_antialias = interpolate_antialias
+        self.prefix_position_embeddings = prefix_position_embeddings
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
 

@@ -258,7 +258,7 @@ class VitlmPositionEncoding(nn.Module):
 
     - `learned`: a learnable table over prefix tokens and the configured patch grid, bicubically resized when
       `interpolate_pos_encoding=True` (antialiased with `interpolate_antialias`); register tokens (DINOv2-reg) have
-      no row and get nothing added;
+      no row and get nothing added, nor do [CLS] and the distillation token without `prefix_position_embeddings`;
     - `sincos2d`: a fixed 2D sin-cos table added to the patch tokens (prefix tokens get zeros, as in MAE);
     - `rope2d`: no additive term; returns (cos, sin) rotating queries and keys by their patch's row and column
       (prefix tokens are not rotated), so attention sees relative positions.
@@ -271,7 +271,10 @@ class VitlmPositionEncoding(nn.Module):
         super().__init__()
         self.type = config.position_embedding_type
         self.num_prefix_tokens = config.num_prefix_tokens
-        self.num_register_tokens = getattr(config, "num_register_tokens", 0)  # a ViT option; PiT has none
+        # the prefix tokens with a row in the learned table: [CLS] and the distillation token, not the registers
+        self.num_positioned_prefix_tokens = config.num_prefix_tokens - getattr(config, "num_register_tokens", 0)
+        if not getattr(config, "prefix_position_embeddings", True):  # ViT options; PiT has neither
+            self.num_positioned_prefix_tokens = 0
         self.grid_size = config.grid_size
         self.hidden_size = config.hidden_size
         self.head_dim = config.hidden_size // config.num_attention_heads
@@ -285,10 +288,13 @@ class VitlmPositionEncoding(nn.Module):
         """Returns the embeddings with any absolute encoding added, and the rotary (cos, sin) or None."""
         if self.type == "learned":
             positions = self.resized_position_embeddings(grid_size, interpolate_pos_encoding)
-            if self.num_register_tokens:  # they follow the positioned prefix tokens
-                split = self.num_positioned_prefix_tokens
-                registers = positions.new_zeros(1, self.num_register_tokens, positions.shape[-1])
-                positions = torch.cat([positions[:, :split], registers, positions[:, split:]], dim=1)
+            split, unpositioned = (
+                self.num_positioned_prefix_tokens,
+                self.num_prefix_tokens - self.num_positioned_prefix_tokens,
+            )
+            if unpositioned:  # zeros for the prefix tokens without a row, which follow those with one
+                zeros = positions.new_zeros(1, unpositioned, positions.shape[-1])
+                positions = torch.cat([positions[:, :split], zeros, positions[:, split:]], dim=1)
             return embeddings + positions, None
         reference = self.grid_size if interpolate_pos_encoding else (None, None)
         ys = grid_positions(grid_size[0], reference[0], embeddings.device)
@@ -301,11 +307,6 @@ class VitlmPositionEncoding(nn.Module):
         angles = rope_2d_angles(self.head_dim, ys, xs, self.rope_theta)
         angles = torch.cat([angles.new_zeros(self.num_prefix_tokens, self.head_dim), angles])
         return embeddings, (angles.cos().to(embeddings.dtype), angles.sin().to(embeddings.dtype))
-
-    @property
-    def num_positioned_prefix_tokens(self) -> int:
-        """The prefix tokens with a row in the learned table: [CLS] and the distillation token, not the registers."""
-        return self.num_prefix_tokens - self.num_register_tokens
 
     def resized_position_embeddings(self, grid_size, interpolate_pos_encoding):
         if tuple(grid_size) == tuple(self.grid_size):
