@@ -228,3 +228,13 @@ __all__ = [
     "soft_target_cross_entropy",
     "twin_contrastive_loss",
 ]
+
+
+class MultiCropCollator:
+    """DINO's views: `global_crops` (batch, 2, C, H, W) and, in training, `local_crops` (batch, N, C, h, w)."""
+
+    def __call__(self, examples):
+        batch = {"global_crops": torch.stack([example["global_crops"] for example in examples])}
+        if "local_crops" in examples[0]:
+            batch["local_crops"] = torch.stack([example["local_crops"] for example in examples])
+        return batch

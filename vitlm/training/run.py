@@ -145,7 +145,8 @@ def with_transforms(task, train, eval_dataset, image_processor, augment=True, **
     """The task's transforms on both sets (`TrainingTask.transform`; columns found in the training set).
     `augment=False` trains on the evaluation transform (for data whose labels crops and colour jitter would falsify,
     such as the shapes world's captions); `options` are the task's own (`bbox_format`, `caption_weights`, `twins`:
-    the training images' twins, columns `twins` and `twin_captions`, in contrastive batches)."""
+    the training images' twins, columns `twins` and `twin_captions`, in contrastive batches; `patch_size`: the
+    model's stem stride, which DINO's local crops are a multiple of)."""
     spec = get_task(task)
 
     def make(is_train):
@@ -243,7 +244,10 @@ def train(
         bbox_format=bbox_format,
         caption_weights=caption_weights,
         twins=twins,
+        patch_size=getattr(model.config, "vision_config", model.config).stem_stride,
     )
+    if spec.training_model is not None:
+        model = spec.training_model(model)
 
     args = training_arguments(
         output_dir, **schedule, eval_strategy="steps" if eval_steps else "epoch", **training_kwargs
@@ -271,7 +275,11 @@ def train(
     trainer.evaluate()
     if save_dtype:
         trainer.model.to(DTYPES[save_dtype])
-    trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
+    if spec.saved_model is None:
+        trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
+    elif trainer.is_world_process_zero():
+        spec.saved_model(trainer.model).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
     trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
     if trainer.is_world_process_zero():
         # Trainer's pickled TrainingArguments: a shared folder holds no pickles, and the card lists the recipe

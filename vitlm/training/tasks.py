@@ -18,13 +18,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TaskParts:
     """What a task hands Trainer: the evaluation collator, the training one (None: the same), `compute_metrics`
-    (None: loss only), `compute_loss_func` (None: the model's loss), and TrainingArguments fields the task needs."""
+    (None: loss only), `compute_loss_func` (None: the model's loss), TrainingArguments fields the task needs, and
+    callbacks of its own (DINO's teacher update)."""
 
     collator: object
     train_collator: object = None
     compute_metrics: Callable | None = None
     compute_loss_func: Callable | None = None
     arguments: tuple[tuple[str, object], ...] = ()
+    callbacks: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class TrainingTask:
         parts: `(model, processor, class_names=..., templates=..., **keywords) -> TaskParts`.
         model_config: `(config) -> config` the task's model is built from, given the preset's or checkpoint's
             (the masked-image-modeling head extends a plain ViT encoder's config with its own); None: as it is.
+        training_model: `(model) -> module` Trainer trains, built around the loaded model (DINO's student and
+            teacher); None: the model itself.
+        saved_model: `(trained module) -> model` written to the output folder (DINO: the teacher's backbone, an
+            ordinary vitlm model); None: the trained model itself.
     """
 
     name: str
@@ -70,6 +76,8 @@ class TrainingTask:
     parts: Callable
     evaluation_inputs: Callable | None = None
     model_config: Callable | None = None
+    training_model: Callable | None = None
+    saved_model: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -245,6 +253,40 @@ def _masked_image_parts(model, processor, block_masking=False, **_):
     )
 
 
+# ---- self-distillation (DINO): the image tower learns without labels; the teacher's tower is the result
+
+
+def _dino_transform(image_processor, train, dataset, augment=True, patch_size=16, **_):
+    from .self_supervised import DinoSettings
+    from .transforms import multi_crop_transform
+
+    # the crops are the method: `augment=False` is not DINO
+    crops = DinoSettings().num_local_crops
+    return multi_crop_transform(image_processor, train, image_column(dataset), patch_size, num_local_crops=crops)
+
+
+def _dino_parts(model, processor, **_):
+    from .collators import MultiCropCollator
+    from .self_supervised import TeacherMomentum
+
+    # the global crops are what the loss compares: naming them the labels makes evaluation compute it
+    return TaskParts(
+        MultiCropCollator(), arguments=(("label_names", ["global_crops"]),), callbacks=(TeacherMomentum(),)
+    )
+
+
+def _dino_model(model):
+    from .self_supervised import dino_model
+
+    return dino_model(model)
+
+
+def _teacher_backbone(model):
+    from .self_supervised import teacher_backbone
+
+    return teacher_backbone(model)
+
+
 TASKS: dict[str, TrainingTask] = {
     task.name: task
     for task in (
@@ -328,6 +370,24 @@ TASKS: dict[str, TrainingTask] = {
             transform=_masked_image_transform,
             parts=_masked_image_parts,
             model_config=_masked_image_model_config,
+        ),
+        TrainingTask(
+            name="self-distillation",
+            alias="dino",
+            title="self-distillation (DINO)",
+            description="an image tower pretrained without labels by DINO's self-distillation (the teacher's tower)",
+            auto_class="AutoModel",
+            dual_encoder=False,
+            class_column=None,
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset(),
+            ignored_outputs=("teacher_entropy",),
+            transform=_dino_transform,
+            parts=_dino_parts,
+            training_model=_dino_model,
+            saved_model=_teacher_backbone,
         ),
     )
 }
