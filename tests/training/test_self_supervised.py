@@ -1,5 +1,6 @@
-"""Self-supervised pretraining (`vitlm train dino`): what the recipe computes, that it saves an ordinary vitlm model,
-that a killed run resumes to the weights of an uninterrupted one, and that two processes train as one."""
+"""Self-supervised pretraining (`vitlm train dino`, `vitlm train beit`): what the recipes compute, that they save an
+ordinary vitlm model (and BEiT its visual tokenizer), that a killed run resumes to the weights of an uninterrupted
+one, and that two processes train as one."""
 
 import json
 import os
@@ -16,8 +17,15 @@ from tests.training.test_distributed import free_port
 from tests.training.test_resume import KillAfterCheckpoint, Killed, RecordSteps
 from vitlm import VitlmViTModel
 from vitlm.presets import load_preset_config
+from vitlm.training.collators import BlockMaskingCollator
 from vitlm.training.run import train
-from vitlm.training.self_supervised import DinoPretraining, DinoSettings
+from vitlm.training.self_supervised import (
+    BeitPretraining,
+    DinoPretraining,
+    DinoSettings,
+    KMeansVisualTokenizer,
+    normalized_patches,
+)
 
 SCRIPT = Path(__file__).with_name("ssl_distributed_script.py")
 
@@ -68,10 +76,69 @@ def test_the_teacher_follows_the_student_by_moving_average():
         assert torch.allclose(new, 0.75 * old + 0.25 * student)
 
 
-def run(output_dir, resume=False, callbacks=None):
+def test_the_visual_tokenizer_finds_the_patch_kinds_and_reloads(tmp_path):
+    """Images made of two kinds of 8x8 patch (vertical and horizontal stripes, any brightness and contrast): a
+    two-word codebook gives every patch of a kind one token, whatever its colour, and reloads from its folder."""
+    stripes = torch.zeros(2, 3, 8, 8)
+    stripes[0, :, :, ::2] = 1.0
+    stripes[1, :, ::2, :] = 1.0
+    generator = torch.Generator().manual_seed(0)
+    kinds = torch.randint(2, (6, 4, 4), generator=generator)
+    scale, shift = torch.rand(6, 4, 4, 1, 1, 1, generator=generator) + 0.5, torch.randn(6, 4, 4, 1, 1, 1)
+    patches = stripes[kinds] * scale + shift  # (image, row, column, channel, 8, 8)
+    images = patches.permute(0, 3, 1, 4, 2, 5).reshape(6, 3, 32, 32)
+    tokenizer = KMeansVisualTokenizer(patch_size=8, num_channels=3, codebook_size=2).fit(images)
+    tokens = tokenizer(images)
+    assert tokens.shape == (6, 16)
+    assert len(set(zip(kinds.flatten().tolist(), tokens.flatten().tolist()))) == 2  # one token per kind
+    assert normalized_patches(images, 8).shape == (6, 16, 192)
+    tokenizer.save_pretrained(tmp_path)
+    assert torch.equal(KMeansVisualTokenizer.from_pretrained(tmp_path)(images), tokens)
+
+
+def test_block_masks_cover_the_ratio_in_rectangles_and_replay():
+    collator = BlockMaskingCollator((8, 8), mask_ratio=0.4)
+    collator.set_epoch(1, seed=3)
+    examples = [{"pixel_values": torch.zeros(3, 32, 32), "example_index": index} for index in range(4)]
+    first, again = collator(examples), collator(examples)
+    assert torch.equal(first["bool_masked_pos"], again["bool_masked_pos"])
+    assert first["bool_masked_pos"].shape == (4, 64)
+    assert (first["bool_masked_pos"].sum(1) >= round(0.4 * 64)).all()
+    collator.set_epoch(2)
+    assert not torch.equal(collator(examples)["bool_masked_pos"], first["bool_masked_pos"])
+
+
+def test_beit_loss_predicts_the_tokens_of_the_masked_patches_only():
+    """Cross-entropy of the head's logits at the masked patches against the tokenizer's tokens of the unmasked image,
+    averaged per image, then over the images (6 and 9 masked patches weigh the same)."""
+    config = load_preset_config("vit-tiny-test")
+    config.use_mask_token = True
+    torch.manual_seed(0)
+    backbone = VitlmViTModel(config).eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = BeitPretraining(backbone, KMeansVisualTokenizer(8, 3, 5).fit(images)).eval()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :6] = True
+    mask[1, 4:13] = True
+    with torch.no_grad():
+        loss = model(images, mask).loss
+        hidden = backbone(images, bool_masked_pos=mask).last_hidden_state[:, 1:]
+        unmasked = backbone(images).last_hidden_state[:, 1:]
+        tokens = model.tokenizer(images)
+    per_image = [
+        torch.nn.functional.cross_entropy(model.head(hidden[row][mask[row]]), tokens[row][mask[row]])
+        for row in range(2)
+    ]
+    assert torch.allclose(loss, torch.stack(per_image).mean())
+    assert not torch.allclose(hidden[mask], unmasked[mask])  # the mask token replaced those patches
+    with pytest.raises(ValueError, match="use_mask_token=True"):
+        tiny_backbone()(images, bool_masked_pos=mask)
+
+
+def run(output_dir, task="dino", resume=False, callbacks=None):
     # 24 examples in batches of 8: 3 steps an epoch; checkpoints every 2 steps, so step 4 is one step into epoch 1
     return train(
-        "dino",
+        task,
         "vit-tiny-test",
         "shapes",
         output_dir,
@@ -90,17 +157,22 @@ def run(output_dir, resume=False, callbacks=None):
     )
 
 
-def test_dino_resumed_mid_epoch_equals_uninterrupted_run_and_saves_the_teacher(tmp_path):
-    straight = run(tmp_path / "straight")
+def resumed_equals_straight(tmp_path, task):
+    straight = run(tmp_path / "straight", task)
     with pytest.raises(Killed):
-        run(tmp_path / "resumed", callbacks=[KillAfterCheckpoint(step=4)])
+        run(tmp_path / "resumed", task, callbacks=[KillAfterCheckpoint(step=4)])
     steps = RecordSteps()
-    run(tmp_path / "resumed", resume=True, callbacks=[steps])
+    run(tmp_path / "resumed", task, resume=True, callbacks=[steps])
     assert steps.steps == [5, 6]
     expected, actual = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "resumed"))
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), name
+    return straight
+
+
+def test_dino_resumed_mid_epoch_equals_uninterrupted_run_and_saves_the_teacher(tmp_path):
+    straight = resumed_equals_straight(tmp_path, "dino")
     # the folder holds the teacher's backbone as an ordinary vitlm model, loading through the Auto classes
     saved = AutoModel.from_pretrained(tmp_path / "straight")
     assert type(saved) is VitlmViTModel
@@ -124,7 +196,18 @@ def launch(launcher, task, output_dir):
     return load_file(output_dir / "model.safetensors"), json.loads((output_dir / "results.json").read_text())
 
 
-@pytest.mark.parametrize("task", ["dino"])
+def test_beit_resumed_mid_epoch_equals_uninterrupted_run_and_saves_backbone_and_tokenizer(tmp_path):
+    straight = resumed_equals_straight(tmp_path, "beit")
+    saved = AutoModel.from_pretrained(tmp_path / "straight")
+    assert type(saved) is VitlmViTModel and saved.config.use_mask_token
+    backbone = straight.model.backbone.state_dict()
+    assert all(torch.equal(saved.state_dict()[name], tensor) for name, tensor in backbone.items())
+    tokenizer = KMeansVisualTokenizer.from_pretrained(tmp_path / "straight" / "visual_tokenizer")
+    assert torch.equal(tokenizer.codebook, straight.model.tokenizer.codebook)
+    assert tokenizer.codebook.abs().sum() > 0  # fitted
+
+
+@pytest.mark.parametrize("task", ["dino", "beit"])
 def test_torchrun_two_processes_match_one(tmp_path, task):
     reference, reference_results = launch([sys.executable], task, tmp_path / "one")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]

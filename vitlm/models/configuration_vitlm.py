@@ -249,6 +249,7 @@ FIELD_RULES = {
             "norm_after_pooling",
             "interpolate_antialias",
             "prefix_position_embeddings",
+            "use_mask_token",
         ),
         _flag,
     ),
@@ -422,6 +423,8 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         prefix_position_embeddings (`bool`): the learned position table has rows for [CLS] and the distillation
             token; `False`: for the patches only, the prefix tokens getting no position (timm's `no_embed_class`,
             DeiT-3 and timm's DINOv2-reg).
+        use_mask_token (`bool`): a learned mask token that replaces the patch embeddings `bool_masked_pos` marks
+            (BEiT's masked image modelling, as transformers' `ViTModel(use_mask_token=True)`).
         interpolate_antialias (`bool`): resize the learned position table with antialiasing
             (`interpolate_pos_encoding=True`), as DINOv2 with registers does; bicubic either way.
         mlp_type (`str`): `"mlp"` (fc1, activation, fc2) or `"swiglu"` (a gated unit: fc1 makes a gate and a value
@@ -466,6 +469,7 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         norm_after_pooling=False,
         interpolate_antialias=False,
         prefix_position_embeddings=True,
+        use_mask_token=False,
         **kwargs,
     ):
         self.image_size = image_size
@@ -496,6 +500,7 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         self.norm_after_pooling = norm_after_pooling
         self.interpolate_antialias = interpolate_antialias
         self.prefix_position_embeddings = prefix_position_embeddings
+        self.use_mask_token = use_mask_token
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
 

@@ -342,21 +342,33 @@ class VitlmVisionEmbeddings(nn.Module):
             if config.num_register_tokens
             else None
         )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_mask_token else None
         self.position_encoding = VitlmPositionEncoding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None):
+    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None, bool_masked_pos=None):
         """`keep_indices` (batch, kept) selects patch tokens after position encoding, as MAE's encoder sees only the
-        visible patches; prefix tokens are always kept."""
+        visible patches; prefix tokens are always kept. `bool_masked_pos` (batch, patches) replaces the patch
+        embeddings it marks by the mask token before position encoding (BEiT)."""
         patch_embeddings = self.stem(pixel_values)
         batch_size, grid_size = patch_embeddings.shape[0], tuple(patch_embeddings.shape[2:])
+        patches = patch_embeddings.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("`bool_masked_pos` needs a model with a mask token (`use_mask_token=True`)")
+            if tuple(bool_masked_pos.shape) != tuple(patches.shape[:2]):
+                raise ValueError(
+                    f"`bool_masked_pos` must have shape {tuple(patches.shape[:2])} (batch, patches), got "
+                    f"{tuple(bool_masked_pos.shape)}"
+                )
+            patches = torch.where(bool_masked_pos[..., None], self.mask_token.to(patches.dtype), patches)
         prefix = [
             t.expand(batch_size, -1, -1)
             for t in (self.cls_token, self.distillation_token, self.register_tokens)
             if t is not None
         ]
         # a view until the concatenation: one copy of the tokens, not two
-        embeddings = torch.cat([*prefix, patch_embeddings.flatten(2).transpose(1, 2)], dim=1)
+        embeddings = torch.cat([*prefix, patches], dim=1)
         embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
         if keep_indices is not None:
             num_prefix = embeddings.shape[1] - grid_size[0] * grid_size[1]

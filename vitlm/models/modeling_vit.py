@@ -58,7 +58,7 @@ class VitlmPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, VitlmVisionEmbeddings):
-            for token in (module.cls_token, module.distillation_token, module.register_tokens):
+            for token in (module.cls_token, module.distillation_token, module.register_tokens, module.mask_token):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
         elif isinstance(module, VitlmLayerScale):
@@ -221,6 +221,7 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         keep_indices: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
@@ -228,9 +229,13 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
             resolution other than `config.image_size`.
         keep_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`, *optional*): encode only these patches
             (row-major grid indices), as MAE's encoder does; prefix tokens are always kept.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*): patches whose
+            embedding the mask token replaces (needs `config.use_mask_token`), as in BEiT's pretraining.
         """
         pixel_values = pixel_values.to(self.dtype) if torch.is_tensor(pixel_values) else pixel_values
-        hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding, keep_indices)
+        hidden_states, rotary_embeddings = self.embeddings(
+            pixel_values, interpolate_pos_encoding, keep_indices, bool_masked_pos
+        )
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
         hidden_states = self.encoder(hidden_states, rotary_embeddings=rotary_embeddings, **kwargs).last_hidden_state

@@ -235,6 +235,7 @@ def train(
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
     image_processor = getattr(processor, "image_processor", processor)
     evaluation_inputs = spec.evaluation_inputs(train_set, eval_set, class_names) if spec.evaluation_inputs else {}
+    raw_train_set = train_set
     train_set, eval_set = with_transforms(
         spec,
         train_set,
@@ -247,7 +248,7 @@ def train(
         patch_size=getattr(model.config, "vision_config", model.config).stem_stride,
     )
     if spec.training_model is not None:
-        model = spec.training_model(model)
+        model = spec.training_model(model, raw_train_set, image_processor)
 
     args = training_arguments(
         output_dir, **schedule, eval_strategy="steps" if eval_steps else "epoch", **training_kwargs
@@ -275,10 +276,11 @@ def train(
     trainer.evaluate()
     if save_dtype:
         trainer.model.to(DTYPES[save_dtype])
-    if spec.saved_model is None:
+    if spec.saved_models is None:
         trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
     elif trainer.is_world_process_zero():
-        spec.saved_model(trainer.model).save_pretrained(output_dir)
+        for subfolder, saved in spec.saved_models(trainer.model).items():
+            saved.save_pretrained(output_dir / subfolder)
         processor.save_pretrained(output_dir)
     trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
     if trainer.is_world_process_zero():

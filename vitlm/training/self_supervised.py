@@ -1,8 +1,10 @@
 """Self-supervised pretraining around a vitlm image tower: DINO's self-distillation (`DinoPretraining`, with its
-teacher's momentum schedule `TeacherMomentum`).
+teacher's momentum schedule `TeacherMomentum`) and BEiT's masked image modelling (`BeitPretraining`), which predicts
+the visual tokens of masked patches from a k-means tokenizer fitted on the training images (`KMeansVisualTokenizer`).
 
-The modules here train; what they leave behind is an ordinary vitlm model (DINO: the teacher's backbone), which
-`saved_model` hands to `vitlm train` for the output folder.
+The modules here train; what they leave behind is an ordinary vitlm model (DINO: the teacher's backbone, BEiT: the
+backbone, with its visual tokenizer in a subfolder), which `saved_models` hands to `vitlm train` for the output
+folder.
 """
 
 import copy
@@ -10,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from transformers import TrainerCallback
 from transformers.utils import ModelOutput
@@ -132,13 +135,137 @@ class TeacherMomentum(TrainerCallback):
         model.update_teacher(1 - (1 - start) * (math.cos(math.pi * progress) + 1) / 2)
 
 
-def dino_model(backbone) -> DinoPretraining:
+def dino_model(backbone, train_set=None, image_processor=None) -> DinoPretraining:
     return DinoPretraining(backbone)
 
 
-def teacher_backbone(model: DinoPretraining):
-    """The tower DINO leaves behind: the teacher's backbone, an ordinary vitlm model."""
-    return model.teacher
+def dino_saved_models(model: DinoPretraining) -> dict:
+    """What DINO leaves behind: the teacher's backbone, an ordinary vitlm model, in the output folder itself."""
+    return {"": model.teacher}
 
 
-__all__ = ["DinoHead", "DinoOutput", "DinoPretraining", "DinoSettings", "TeacherMomentum", "dino_model"]
+# ---- BEiT: masked image modelling of discrete visual tokens
+
+
+@dataclass
+class BeitSettings:
+    """The visual tokenizer's codebook size and k-means fit (iterations, patches sampled from the training images),
+    and the fraction of patches masked in blocks."""
+
+    codebook_size: int = 64
+    kmeans_iterations: int = 20
+    max_patches: int = 20_000
+    mask_ratio: float = 0.4
+
+
+def normalized_patches(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(batch, patches, patch_size^2 * channels) patches, row-major, each standardized to zero mean and unit variance:
+    the tokens then encode a patch's structure (edges, corners) rather than its colour."""
+    patches = pixel_values.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+    return (patches - patches.mean(-1, keepdim=True)) / (patches.std(-1, keepdim=True) + 1e-6)
+
+
+class KMeansVisualTokenizer(nn.Module, PyTorchModelHubMixin):
+    """BEiT's visual tokenizer, vitlm's way: each patch (standardized, see `normalized_patches`) becomes the index of
+    its nearest codeword. The codebook is fitted by k-means on the training images (`fit`); the tokenizer saves and
+    loads as a model of its own (`save_pretrained` / `from_pretrained`: config.json + model.safetensors)."""
+
+    def __init__(self, patch_size: int = 16, num_channels: int = 3, codebook_size: int = 64):
+        super().__init__()
+        self.patch_size = patch_size
+        self.register_buffer("codebook", torch.zeros(codebook_size, patch_size * patch_size * num_channels))
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(batch, patches) token ids."""
+        patches = normalized_patches(pixel_values.float(), self.patch_size)
+        return torch.cdist(patches, self.codebook[None].expand(patches.shape[0], -1, -1)).argmin(-1)
+
+    @torch.no_grad()
+    def fit(self, pixel_values: torch.Tensor, iterations: int = 20, max_patches: int = 20_000, seed: int = 0):
+        """k-means++ seeding, then Lloyd's iterations, on up to `max_patches` patches of `pixel_values`; the draws come
+        from a generator of their own, so the codebook is a function of the images and `seed`."""
+        generator = torch.Generator().manual_seed(seed)
+        patches = normalized_patches(pixel_values.float(), self.patch_size).flatten(0, 1)
+        patches = patches[torch.randperm(len(patches), generator=generator)[:max_patches]]
+        size = self.codebook.shape[0]
+        centers = [patches[torch.randint(len(patches), (), generator=generator)]]
+        distances = (patches - centers[0]).square().sum(-1)
+        for _ in range(1, size):
+            centers.append(patches[torch.multinomial(distances + 1e-12, 1, generator=generator)[0]])
+            distances = torch.minimum(distances, (patches - centers[-1]).square().sum(-1))
+        centers = torch.stack(centers)
+        for _ in range(iterations):
+            assignment = torch.cdist(patches, centers).argmin(-1)
+            sums = torch.zeros_like(centers).index_add_(0, assignment, patches)
+            counts = torch.bincount(assignment, minlength=size)[:, None]
+            centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)  # an empty cluster keeps its center
+        self.codebook.copy_(centers)
+        return self
+
+
+@dataclass
+class BeitOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    accuracy: torch.Tensor | None = None
+
+
+class BeitPretraining(nn.Module):
+    """An image tower with a mask token (`use_mask_token`) and a linear head over its final tokens predicting, at every
+    masked patch, the visual token the frozen tokenizer gives the unmasked image (cross-entropy over the codebook,
+    averaged per image, then over the images)."""
+
+    def __init__(self, backbone, tokenizer: KMeansVisualTokenizer):
+        super().__init__()
+        self.config, self.pipeline_tag = backbone.config, backbone.pipeline_tag
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.head = nn.Linear(backbone.config.hidden_size, tokenizer.codebook.shape[0])
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> BeitOutput:
+        targets = self.tokenizer(pixel_values)[bool_masked_pos]
+        hidden = self.backbone(pixel_values, bool_masked_pos=bool_masked_pos).last_hidden_state
+        logits = self.head(hidden[:, self.config.num_prefix_tokens :][bool_masked_pos])
+        # each image's mean over its masked patches, then the images' mean: block masks cover a varying number of
+        # patches, and a mean per image keeps the loss of a batch split over processes the whole batch's
+        per_patch = nn.functional.cross_entropy(logits, targets, reduction="none")
+        image = bool_masked_pos.nonzero()[:, 0]
+        counts = bool_masked_pos.sum(1).clamp_min(1)
+        loss = (per_patch.new_zeros(len(counts)).index_add(0, image, per_patch) / counts).mean()
+        return BeitOutput(loss=loss, accuracy=(logits.argmax(-1) == targets).float().mean().detach())
+
+
+def beit_model(backbone, train_set, image_processor, settings: BeitSettings | None = None) -> BeitPretraining:
+    """The BEiT module around `backbone`, its tokenizer fitted on `train_set`'s images (the processor's evaluation
+    view) with a seed of its own, so that a resumed run fits the same one before loading its checkpoint."""
+    from .tasks import image_column
+    from .transforms import pixel_values
+
+    settings = settings or BeitSettings()
+    config = backbone.config
+    images = torch.stack(pixel_values(train_set[image_column(train_set)], image_processor))
+    tokenizer = KMeansVisualTokenizer(config.patch_size, config.num_channels, settings.codebook_size)
+    tokenizer.fit(images, settings.kmeans_iterations, settings.max_patches)
+    return BeitPretraining(backbone, tokenizer)
+
+
+def beit_saved_models(model: BeitPretraining) -> dict:
+    """What BEiT leaves behind: the backbone in the output folder, its visual tokenizer in `visual_tokenizer/`."""
+    return {"": model.backbone, "visual_tokenizer": model.tokenizer}
+
+
+__all__ = [
+    "BeitPretraining",
+    "BeitSettings",
+    "DinoHead",
+    "DinoOutput",
+    "DinoPretraining",
+    "DinoSettings",
+    "KMeansVisualTokenizer",
+    "TeacherMomentum",
+    "beit_model",
+    "dino_model",
+]

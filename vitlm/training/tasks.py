@@ -54,10 +54,12 @@ class TrainingTask:
         parts: `(model, processor, class_names=..., templates=..., **keywords) -> TaskParts`.
         model_config: `(config) -> config` the task's model is built from, given the preset's or checkpoint's
             (the masked-image-modeling head extends a plain ViT encoder's config with its own); None: as it is.
-        training_model: `(model) -> module` Trainer trains, built around the loaded model (DINO's student and
-            teacher); None: the model itself.
-        saved_model: `(trained module) -> model` written to the output folder (DINO: the teacher's backbone, an
-            ordinary vitlm model); None: the trained model itself.
+        training_model: `(model, train_set, image_processor) -> module` Trainer trains, built around the loaded model
+            (DINO's student and teacher; BEiT's head and the visual tokenizer it fits on the raw training set); None:
+            the model itself.
+        saved_models: `(trained module) -> {subfolder: model}` written to the output folder ("" the folder itself;
+            DINO: the teacher's backbone, an ordinary vitlm model; BEiT: the backbone, and its tokenizer in
+            `visual_tokenizer/`); None: the trained model itself.
     """
 
     name: str
@@ -77,7 +79,7 @@ class TrainingTask:
     evaluation_inputs: Callable | None = None
     model_config: Callable | None = None
     training_model: Callable | None = None
-    saved_model: Callable | None = None
+    saved_models: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -275,16 +277,44 @@ def _dino_parts(model, processor, **_):
     )
 
 
-def _dino_model(model):
+def _dino_model(model, train_set, image_processor):
     from .self_supervised import dino_model
 
-    return dino_model(model)
+    return dino_model(model, train_set, image_processor)
 
 
-def _teacher_backbone(model):
-    from .self_supervised import teacher_backbone
+def _dino_saved_models(model):
+    from .self_supervised import dino_saved_models
 
-    return teacher_backbone(model)
+    return dino_saved_models(model)
+
+
+# ---- masked visual-token prediction (BEiT): the tower learns without labels from a k-means visual tokenizer
+
+
+def _beit_model_config(config):
+    return config if config.use_mask_token else type(config)(**{**config.to_dict(), "use_mask_token": True})
+
+
+def _beit_parts(model, processor, **_):
+    from .collators import BlockMaskingCollator
+    from .self_supervised import BeitSettings
+
+    # the images are what the loss reads: naming them the labels makes evaluation compute it
+    collator = BlockMaskingCollator(model.config.grid_size, BeitSettings().mask_ratio)
+    return TaskParts(collator, arguments=(("label_names", ["pixel_values"]),))
+
+
+def _beit_model(model, train_set, image_processor):
+    from .self_supervised import beit_model
+
+    return beit_model(model, train_set, image_processor)
+
+
+def _beit_saved_models(model):
+    from .self_supervised import beit_saved_models
+
+    return beit_saved_models(model)
 
 
 TASKS: dict[str, TrainingTask] = {
@@ -387,7 +417,26 @@ TASKS: dict[str, TrainingTask] = {
             transform=_dino_transform,
             parts=_dino_parts,
             training_model=_dino_model,
-            saved_model=_teacher_backbone,
+            saved_models=_dino_saved_models,
+        ),
+        TrainingTask(
+            name="masked-token-prediction",
+            alias="beit",
+            title="masked visual-token prediction (BEiT)",
+            description="an image tower pretrained without labels by BEiT's masked visual-token prediction",
+            auto_class="AutoModel",
+            dual_encoder=False,
+            class_column=None,
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset(),
+            ignored_outputs=("accuracy",),
+            transform=_masked_image_transform,
+            parts=_beit_parts,
+            model_config=_beit_model_config,
+            training_model=_beit_model,
+            saved_models=_beit_saved_models,
         ),
     )
 }
