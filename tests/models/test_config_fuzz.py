@@ -164,6 +164,7 @@ SSL_VALUES = {
     "norm_after_pooling": [True, False],
     "interpolate_antialias": [True, False],
     "prefix_position_embeddings": [True, False],
+    "use_mask_token": [True, False],
 }
 FAMILIES = {
     "vitlm_vit": (VitlmViTConfig, VIT_BASE, VIT_VALUES),
