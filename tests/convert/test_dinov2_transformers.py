@@ -120,6 +120,7 @@ def test_base_model_exports_to_dinov2_with_registers(tmp_path):
         ({"layerscale_value": 1e-5, "mlp_type": "swiglu", "intermediate_size": 40}, "a SwiGLU MLP other"),
         ({"layerscale_value": 1e-5, "intermediate_size": 33}, "MLP width 33"),
         ({"layerscale_value": 1e-5, "prefix_position_embeddings": False}, "no position for [CLS]"),
+        ({"layerscale_value": 1e-5, "use_mask_token": True}, "a mask token"),
     ],
 )
 def test_what_dinov2_cannot_represent_is_refused(options, problem):
@@ -137,6 +138,7 @@ def test_what_dinov2_cannot_represent_is_refused(options, problem):
         ({"mlp_type": "swiglu"}, "a swiglu MLP"),
         ({"interpolate_antialias": True}, "antialiased position resizing"),
         ({"norm_after_pooling": True, "pooling": "mean"}, "after pooling"),
+        ({"use_mask_token": True}, "a mask token"),
     ],
 )
 def test_vit_export_refuses_the_self_supervised_options(options, problem):

@@ -174,6 +174,8 @@ def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
         problems.append("a distillation token")
     if not config.prefix_position_embeddings:
         problems.append("no position for [CLS] (prefix_position_embeddings=False)")
+    if config.use_mask_token:
+        problems.append("a mask token (use_mask_token)")
     if config.norm_after_pooling:
         problems.append("the final LayerNorm after pooling (norm_after_pooling)")
     if config.pre_norm and family == "DINOv2":
