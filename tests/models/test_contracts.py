@@ -34,6 +34,9 @@ def variant(model_class, name):
 
 # the ViT with the self-supervised checkpoints' options: layer scale, registers, SwiGLU, [CLS] + mean pooling
 DINOV2_MODEL, DINOV2_CLASSIFIER = variant(VitlmViTModel, "dinov2"), variant(VitlmViTForImageClassification, "dinov2")
+# and BEiT's: mean pooling with the LayerNorm after it, a mask token, positions without the [CLS] row
+BEIT_OPTIONS = dict(pooling="mean", norm_after_pooling=True, use_mask_token=True, prefix_position_embeddings=False)
+BEIT_MODEL = variant(VitlmViTModel, "beit")
 MAE_DECODER = {
     "decoder_hidden_size": 16,
     "decoder_num_hidden_layers": 1,
@@ -57,6 +60,7 @@ CONFIGS = {
     VitlmPiTForImageClassification: lambda **kw: tiny_config("pit", num_labels=3, **kw),
     DINOV2_MODEL: lambda **kw: tiny_config("dinov2", pooling="cls", **kw),
     DINOV2_CLASSIFIER: lambda **kw: tiny_config("dinov2", num_labels=3, **kw),
+    BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [
