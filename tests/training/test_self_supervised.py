@@ -218,3 +218,8 @@ def test_torchrun_two_processes_match_one(tmp_path, task):
     difference = max((weights[name] - reference[name]).abs().max() for name in reference)
     print(f"max abs weight difference, 2 processes vs 1: {difference:.2e}")
     assert weights.keys() == reference.keys() and difference <= 1e-5
+
+
+def test_beit_refuses_a_tower_without_single_scale_patches(tmp_path):
+    with pytest.raises(ValueError, match="BEiT pretraining needs a ViT or hybrid image tower, got a vitlm_pit"):
+        train("beit", "pit-tiny-test", "shapes", tmp_path / "out", max_steps=1, shapes_train=8, shapes_test=8)

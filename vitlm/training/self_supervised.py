@@ -247,7 +247,8 @@ def beit_model(backbone, train_set, image_processor, settings: BeitSettings | No
     settings = settings or BeitSettings()
     config = backbone.config
     images = torch.stack(pixel_values(train_set[image_column(train_set)], image_processor))
-    tokenizer = KMeansVisualTokenizer(config.patch_size, config.num_channels, settings.codebook_size)
+    # one token per patch of the tower's grid: pixels per patch side is the stem's stride (a hybrid's CNN included)
+    tokenizer = KMeansVisualTokenizer(config.stem_stride, config.num_channels, settings.codebook_size)
     tokenizer.fit(images, settings.kmeans_iterations, settings.max_patches)
     return BeitPretraining(backbone, tokenizer)
 

@@ -293,6 +293,8 @@ def _dino_saved_models(model):
 
 
 def _beit_model_config(config):
+    if not hasattr(config, "use_mask_token"):  # the mask token replaces single-scale patch embeddings
+        raise ValueError(f"BEiT pretraining needs a ViT or hybrid image tower, got a {config.model_type} model")
     return config if config.use_mask_token else type(config)(**{**config.to_dict(), "use_mask_token": True})
 
 
