@@ -1,12 +1,12 @@
 """Throughput and peak memory of vitlm against the libraries its weights come from: same weights, one run.
 
 Rows: ViT-B/16 at 224 (vitlm vs transformers' ViT with sdpa vs timm), the CLIP ViT-B/32 image and text towers (vitlm
-vs open_clip), the R50+ViT-B/16 hybrid at 384 and PiT-B at 224 (vitlm vs timm). vitlm's models are converted from the
-timm and open_clip ones and exported to transformers, so every contender computes the same function (checked before
-timing).
-CPU fp32 with batch 8 by default, bf16 on a GPU when one is present. Contenders run in turn, round after round, and the
-median is reported, so a drift of the machine's speed hits all of them alike. Peak memory is measured for each
-contender in a fresh process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.
+vs open_clip), the R50+ViT-B/16 hybrid at 384 (vitlm vs timm), PiT-B at 224 (vitlm vs timm) and Swin-T at 224 (vitlm
+vs transformers' Swin with sdpa vs timm). vitlm's models are converted from the timm and open_clip ones and exported
+to transformers, so every contender computes the same function (checked before timing). CPU fp32 with batch 8 by
+default, bf16 on a GPU when one is present. Contenders run in turn, round after round, and the median is reported,
+so a drift of the machine's speed hits all of them alike. Peak memory is measured for each contender in a fresh
+process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.
 
     python benchmarks/throughput.py [--rounds 10] [--batch-size 8] [--device cpu|cuda]
 
@@ -35,6 +35,7 @@ ROWS = {
     "CLIP ViT-B/32 text tower": ("clip_text", ["vitlm", "open_clip"]),
     "R50+ViT-B/16 hybrid @384": ("hybrid", ["vitlm", "timm"]),
     "PiT-B @224": ("pit", ["vitlm", "timm"]),
+    "Swin-T @224": ("swin", ["vitlm", "transformers", "timm"]),
 }
 ROWS_BY_KEY = {key: contenders for key, contenders in ROWS.values()}
 # glibc keeps freed heap memory for reuse, hiding it from the resident set; a fixed mmap threshold makes every large
@@ -48,23 +49,28 @@ def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
     import timm
 
     from vitlm.convert import from_open_clip, from_timm
-    from vitlm.convert.to_transformers import to_vit_model
+    from vitlm.convert.to_transformers import to_swin_model, to_vit_model
 
     torch.manual_seed(0)
-    if row in ("vit", "hybrid", "pit"):
-        name = {"vit": "vit_base_patch16_224", "hybrid": "vit_base_r50_s16_384", "pit": "pit_b_224"}[row]
+    if row in ("vit", "hybrid", "pit", "swin"):
+        name = {
+            "vit": "vit_base_patch16_224",
+            "hybrid": "vit_base_r50_s16_384",
+            "pit": "pit_b_224",
+            "swin": "swin_tiny_patch4_window7_224",
+        }[row]
         source = timm.create_model(name, pretrained=False).eval()
         ours = from_timm.convert_model(source, from_timm.vitlm_config(source, f"timm:{name}"), f"timm:{name}")
         ours.set_attn_implementation("sdpa")
         models = {"vitlm": ours, "timm": source}
-        if row == "vit":
-            models["transformers"] = to_vit_model(ours)
+        if row in ("vit", "swin"):
+            models["transformers"] = (to_vit_model if row == "vit" else to_swin_model)(ours)
             models["transformers"].set_attn_implementation("sdpa")
         size = source.pretrained_cfg["input_size"][-1]
         inputs = torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)
         models = {k: m.to(device, dtype).eval() for k, m in models.items()}
         calls = {"vitlm": lambda: models["vitlm"](inputs).logits, "timm": lambda: models["timm"](inputs)}
-        if row == "vit":
+        if "transformers" in models:
             calls["transformers"] = lambda: models["transformers"](inputs).logits
     else:
         source, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)

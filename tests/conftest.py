@@ -13,6 +13,7 @@ TINY_PRESETS = {
     "hybrid": "hybrid-tiny-test",
     "dual": "clip-tiny-test",
     "pit": "pit-tiny-test",
+    "swin": "swin-tiny-test",
     "dinov2": "dinov2-tiny-test",  # the ViT with layer scale, registers, SwiGLU and [CLS] + mean pooling
 }
 

@@ -28,6 +28,8 @@ from vitlm import (
     VitlmImageProcessor,
     VitlmPiTForImageClassification,
     VitlmPiTModel,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
@@ -45,6 +47,8 @@ CASES = [
     ("vit_mae", VitlmViTForMaskedImageModeling, AutoModelForMaskedImageModeling),
     ("pit", VitlmPiTModel, AutoModel),
     ("pit", VitlmPiTForImageClassification, AutoModelForImageClassification),
+    ("swin", VitlmSwinModel, AutoModel),
+    ("swin", VitlmSwinForImageClassification, AutoModelForImageClassification),
     ("dinov2", VitlmViTModel, AutoModel),
     ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
 ]

@@ -26,6 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {
     "vit-": "vitlm_vit",
     "hybrid-": "vitlm_hybrid",
+    "swin-": "vitlm_swin",
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
@@ -46,10 +47,12 @@ PUBLISHED = [
     "pit-ti-224",
     "pit-s-224",
     "pit-b-224",
+    "swin-tiny-patch4-window7-224",
+    "swin-base-patch4-window12-384",
 ]
 # published without a classifier (num_labels 0), as their self-supervised weights are
 PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "dinov2-tiny-test"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test", "dinov2-tiny-test"]
 
 
 def expected_model_type(name):
@@ -147,6 +150,8 @@ REFERENCES = [
     ("pit-ti-224", "timm", "pit_ti_224"),
     ("pit-s-224", "timm", "pit_s_224"),
     ("pit-b-224", "timm", "pit_b_224"),
+    ("swin-tiny-patch4-window7-224", "timm", "swin_tiny_patch4_window7_224"),
+    ("swin-base-patch4-window12-384", "timm", "swin_base_patch4_window12_384"),
     ("dinov2-small", "timm", "vit_small_patch14_dinov2"),
     ("dinov2-base", "timm", "vit_base_patch14_dinov2"),
     ("dinov2-small-reg", "timm", "vit_small_patch14_reg4_dinov2"),

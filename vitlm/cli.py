@@ -75,8 +75,8 @@ def _run_convert(args) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT or ViT classifier)")
-    parser.add_argument("out_dir", help="folder to write the transformers CLIPModel / ViTModel and its processor to")
+    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT, Swin, or their classifiers)")
+    parser.add_argument("out_dir", help="folder to write the transformers CLIP / ViT / Swin model and processor to")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
 
 

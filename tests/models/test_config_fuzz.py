@@ -15,6 +15,7 @@ from vitlm import (
     VitlmDualEncoderConfig,
     VitlmHybridConfig,
     VitlmPiTConfig,
+    VitlmSwinConfig,
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTMAEConfig,
@@ -24,6 +25,7 @@ from vitlm.models import (
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
     VitlmPiTForImageClassification,
+    VitlmSwinForImageClassification,
     VitlmTextModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
@@ -61,6 +63,7 @@ HYBRID_BASE = {
     "backbone_num_groups": 8,
 }
 PIT_BASE = dict(image_size=16, patch_size=4, stride=2, depths=[1, 1], hidden_sizes=[8, 16], num_heads=[2, 2])
+SWIN_BASE = dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
 TEXT_BASE = dict(vocab_size=50, max_position_embeddings=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
 TEXT_BASE["intermediate_size"] = 32
 
@@ -128,6 +131,24 @@ PIT_VALUES = {
     "use_distillation_token": [True, False],
     "initializer_range": [0.02, 1.0],
     "num_labels": [0, 1, 3],
+}
+SWIN_VALUES = {
+    "image_size": [8, 12, 16, [16, 8], [10, 14], 9],
+    "patch_size": [1, 2, 3, 4],
+    "num_channels": [1, 3],
+    "embed_dim": [3, 4, 6, 8, 12],
+    "depths": [[1], [1, 1], [2, 1], [1, 2, 1], [], [0, 1]],
+    "num_heads": [[1], [1, 2], [2, 2], [2, 4, 2], [3, 1], []],
+    "window_size": [1, 2, 3, 4, 7, [2, 4]],
+    "mlp_ratio": [0.5, 1.0, 4.0, 0.01, 0.0, -1.0],
+    "qkv_bias": [True, False],
+    "hidden_act": ["gelu", "relu", "swishy"],
+    "layer_norm_eps": [1e-5, 0.1, 2.0],
+    "hidden_dropout_prob": [0.0, 0.5, 1.0],
+    "attention_probs_dropout_prob": [0.0, 0.5],
+    "drop_path_rate": [0.0, 0.5],
+    "initializer_range": [0.02, 1.0],
+    "num_labels": [0, 2, 5],
     "problem_type": [None, "regression", "single_label_classification", "multi_label_classification"],
 }
 TEXT_VALUES = {
@@ -173,6 +194,7 @@ FAMILIES = {
     "vitlm_hybrid": (VitlmHybridConfig, HYBRID_BASE, HYBRID_VALUES),
     "vitlm_text": (VitlmTextConfig, TEXT_BASE, TEXT_VALUES),
     "vitlm_pit": (VitlmPiTConfig, PIT_BASE, PIT_VALUES),
+    "vitlm_swin": (VitlmSwinConfig, SWIN_BASE, SWIN_VALUES),
 }
 METHODS = (
     "constructor",
@@ -206,7 +228,9 @@ def random_case(rng, family):
     """(config class, base values, changes): changes of a dual encoder may be nested dicts for its towers."""
     count = rng.choice([1, 1, 2, 3])
     if family.startswith("dual"):
-        vision_family = {"dual_hybrid": "vitlm_hybrid", "dual_pit": "vitlm_pit"}.get(family, "vitlm_vit")
+        vision_family = {"dual_hybrid": "vitlm_hybrid", "dual_pit": "vitlm_pit", "dual_swin": "vitlm_swin"}.get(
+            family, "vitlm_vit"
+        )
         changes = random_changes(rng, DUAL_VALUES, rng.choice([0, 1, 2]))
         tower = rng.choice(["vision_config", "text_config", None])
         if tower == "vision_config":
@@ -316,13 +340,8 @@ def run_models(config, seed, train):
             pixel_values=pixels(config.vision_config, generator),
             return_loss=True,
         )
-        runs = [(model, inputs)]
-        # the detection head needs a [CLS] token (and says so); on a hierarchical tower's last stage it comes with the
-        # Swin half of issue 18 (modeling_detection.py reads the grid from the stem's stride)
-        if config.vision_config.use_cls_token and not isinstance(config.vision_config, VitlmPiTConfig):
-            runs.append(
-                (VitlmDualEncoderForObjectDetection(config), {k: inputs[k] for k in ("input_ids", "pixel_values")})
-            )
+        detector_inputs = {k: inputs[k] for k in ("input_ids", "pixel_values")}
+        runs = [(model, inputs), (VitlmDualEncoderForObjectDetection(config), detector_inputs)]
     elif isinstance(config, VitlmTextConfig):
         runs = [(VitlmTextModel(config), dict(input_ids=text_inputs(config, generator)))]
     elif isinstance(config, VitlmViTMAEConfig):
@@ -330,13 +349,11 @@ def run_models(config, seed, train):
         noise = torch.rand(2, grid[0] * grid[1], generator=generator)
         runs = [(VitlmViTForMaskedImageModeling(config), dict(pixel_values=pixels(config, generator), noise=noise))]
     else:
-        classifier_class = (
-            VitlmHybridForImageClassification
-            if isinstance(config, VitlmHybridConfig)
-            else VitlmPiTForImageClassification
-            if isinstance(config, VitlmPiTConfig)
-            else VitlmViTForImageClassification
-        )
+        classifier_class = {
+            VitlmHybridConfig: VitlmHybridForImageClassification,
+            VitlmPiTConfig: VitlmPiTForImageClassification,
+            VitlmSwinConfig: VitlmSwinForImageClassification,
+        }.get(type(config), VitlmViTForImageClassification)
         pixel_values = pixels(config, generator)
         labels = None
         if config.num_labels > 0:
@@ -359,8 +376,8 @@ def run_models(config, seed, train):
 
 def generate_cases():
     rng = random.Random(SEED)
-    families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid", "vitlm_pit"]
-    families.append("dual_pit")
+    families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
+    families += ["vitlm_pit", "dual_pit", "vitlm_swin", "dual_swin"]
     families.append("vitlm_vit_ssl")
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)

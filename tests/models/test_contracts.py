@@ -18,6 +18,8 @@ from vitlm import (
     VitlmPiTConfig,
     VitlmPiTForImageClassification,
     VitlmPiTModel,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmTextModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
@@ -58,6 +60,8 @@ CONFIGS = {
     VitlmDualEncoderForObjectDetection: lambda **kw: tiny_config("dual", **kw),
     VitlmPiTModel: lambda **kw: tiny_config("pit", **kw),
     VitlmPiTForImageClassification: lambda **kw: tiny_config("pit", num_labels=3, **kw),
+    VitlmSwinModel: lambda **kw: tiny_config("swin", **kw),
+    VitlmSwinForImageClassification: lambda **kw: tiny_config("swin", num_labels=3, **kw),
     DINOV2_MODEL: lambda **kw: tiny_config("dinov2", pooling="cls", **kw),
     DINOV2_CLASSIFIER: lambda **kw: tiny_config("dinov2", num_labels=3, **kw),
     BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
@@ -68,6 +72,7 @@ CLASSIFIERS = [
     VitlmHybridForImageClassification,
     VitlmDualEncoderForImageClassification,
     VitlmPiTForImageClassification,
+    VitlmSwinForImageClassification,
     DINOV2_CLASSIFIER,
 ]
 
@@ -251,17 +256,36 @@ def test_hidden_states_and_attentions(model_class, via):
             assert_pit_stages(tower_outputs, config)
             continue
         assert len(tower_outputs.hidden_states) == config.num_hidden_layers + 1
-        assert len(tower_outputs.attentions) == config.num_hidden_layers
-        tokens = tower_outputs.hidden_states[0].shape[1]
-        for hidden_states in tower_outputs.hidden_states:
-            assert hidden_states.shape == (2, tokens, config.hidden_size)
+        if hasattr(config, "depths"):  # a hierarchical (Swin) tower
+            hidden_shapes, attention_shapes = swin_output_shapes(config, 2)
+        else:
+            tokens = tower_outputs.hidden_states[0].shape[1]
+            hidden_shapes = [(2, tokens, config.hidden_size)] * (config.num_hidden_layers + 1)
+            attention_shapes = [(2, config.num_attention_heads, tokens, tokens)] * config.num_hidden_layers
+        assert [tuple(h.shape) for h in tower_outputs.hidden_states] == hidden_shapes
+        assert [tuple(a.shape) for a in tower_outputs.attentions] == attention_shapes
         for attentions in tower_outputs.attentions:
-            assert attentions.shape == (2, config.num_attention_heads, tokens, tokens)
-            torch.testing.assert_close(attentions.sum(-1), torch.ones(2, config.num_attention_heads, tokens))
+            torch.testing.assert_close(attentions.sum(-1), torch.ones(attentions.shape[:-1]))
     for tower_outputs, _ in towers(model, plain):
         assert tower_outputs.hidden_states is None and tower_outputs.attentions is None
     # asking for them changes no result
     assert_outputs_equal(per_sample_outputs(model, outputs), per_sample_outputs(model, plain), atol=1e-5)
+
+
+def swin_output_shapes(config, batch_size):
+    """Swin's hidden states (the stem's tokens, then each stage's) and attentions (every block's, per window) at
+    the configured resolution, from the config alone."""
+    height = width = config.image_size // config.patch_size
+    hidden_shapes = [(batch_size, height * width, config.embed_dim)]
+    attention_shapes = []
+    for stage, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        if stage:
+            height, width = (height + 1) // 2, (width + 1) // 2
+        window = min(config.window_size, height, width)
+        windows = -(-height // window) * -(-width // window)
+        hidden_shapes.append((batch_size, height * width, config.embed_dim * 2**stage))
+        attention_shapes += [(batch_size * windows, heads, window * window, window * window)] * depth
+    return hidden_shapes, attention_shapes
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda c: c.__name__)

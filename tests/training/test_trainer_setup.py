@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_clip_config, tiny_config
-from vitlm import VitlmDualEncoderModel, VitlmViTForImageClassification
+from vitlm import VitlmDualEncoderModel, VitlmPiTForImageClassification, VitlmViTForImageClassification
 from vitlm.clip_bpe import clip_tokenizer
 from vitlm.data.shapes import CATEGORIES, COLOURS, HELD_OUT, SHAPES, generate
 from vitlm.models import VitlmImageProcessor
@@ -14,7 +14,7 @@ from vitlm.training import (
     soft_target_cross_entropy,
     twin_contrastive_loss,
 )
-from vitlm.training.trainer import block_depth
+from vitlm.training.trainer import parameter_depths
 from vitlm.training.transforms import (
     EpochSeed,
     augmentation,
@@ -31,7 +31,8 @@ def test_layerwise_lr_decay_groups():
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert len(lr_of) == len(named)  # every parameter, once
-    depths = {name: block_depth(name, 2) for name in named}
+    depths, num_layers = parameter_depths(model)
+    assert num_layers == 2
     assert {depths[n] for n in named if "embed" in n or "cls_token" in n} == {0}
     assert {depths[n] for n in named if n.startswith("classifier")} == {3}
     assert sorted(set(depths.values())) == [0, 1, 2, 3]
@@ -206,3 +207,26 @@ def test_detection_training_queries_only_the_classes_with_boxes(tmp_path):
     assert trainer.train_data_collator.query_classes == present
     assert not {CATEGORIES.index(f"{c} {s}") for s, c in HELD_OUT} & set(present)  # never trained as negatives
     assert trainer.data_collator.num_queries == len(CATEGORIES)  # evaluation queries every class
+
+
+def test_layer_decay_counts_blocks_across_pit_stages():
+    """PiT's stages restart their block numbering; depths follow the blocks' order through the whole tower, and a
+    token pooling sits at the depth of the blocks before it."""
+    model = VitlmPiTForImageClassification(tiny_config("pit", num_labels=3, depths=[2, 1]))
+    depths, num_layers = parameter_depths(model)
+    assert num_layers == 3
+    assert depths["vit.embeddings.projection.weight"] == depths["vit.embeddings.cls_token"] == 0
+    assert depths["vit.stages.0.layers.1.mlp.fc1.weight"] == 2
+    assert depths["vit.stages.1.pooling.conv.weight"] == 2
+    assert depths["vit.stages.1.layers.0.mlp.fc1.weight"] == 3
+    assert depths["vit.layernorm.weight"] == depths["classifier.weight"] == 4
+
+
+def test_layer_decay_of_a_dual_encoder_follows_each_tower():
+    model = VitlmDualEncoderModel(tiny_clip_config())
+    depths, num_layers = parameter_depths(model)
+    assert num_layers == model.config.vision_config.num_hidden_layers
+    assert depths["vision_model.encoder.layers.0.mlp.fc1.weight"] == 1
+    assert depths["text_model.encoder.layers.1.mlp.fc1.weight"] == 2
+    assert depths["text_model.token_embedding.weight"] == 0
+    assert depths["visual_projection.weight"] == depths["logit_scale"] == num_layers + 1

@@ -1,4 +1,5 @@
-"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids, PiT) as vitlm models.
+"""timm's Vision Transformers (plain ViT, DeiT with distillation token, R26/R50 hybrids, PiT) and Swin
+Transformers as vitlm models.
 
 `timm:<name>[.<pretrained_tag>]` is built by `timm.create_model(..., pretrained=True)`, so timm's own download and
 checkpoint filtering produce the weights. The architecture is first translated on the meta device, so that a model
@@ -11,6 +12,13 @@ patch-projection bias, and the GELU / tanh-GELU / QuickGELU / SiLU activations. 
 `fc_norm`, other norms, blocks or backbones are refused with an `UnsupportedSourceError` naming them. timm's
 `PoolingVisionTransformer` (`pit_*`, distilled or not) becomes a `VitlmPiTModel`; the same block features are refused
 there.
+
+Swin (`swin_*`): the original architecture, one window size for every stage. timm shifts before padding a map the
+windows do not divide and picks windows per axis; vitlm pads first and picks by the shorter side, as the original
+Swin and transformers do: outputs are equal wherever neither applies (every map a multiple of the window, square
+inputs), which covers the published models at their resolutions. Refused: per-stage window sizes (`swin_s3_*`),
+`always_partition`, a head dimension other than width / heads, windows timm clamped below `window_size` at the
+resolution it was built for, and pooling other than the average.
 """
 
 import math
@@ -26,10 +34,15 @@ from ..models import (
     VitlmPiTConfig,
     VitlmPiTForImageClassification,
     VitlmPiTModel,
+    VitlmSwinConfig,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
+from ..models.configuration_vitlm import to_pair
+from ..models.modeling_swin import stage_windows
 from . import Converted, UnsupportedSourceError, check_checkpoint, uninitialized
 from .weights import Rule, Transform, load_weights, nest
 
@@ -40,6 +53,8 @@ MODEL_CLASSES = {  # (config class, has a classifier) -> vitlm model class
     (VitlmHybridConfig, False): VitlmHybridModel,
     (VitlmPiTConfig, True): VitlmPiTForImageClassification,
     (VitlmPiTConfig, False): VitlmPiTModel,
+    (VitlmSwinConfig, True): VitlmSwinForImageClassification,
+    (VitlmSwinConfig, False): VitlmSwinModel,
 }
 
 # weight tables: timm's names -> vitlm's (see `weights`)
@@ -84,6 +99,28 @@ PIT = [  # below the classifiers; `pit_rules` adds the class tokens'
     Rule("norm.", "layernorm."),
 ]
 
+SWIN = [  # below the classifier
+    Rule("patch_embed.proj.", "patch_embeddings.projection."),
+    Rule("patch_embed.norm.", "embedding_norm."),
+    Rule("layers.*.downsample.", "stages.*.downsample."),
+    Rule("layers.*.blocks.*.norm1.", "stages.*.blocks.*.layer_norm1."),
+    Rule("layers.*.blocks.*.norm2.", "stages.*.blocks.*.layer_norm2."),
+    Rule(
+        "layers.*.blocks.*.attn.relative_position_bias_table",
+        "stages.*.blocks.*.relative_position_bias.relative_position_bias_table",
+    ),
+    Rule("layers.*.blocks.*.attn.", "stages.*.blocks.*.attention."),
+    Rule("layers.*.blocks.*.mlp.", "stages.*.blocks.*.mlp."),
+    Rule("norm.", "layernorm."),
+]
+SWIN_CLASSIFIER = [Rule("head.fc.", "classifier."), *nest(SWIN, "", "swin.")]
+WEIGHT_TABLES = {  # config class -> config -> (base model's table, classifier's table)
+    VitlmViTConfig: lambda config: (TRANSFORMER, CLASSIFIER),
+    VitlmHybridConfig: lambda config: (TRANSFORMER, CLASSIFIER),
+    VitlmPiTConfig: lambda config: pit_tables(config),
+    VitlmSwinConfig: lambda config: (SWIN, SWIN_CLASSIFIER),
+}
+
 # timm's interpolation names -> PIL filters (torchvision resizes PIL images with these)
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -119,27 +156,26 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    if isinstance(config, VitlmPiTConfig):
-        rules = pit_rules(config)
-    else:
-        rules = TRANSFORMER
-    rules = [*HEADS, *nest(rules, "", "vit.")] if has_classifier else rules
+    rules = WEIGHT_TABLES[type(config)](config)[has_classifier]
     return load_weights(model, timm_model.state_dict(), rules, source)
 
 
-def pit_rules(config: VitlmPiTConfig) -> list[Rule]:
-    """The PiT table, with the class tokens' rule: one (1, tokens, width) parameter split into vitlm's tokens."""
+def pit_tables(config: VitlmPiTConfig) -> tuple[list[Rule], list[Rule]]:
+    """The PiT tables, with the class tokens' rule: one (1, tokens, width) parameter split into vitlm's tokens."""
     tokens = "embeddings.cls_token"
     if config.use_distillation_token:
         tokens = (tokens, "embeddings.distillation_token")
-    return [Rule("cls_token", tokens, TOKENS_FIRST), *PIT]
+    rules = [Rule("cls_token", tokens, TOKENS_FIRST), *PIT]
+    return rules, [*HEADS, *nest(rules, "", "vit.")]
 
 
-def vitlm_config(model, source: str) -> VitlmViTConfig:
+def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
     """The vitlm config of a timm model (meta-device models work), or UnsupportedSourceError naming every feature
     vitlm cannot reproduce exactly."""
     if type(model).__name__ == "PoolingVisionTransformer":
         return pit_config(model, source)
+    if type(model).__name__ == "SwinTransformer":
+        return swin_config(model, source)
     problems = unsupported_features(model)
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
@@ -286,6 +322,88 @@ def pit_unsupported_features(model) -> list[str]:
     if len({norm.eps for norm in norms if isinstance(norm, nn.LayerNorm)}) > 1:
         problems.append("LayerNorms with different eps")
     return list(dict.fromkeys(problems))
+
+
+def swin_config(model, source: str) -> VitlmSwinConfig:
+    """The config of timm's `SwinTransformer`, checked block by block against what vitlm computes from it."""
+    from timm.layers import Mlp, PatchEmbed
+    from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, WindowAttention
+
+    problems = []
+    stages = list(model.layers)
+    blocks = [block for stage in stages for block in stage.blocks]
+    if type(model.patch_embed) is not PatchEmbed or not isinstance(model.patch_embed.norm, nn.LayerNorm):
+        problems.append("a patch embedding other than a conv followed by a LayerNorm")
+    else:
+        problems += patch_projection_problems(model.patch_embed.proj)
+    if model.global_pool != "avg":
+        problems.append(f"global_pool={model.global_pool!r} (vitlm averages the final tokens)")
+    if any(type(block) is not SwinTransformerBlock for block in blocks):
+        problems.append("blocks other than SwinTransformerBlock")
+    elif any(type(block.attn) is not WindowAttention or type(block.mlp) is not Mlp for block in blocks):
+        problems.append("attention or MLP other than WindowAttention and Mlp")
+    elif any(block.always_partition for block in blocks):
+        problems.append("always_partition=True")
+    elif any(block.attn.qkv.out_features != 3 * block.dim for block in blocks):
+        problems.append("a head dimension other than width / heads (head_dim)")
+    elif len({block.attn.window_size for block in blocks}) > 1:
+        problems.append(
+            f"window sizes that differ between blocks ({sorted({block.attn.window_size for block in blocks})}): "
+            "per-stage windows, or windows timm clamped to a small feature map at the resolution it was built for"
+        )
+    for stage in stages[1:]:
+        if type(stage.downsample) is not PatchMerging:
+            problems.append("downsampling other than patch merging")
+    norms = [model.norm, model.patch_embed.norm, *(m for b in blocks for m in (b.norm1, b.norm2))]
+    norms += [stage.downsample.norm for stage in stages[1:] if type(stage.downsample) is PatchMerging]
+    if any(not isinstance(norm, nn.LayerNorm) or norm.bias is None for norm in norms):
+        problems.append("norms other than affine LayerNorm")
+    elif len({norm.eps for norm in norms}) > 1:
+        problems.append("LayerNorms with different eps")
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(dict.fromkeys(problems)))
+
+    first = blocks[0]
+    height, width = model.patch_embed.img_size
+    activations = {activation_name(block.mlp.act) for block in blocks}
+    kwargs = dict(
+        image_size=height if height == width else [height, width],
+        patch_size=model.patch_embed.proj.kernel_size[0],
+        num_channels=model.in_chans,
+        embed_dim=model.embed_dim,
+        depths=[len(stage.blocks) for stage in stages],
+        num_heads=[stage.blocks[0].attn.num_heads for stage in stages],
+        window_size=first.attn.window_size[0]
+        if len(set(first.attn.window_size)) == 1
+        else list(first.attn.window_size),
+        mlp_ratio=first.mlp.fc1.out_features / first.dim,
+        qkv_bias=first.attn.qkv.bias is not None,
+        hidden_act=activations.pop() if len(activations) == 1 else None,
+        layer_norm_eps=first.norm1.eps,
+    )
+    if kwargs["hidden_act"] is None:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent activations other than one GELU variant")
+    kwargs.update(classifier_fields(model))
+    try:
+        config = VitlmSwinConfig(**kwargs)
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    if any(int(block.dim * config.mlp_ratio) != block.mlp.fc1.out_features for block in blocks):
+        raise UnsupportedSourceError(
+            f"{source}: vitlm cannot represent MLP widths that are not one ratio of the width"
+        )
+    # the windows and shifts vitlm picks at timm's resolution must be timm's (they differ for non-square maps)
+    for index, (stage, grid) in enumerate(zip(stages, config.stage_grids(height, width))):
+        window, shift = stage_windows(*grid, to_pair(config.window_size))
+        for number, block in enumerate(stage.blocks):
+            expected = (window, shift if number % 2 else (0, 0))
+            if (tuple(block.window_size), tuple(block.shift_size)) != expected:
+                raise UnsupportedSourceError(
+                    f"{source}: stage {index} uses windows {tuple(block.window_size)} shifted by "
+                    f"{tuple(block.shift_size)} where vitlm (as the original Swin) uses {expected[0]} shifted by "
+                    f"{expected[1]} (a non-square feature map?)"
+                )
+    return config
 
 
 def is_hybrid(model) -> bool:

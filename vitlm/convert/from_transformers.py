@@ -1,4 +1,4 @@
-"""transformers -> vitlm: CLIP and ViT models as transformers itself builds them.
+"""transformers -> vitlm: CLIP, ViT and Swin models as transformers itself builds them.
 
 A spec is what follows `hf:` in a source: a Hub repo id (`openai/clip-vit-base-patch32`) or a local folder.
 transformers' own `from_pretrained` reads the weights (safetensors only) and its Auto classes the processor, so legacy
@@ -38,6 +38,12 @@ Converted exactly:
   computes them: a model converts only when both tables are that formula's, with zeros for [CLS]. At other resolutions
   (`interpolate_pos_encoding=True`) vitlm evaluates the formula at stretched positions where transformers resizes its
   stored tables (the decoder's along the flattened sequence), so outputs there differ.
+- `SwinModel` / `SwinForImageClassification` -> `VitlmSwinModel` / `VitlmSwinForImageClassification`, labels kept;
+  `last_hidden_state`, `pooler_output` and logits equal transformers'. transformers pads images whose sides are not
+  multiples of the patch size, vitlm refuses them; transformers' hidden states are taken after each stage's patch
+  merging, vitlm's before it (each stage's own feature map). transformers clamps a stage's window to a small map for
+  good (a later, larger input keeps the clamped window and no shift); vitlm decides per input, as a freshly built
+  transformers model does. Absolute position embeddings (`use_absolute_embeddings`) are refused.
 - The image processor (`CLIPImageProcessor`, `ViTImageProcessor`) -> `VitlmImageProcessor`, equal to transformers'
   PIL backend; its default torchvision backend resamples uint8 tensors instead of PIL images, which moves some
   values (a sixth on smooth test images) by one or two levels out of 255, up to four when shrinking pixel noise.
@@ -62,6 +68,9 @@ from ..models import (
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmImageProcessor,
+    VitlmSwinConfig,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTForImageClassification,
@@ -85,6 +94,8 @@ ARCHITECTURES = {
     "Dinov2ForImageClassification": "dinov2",
     "Dinov2WithRegistersModel": "dinov2_with_registers",
     "Dinov2WithRegistersForImageClassification": "dinov2_with_registers",
+    "SwinModel": "swin",
+    "SwinForImageClassification": "swin",
 }
 DEFAULT_ARCHITECTURES = {
     "clip": "CLIPModel",
@@ -94,6 +105,7 @@ DEFAULT_ARCHITECTURES = {
     "vit_mae": "ViTMAEForPreTraining",
     "dinov2": "Dinov2Model",
     "dinov2_with_registers": "Dinov2WithRegistersModel",
+    "swin": "SwinModel",
 }
 # model types refused whatever the architecture, with the reason
 UNSUPPORTED_MODEL_TYPES = {
@@ -198,6 +210,37 @@ VIT_MAE = [
 ]
 
 
+def swin_rules(num_stages: int) -> list[Rule]:
+    """transformers' `SwinModel` names -> vitlm's: transformers merges patches at the end of a stage, vitlm at the
+    start of the next one."""
+    return [
+        Rule("embeddings.patch_embeddings.projection.", "patch_embeddings.projection."),
+        Rule("embeddings.norm.", "embedding_norm."),
+        Rule(
+            (
+                "encoder.layers.*.blocks.*.attention.q_proj.",
+                "encoder.layers.*.blocks.*.attention.k_proj.",
+                "encoder.layers.*.blocks.*.attention.v_proj.",
+            ),
+            "stages.*.blocks.*.attention.qkv.",
+        ),
+        Rule("encoder.layers.*.blocks.*.attention.o_proj.", "stages.*.blocks.*.attention.proj."),
+        Rule(
+            "encoder.layers.*.blocks.*.attention.relative_position_bias.relative_position_bias_table",
+            "stages.*.blocks.*.relative_position_bias.relative_position_bias_table",
+        ),
+        Rule("encoder.layers.*.blocks.*.layernorm_before.", "stages.*.blocks.*.layer_norm1."),
+        Rule("encoder.layers.*.blocks.*.layernorm_after.", "stages.*.blocks.*.layer_norm2."),
+        Rule("encoder.layers.*.blocks.*.mlp.", "stages.*.blocks.*.mlp."),
+        *(Rule(f"encoder.layers.{i}.downsample.", f"stages.{i + 1}.downsample.") for i in range(num_stages - 1)),
+        Rule("layernorm.", "layernorm."),
+    ]
+
+
+def swin_classifier_rules(num_stages: int) -> list[Rule]:
+    return [*nest(swin_rules(num_stages), "swin.", "swin."), Rule("classifier.", "classifier.")]
+
+
 def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> Converted:
     """Load `spec` (a Hub repo id or a local folder) with transformers and convert it."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
@@ -226,6 +269,8 @@ def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool =
         return Converted(convert_vit_mae(load_source_model(architecture, spec, source), source), image_processor)
     if architecture.startswith("Dinov2"):
         return Converted(convert_dinov2(load_source_model(architecture, spec, source), source), image_processor)
+    if architecture.startswith("Swin"):
+        return Converted(convert_swin(load_source_model(architecture, spec, source), source), image_processor)
     return Converted(convert_vit(load_source_model(architecture, spec, source), source), image_processor)
 
 
@@ -391,6 +436,48 @@ def convert_dinov2(model, source: str = "transformers DINOv2") -> VitlmViTModel 
         rules = [*nest(rules, model.base_model_prefix + ".", "vit."), Rule("classifier.", "classifier.")]
     vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, vitlm_config)
     return load_weights(vitlm_model, model.state_dict(), rules, source)
+
+
+def convert_swin(model, source: str = "transformers Swin") -> VitlmSwinModel | VitlmSwinForImageClassification:
+    """A transformers `SwinModel` or `SwinForImageClassification` as its vitlm counterpart."""
+    classifier = type(model).__name__ == "SwinForImageClassification"
+    config = swin_config(model.config, source)
+    vitlm_model = uninitialized(VitlmSwinForImageClassification if classifier else VitlmSwinModel, config)
+    rules = (swin_classifier_rules if classifier else swin_rules)(len(config.depths))
+    return load_weights(vitlm_model, model.state_dict(), rules, source)
+
+
+def swin_config(config, source: str) -> VitlmSwinConfig:
+    if config.use_absolute_embeddings:
+        raise UnsupportedSourceError(f"{source}: absolute position embeddings (use_absolute_embeddings=True)")
+    patch_size = config.patch_size if isinstance(config.patch_size, int) else list(config.patch_size)
+    if not isinstance(patch_size, int):
+        if len(set(patch_size)) != 1:
+            raise UnsupportedSourceError(f"{source}: non-square patches {patch_size}")
+        patch_size = patch_size[0]
+    try:
+        return VitlmSwinConfig(
+            image_size=config.image_size if isinstance(config.image_size, int) else list(config.image_size),
+            patch_size=patch_size,
+            num_channels=config.num_channels,
+            embed_dim=config.embed_dim,
+            depths=list(config.depths),
+            num_heads=list(config.num_heads),
+            window_size=config.window_size,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+            hidden_dropout_prob=config.hidden_dropout_prob,
+            attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+            drop_path_rate=config.drop_path_rate,
+            initializer_range=config.initializer_range,
+            id2label=config.id2label,
+            label2id=config.label2id,
+            problem_type=config.problem_type,
+        )
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
 
 
 def clip_vision_config(config, source: str) -> VitlmViTConfig:

@@ -1,5 +1,6 @@
 """vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`, ViTs with
-layer scale (DINOv2) as `Dinov2Model` / `Dinov2ForImageClassification` (`Dinov2WithRegisters*` with registers).
+layer scale (DINOv2) as `Dinov2Model` / `Dinov2ForImageClassification` (`Dinov2WithRegisters*` with registers),
+Swins as `SwinModel` / `SwinForImageClassification`.
 
 The weight tables are `from_transformers`' read backwards, so a transformers model converted to vitlm and back has its
 original state dict. Whatever transformers' classes cannot represent is refused with `UnsupportedSourceError`, naming
@@ -8,7 +9,9 @@ stochastic depth, a sigmoid loss with its logit bias; for CLIP also a missing `p
 without qkv bias, a pre-logits layer, hidden dropout, non-square images and an end-of-text id of 2 (which transformers
 reads as its legacy argmax pooling); for `ViTModel` a `pre_norm` or a patch projection without bias, and no pre-logits
 layer (transformers' `ViTModel` always has its dense + tanh pooler); for `ViTForImageClassification` a pre-logits
-layer (its classifier reads the [CLS] state). Layer scale, register tokens, a SwiGLU MLP, a LayerNorm after pooling,
+layer (its classifier reads the [CLS] state); for Swin non-square windows. transformers' Swin applies stochastic depth
+(`drop_path_rate`, kept) to the attention branch only, vitlm's to both branches: training differs, inference not.
+Layer scale, register tokens, a SwiGLU MLP, a LayerNorm after pooling,
 antialiased position resizing and a position table without the [CLS] row are refused for CLIP and ViT; DINOv2 takes
 layer scale, registers (with antialiased resizing, as transformers' registers model does) and SwiGLU (with `silu` and
 transformers' width rule), and pools [CLS] (its classifier [CLS] and the patches' mean, `pooling="cls_mean"`). The
@@ -39,6 +42,9 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
     Dinov2WithRegistersModel,
+    SwinConfig,
+    SwinForImageClassification,
+    SwinModel,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -50,17 +56,34 @@ from ..models import (
     VitlmDualEncoderConfig,
     VitlmDualEncoderModel,
     VitlmImageProcessor,
+    VitlmSwinConfig,
+    VitlmSwinForImageClassification,
+    VitlmSwinModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
-from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER, dinov2_rules
+from .from_transformers import (
+    CLIP,
+    LEGACY_CLIP_EOS_ID,
+    VIT,
+    VIT_CLASSIFIER,
+    dinov2_rules,
+    swin_classifier_rules,
+    swin_rules,
+)
 from .weights import Rule, load_weights, nest, reverse
 
 logger = logging.get_logger(__name__)
-EXPORTABLE = (VitlmDualEncoderModel, VitlmViTModel, VitlmViTForImageClassification)
+EXPORTABLE = (
+    VitlmDualEncoderModel,
+    VitlmViTModel,
+    VitlmViTForImageClassification,
+    VitlmSwinModel,
+    VitlmSwinForImageClassification,
+)
 TO_CLIP, TO_VIT, TO_VIT_CLASSIFIER = reverse(CLIP), reverse(VIT), reverse(VIT_CLASSIFIER)
 
 
@@ -157,6 +180,44 @@ def to_dinov2_model(model: VitlmViTModel | VitlmViTForImageClassification):
     if classifier:
         rules = [*nest(rules, "vit.", dinov2.base_model_prefix + "."), Rule("classifier.", "classifier.")]
     return load_weights(dinov2, state, rules, target).to(model.dtype)
+
+
+def to_swin_model(
+    model: VitlmSwinModel | VitlmSwinForImageClassification,
+) -> SwinModel | SwinForImageClassification:
+    """A vitlm Swin as transformers' `SwinModel`, or a classifier as `SwinForImageClassification`."""
+    config = model.config
+    classifier = isinstance(model, VitlmSwinForImageClassification)
+    target = "SwinForImageClassification" if classifier else "SwinModel"
+    if not isinstance(config.window_size, int):
+        refuse_if([f"non-square windows {config.window_size}"], target)
+    rules = (swin_classifier_rules if classifier else swin_rules)(len(config.depths))
+    swin_model = uninitialized(SwinForImageClassification if classifier else SwinModel, swin_config(config))
+    return load_weights(swin_model, model.state_dict(), reverse(rules), target).to(model.dtype)
+
+
+def swin_config(config: VitlmSwinConfig) -> SwinConfig:
+    names = (
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "mlp_ratio",
+        "qkv_bias",
+        "hidden_act",
+        "layer_norm_eps",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "drop_path_rate",
+        "initializer_range",
+        "id2label",
+        "label2id",
+        "problem_type",
+    )
+    return SwinConfig(**{name: getattr(config, name) for name in names})
 
 
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
@@ -344,13 +405,20 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
     if processor is None:
         raise ValueError("pass the model's `processor` to export it with the model")
     if not isinstance(model_or_folder, EXPORTABLE):
-        raise UnsupportedSourceError(f"a {type(model_or_folder).__name__}: only vitlm dual encoders and ViTs export")
+        raise UnsupportedSourceError(
+            f"a {type(model_or_folder).__name__}: only vitlm dual encoders, ViTs and Swins export"
+        )
     if isinstance(model_or_folder, VitlmDualEncoderModel):
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
     else:
-        image_processor = getattr(processor, "image_processor", processor)
-        to_model = to_dinov2_model if getattr(model_or_folder.config, "layerscale_value", None) else to_vit_model
-        converted = Converted(to_model(model_or_folder), to_image_processor(image_processor, ViTImageProcessor))
+        image_processor = to_image_processor(getattr(processor, "image_processor", processor), ViTImageProcessor)
+        if isinstance(model_or_folder, (VitlmSwinModel, VitlmSwinForImageClassification)):
+            to_model = to_swin_model
+        elif getattr(model_or_folder.config, "layerscale_value", None):
+            to_model = to_dinov2_model
+        else:
+            to_model = to_vit_model
+        converted = Converted(to_model(model_or_folder), image_processor)
     return save(converted, out_dir, overwrite=overwrite)
 
 
@@ -367,7 +435,7 @@ def load_folder(folder, processor=None):
     if model_class is None or not architectures[0].startswith("Vitlm"):
         raise UnsupportedSourceError(f"{folder} holds a {architectures[0] or 'model of no architecture'}, not vitlm's")
     if not issubclass(model_class, EXPORTABLE):  # refused before loading weights and processor
-        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders and ViTs export")
+        raise UnsupportedSourceError(f"a {model_class.__name__}: only vitlm dual encoders, ViTs and Swins export")
     model = model_class.from_pretrained(folder)
     if processor is None:
         auto_class = AutoProcessor if isinstance(model, VitlmDualEncoderModel) else AutoImageProcessor
@@ -380,6 +448,7 @@ __all__ = [
     "to_clip_model",
     "to_vit_model",
     "to_dinov2_model",
+    "to_swin_model",
     "to_clip_processor",
     "to_image_processor",
     "to_clip_tokenizer",

@@ -8,6 +8,7 @@ from .configuration_vitlm import (
     VitlmDualEncoderConfig,
     VitlmHybridConfig,
     VitlmPiTConfig,
+    VitlmSwinConfig,
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTMAEConfig,
@@ -18,6 +19,7 @@ from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, Vitlm
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
 from .modeling_pit import VitlmPiTForImageClassification, VitlmPiTModel
+from .modeling_swin import VitlmSwinForImageClassification, VitlmSwinModel
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
@@ -34,6 +36,9 @@ __all__ = [
     "VitlmViTForMaskedImageModeling",
     "VitlmHybridModel",
     "VitlmHybridForImageClassification",
+    "VitlmSwinConfig",
+    "VitlmSwinModel",
+    "VitlmSwinForImageClassification",
     "VitlmTextModel",
     "VitlmDualEncoderModel",
     "VitlmDualEncoderForImageClassification",

@@ -1,8 +1,8 @@
-"""Configurations of the three vitlm model families: ViT, hybrid CNN+ViT, and CLIP-style dual encoders, and of the
+"""Configurations of the vitlm model families: ViT, hybrid CNN+ViT, Swin, and CLIP-style dual encoders, and of the
 ViT's masked-image-modeling (MAE) head, whose fields no other config carries.
 
 All configs live in one file so that a dual encoder saved with remote code can rebuild its vision tower's
-config (ViT or hybrid) from `model_type` alone, without vitlm's Auto-class registrations.
+config (ViT, hybrid or Swin) from `model_type` alone, without vitlm's Auto-class registrations.
 
 A vitlm config is valid at all times, however it is built or changed: the constructor, `from_dict`,
 `from_pretrained(path, **kwargs)`, `AutoConfig.from_pretrained(..., key=value)`, `update`, `update_from_string` and
@@ -214,11 +214,17 @@ FIELD_RULES = {
             "backbone_num_groups",
             "max_position_embeddings",
             "projection_dim",
+            "embed_dim",
         ),
         _positive,
     ),
     "image_size": _size,
-    "backbone_depths": _depths,
+    "window_size": _size,
+    # hierarchical towers (Swin, PiT) give one entry per stage
+    **dict.fromkeys(("backbone_depths", "depths", "hidden_sizes", "num_heads"), _depths),
+    "stride": _positive,
+    # MLP width over the block's: published models use 4; far above, the MLP's size overflows before it is built
+    "mlp_ratio": _real_in(0.0, 64.0, low_open=True, high_open=False),
     "representation_size": _int_at_least(1, optional=True),
     "vocab_size": _int_at_least(2),  # at least the start- and end-of-text tokens
     # 0: no classifier, features only (transformers' convention); setting it builds an `id2label` entry per class,
@@ -268,11 +274,6 @@ FIELD_RULES = {
     "label2id": _label2id,
     "vision_config": _vision_config,
     "text_config": _text_config,
-    # hierarchical towers (PiT): one entry per stage
-    **dict.fromkeys(("depths", "hidden_sizes", "num_heads"), _depths),
-    "stride": _positive,
-    # the MLP's width over the block's; 64 is far above any published model's (4)
-    "mlp_ratio": _real_in(0.0, 64.0, low_open=True, high_open=False),
 }
 
 
@@ -518,6 +519,10 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
     def grid_size(self) -> tuple[int, int]:
         """Patch grid at the configured resolution."""
         height, width = to_pair(self.image_size)
+        return height // self.stem_stride, width // self.stem_stride
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The patch tokens' grid for a `height` x `width` input."""
         return height // self.stem_stride, width // self.stem_stride
 
     def check_values(self):
@@ -877,6 +882,13 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
         """The patch embedding's grid at the configured resolution."""
         return tuple((side - self.patch_size) // self.stride + 1 for side in to_pair(self.image_size))
 
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The last stage's patch grid for a `height` x `width` input: each token pooling halves it, rounding up."""
+        grid = [(side - self.patch_size) // self.stride + 1 for side in (height, width)]
+        for _ in self.depths[1:]:
+            grid = [-(-side // 2) for side in grid]
+        return tuple(grid)
+
     def check_values(self):
         lengths = {name: len(getattr(self, name)) for name in ("depths", "hidden_sizes", "num_heads")}
         if len(set(lengths.values())) > 1:
@@ -970,7 +982,135 @@ class VitlmTextConfig(VitlmConfigMixin, PretrainedConfig):
                 raise ValueError(f"`{name}` ({token_id}) must be a token id below `vocab_size` ({self.vocab_size})")
 
 
-VISION_CONFIG_CLASSES = {config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig, VitlmPiTConfig)}
+class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
+    r"""
+    Configuration of a Swin Transformer: a patch stem with LayerNorm, then stages of pre-LN blocks attending within
+    (alternately shifted) windows with a learned relative position bias, each stage after the first starting with a
+    patch merging that halves the resolution and doubles the width; a final LayerNorm and mean pooling. Field names
+    are those of transformers' `SwinConfig`.
+
+    Args:
+        image_size (`int` or `(int, int)`): resolution the model is built for; any multiple of `patch_size` runs.
+        patch_size (`int`): side of the square patches cut by the stem.
+        num_channels (`int`): input channels.
+        embed_dim (`int`): width of the first stage; stage `i` is `embed_dim * 2**i` wide.
+        depths (`list[int]`): blocks per stage.
+        num_heads (`list[int]`): attention heads per stage.
+        window_size (`int` or `(int, int)`): side of the attention windows (and of the relative position bias
+            table). On a feature map no larger than the window, a stage attends over the whole map without shift.
+        mlp_ratio (`float`): MLP width over the block's width.
+        qkv_bias (`bool`): bias on the fused query/key/value projection.
+        hidden_act (`str`): MLP activation, a key of transformers' `ACT2FN`.
+        layer_norm_eps (`float`): epsilon of every LayerNorm.
+        hidden_dropout_prob, attention_probs_dropout_prob (`float`): dropout rates.
+        drop_path_rate (`float`): stochastic depth rate, increased linearly from 0 over all blocks.
+        initializer_range (`float`): std of the truncated-normal initialisation.
+
+    `hidden_size` (the final stage's width) and `num_hidden_layers` (the number of stages, one hidden state each)
+    are derived, as in transformers' `SwinConfig`.
+    """
+
+    model_type = "vitlm_swin"
+
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=4,
+        num_channels=3,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.embed_dim = embed_dim
+        self.depths = depths
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
+        super().__init__(**kwargs)
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.embed_dim * 2**index for index in range(len(self.depths))]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.widths[-1]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return len(self.depths)
+
+    @property
+    def num_attention_heads(self) -> list[int]:
+        """Heads per stage (transformers' `SwinConfig` maps the name to `num_heads` too)."""
+        return list(self.num_heads)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    @property
+    def stem_stride(self) -> int:
+        return self.patch_size
+
+    def stage_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Each stage's feature map for a `height` x `width` input: patch merging halves it, rounding up."""
+        grids = [(height // self.patch_size, width // self.patch_size)]
+        for _ in self.depths[1:]:
+            grids.append((-(-grids[-1][0] // 2), -(-grids[-1][1] // 2)))
+        return grids
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The last stage's token grid for a `height` x `width` input."""
+        return self.stage_grids(height, width)[-1]
+
+    def check_values(self):
+        if len(self.num_heads) != len(self.depths):
+            raise ValueError(
+                f"`num_heads` ({self.num_heads}) must give the heads of each of the {len(self.depths)} stages of "
+                f"`depths` ({self.depths})"
+            )
+        for width, heads in zip(self.widths, self.num_heads):
+            if width % heads:
+                raise ValueError(
+                    f"each stage's width (`embed_dim` * 2**stage: {self.widths}) must be divisible by its `num_heads` "
+                    f"({self.num_heads})"
+                )
+        for side in to_pair(self.image_size):
+            if side % self.patch_size:
+                raise ValueError(
+                    f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})"
+                )
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(
+                f"`mlp_ratio` ({self.mlp_ratio}) leaves the first stage's MLP ({self.embed_dim} wide) no unit"
+            )
+
+
+VISION_CONFIG_CLASSES = {
+    config.model_type: config for config in (VitlmViTConfig, VitlmHybridConfig, VitlmPiTConfig, VitlmSwinConfig)
+}
 
 
 def vision_config_from(value) -> VitlmViTConfig:
@@ -980,7 +1120,7 @@ def vision_config_from(value) -> VitlmViTConfig:
     if value is None:
         return VitlmViTConfig()
     if not isinstance(value, dict):
-        raise ValueError(f"`vision_config` must be a dict or a ViT/hybrid config, got {type(value).__name__}")
+        raise ValueError(f"`vision_config` must be a dict or a ViT, hybrid or Swin config, got {type(value).__name__}")
     value = without_masked_image_modeling_fields(value)
     model_type = value.get("model_type", VitlmViTConfig.model_type)
     if model_type not in VISION_CONFIG_CLASSES:
@@ -995,12 +1135,12 @@ def vision_config_from(value) -> VitlmViTConfig:
 
 class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
     r"""
-    Configuration of a CLIP-style dual encoder: a vision tower (ViT or hybrid), a text tower, linear projections
-    into a shared embedding space, and a learnable temperature.
+    Configuration of a CLIP-style dual encoder: a vision tower (ViT, hybrid or Swin), a text tower, linear
+    projections into a shared embedding space, and a learnable temperature.
 
     Args:
-        vision_config (`dict` or [`VitlmViTConfig`] / [`VitlmHybridConfig`]): the image tower; a dict's
-            `model_type` picks the family.
+        vision_config (`dict` or [`VitlmViTConfig`] / [`VitlmHybridConfig`] / [`VitlmSwinConfig`]): the image
+            tower; a dict's `model_type` picks the family.
         text_config (`dict` or [`VitlmTextConfig`]): the text tower.
         projection_dim (`int`): size of the shared embedding space.
         logit_scale_init_value (`float`): initial log of the temperature's inverse (log(1/0.07) for CLIP, log(10)
@@ -1055,7 +1195,8 @@ __all__ = [
     "VitlmViTConfig",
     "VitlmViTMAEConfig",
     "VitlmHybridConfig",
+    "VitlmPiTConfig",
+    "VitlmSwinConfig",
     "VitlmTextConfig",
     "VitlmDualEncoderConfig",
-    "VitlmPiTConfig",
 ]

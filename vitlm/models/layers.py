@@ -43,18 +43,23 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
 
 
 class VitlmAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, dispatched through transformers' attention interface."""
+    """Multi-head self-attention with a fused qkv projection, dispatched through transformers' attention interface.
 
-    def __init__(self, config, is_causal: bool = False):
+    `width` and `num_heads` default to the config's `hidden_size` and `num_attention_heads`; hierarchical towers
+    (Swin) pass each stage's own. An additive `attention_mask` (a relative position bias, a shifted-window mask)
+    reaches every back-end the same way."""
+
+    def __init__(self, config, is_causal: bool = False, width: int | None = None, num_heads: int | None = None):
         super().__init__()
+        width = width or config.hidden_size
         self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_heads = num_heads or config.num_attention_heads
+        self.head_dim = width // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = is_causal
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = nn.Linear(width, 3 * width, bias=config.qkv_bias)
+        self.proj = nn.Linear(width, width)
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
@@ -93,14 +98,16 @@ class VitlmAttention(nn.Module):
 
 class VitlmMLP(nn.Module):
     """fc2(act(fc1(x))), or with `config.mlp_type == "swiglu"` the gated unit of DINOv2-giant: fc1 makes a gate and a
-    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT) are plain."""
+    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT, Swin) are plain.
+    Its shape is the config's unless `width` and `intermediate_size` say otherwise (a hierarchical tower's stage)."""
 
-    def __init__(self, config):
+    def __init__(self, config, width: int | None = None, intermediate_size: int | None = None):
         super().__init__()
+        width, intermediate_size = width or config.hidden_size, intermediate_size or config.intermediate_size
         self.gated = getattr(config, "mlp_type", "mlp") == "swiglu"
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size * (2 if self.gated else 1))
+        self.fc1 = nn.Linear(width, intermediate_size * (2 if self.gated else 1))
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(intermediate_size, width)
 
     def forward(self, hidden_states):
         hidden_states = self.fc1(hidden_states)
@@ -143,23 +150,29 @@ class VitlmDropPath(nn.Module):
 
 class VitlmBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)); with `config.layerscale_value` each branch is
-    scaled per channel first."""
+    scaled per channel first. Its shape is the config's unless `width`, `num_heads` and `intermediate_size` say
+    otherwise (a stage of a hierarchical tower)."""
 
-    def __init__(self, config, drop_path_rate: float = 0.0, is_causal: bool = False):
+    def __init__(
+        self,
+        config,
+        drop_path_rate: float = 0.0,
+        is_causal: bool = False,
+        width: int | None = None,
+        num_heads: int | None = None,
+        intermediate_size: int | None = None,
+    ):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = VitlmAttention(config, is_causal)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = VitlmMLP(config)
+        width = width or config.hidden_size
+        self.layer_norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention = VitlmAttention(config, is_causal, width, num_heads)
+        self.layer_norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = VitlmMLP(config, width, intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
-        layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; text and PiT towers have none
-        self.layer_scale1 = (
-            VitlmLayerScale(config.hidden_size, layerscale_value) if layerscale_value else nn.Identity()
-        )
-        self.layer_scale2 = (
-            VitlmLayerScale(config.hidden_size, layerscale_value) if layerscale_value else nn.Identity()
-        )
+        layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; other towers have none
+        self.layer_scale1 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
+        self.layer_scale2 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
@@ -193,22 +206,160 @@ class VitlmEncoder(nn.Module):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
+class VitlmRelativePositionBias(nn.Module):
+    """A learned relative position bias (Swin, BEiT): one value per head for every (dy, dx) offset between two tokens
+    of a `window_size` window, returned as the (heads, tokens, tokens) additive attention mask it contributes.
+
+    With `num_prefix_tokens` (BEiT's [CLS]), three more entries hold the bias from a prefix token to the patches,
+    from the patches to a prefix token, and between prefix tokens; the prefix tokens come first in the sequence. A
+    window smaller than the table's (Swin's window clamped to a small feature map) reads the offsets it spans."""
+
+    def __init__(self, window_size, num_heads: int, num_prefix_tokens: int = 0):
+        super().__init__()
+        self.window_size = to_pair(window_size)
+        self.num_prefix_tokens = num_prefix_tokens
+        height, width = self.window_size
+        num_offsets = (2 * height - 1) * (2 * width - 1)
+        extra = 3 if num_prefix_tokens else 0
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_offsets + extra, num_heads))
+
+    def index(self, window_size, device) -> torch.Tensor:
+        """(tokens, tokens) rows of the table: Swin's and BEiT's `relative_position_index` for `window_size`."""
+        height, width = window_size
+        ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+        coords = torch.stack([ys.flatten(), xs.flatten()])
+        offsets = coords[:, :, None] - coords[:, None, :]
+        index = (offsets[0] + self.window_size[0] - 1) * (2 * self.window_size[1] - 1) + offsets[1]
+        index = index + self.window_size[1] - 1
+        if not self.num_prefix_tokens:
+            return index
+        num_offsets, prefix = self.relative_position_bias_table.shape[0] - 3, self.num_prefix_tokens
+        index = nn.functional.pad(index, (prefix, 0, prefix, 0), value=num_offsets)  # prefix -> patches
+        index[prefix:, :prefix] = num_offsets + 1  # patches -> prefix
+        index[:prefix, :prefix] = num_offsets + 2  # prefix -> prefix
+        return index
+
+    def forward(self, window_size=None) -> torch.Tensor:
+        window_size = tuple(window_size or self.window_size)
+        if window_size[0] > self.window_size[0] or window_size[1] > self.window_size[1]:
+            raise ValueError(f"a {window_size} window is larger than the bias table's {self.window_size}")
+        index = self.index(window_size, self.relative_position_bias_table.device)
+        return self.relative_position_bias_table[index].permute(2, 0, 1)
+
+
+def window_partition(hidden_states: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
+    """(batch, height, width, channels) -> (batch * windows, window tokens, channels), windows row-major per image."""
+    batch_size, height, width, channels = hidden_states.shape
+    window_height, window_width = window_size
+    windows = hidden_states.view(
+        batch_size, height // window_height, window_height, width // window_width, window_width, channels
+    )
+    return windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_height * window_width, channels)
+
+
+def window_merge(windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """The inverse of [`window_partition`]: (batch * windows, window tokens, channels) -> (batch, height, width,
+    channels)."""
+    window_height, window_width = window_size
+    channels = windows.shape[-1]
+    grid = windows.view(-1, height // window_height, width // window_width, window_height, window_width, channels)
+    return grid.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def shifted_window_mask(height: int, width: int, window_size, shift_size, dtype, device) -> torch.Tensor:
+    """(windows, window tokens, window tokens) additive mask of Swin's shifted windows on a (padded) height x width
+    map: after the cyclic shift, a window may hold tokens of up to four regions that were not neighbours, which must
+    not attend to each other."""
+    region = torch.zeros(1, height, width, 1, device=device)
+    count = 0
+    for rows in (slice(0, -window_size[0]), slice(-window_size[0], -shift_size[0]), slice(-shift_size[0], None)):
+        for cols in (slice(0, -window_size[1]), slice(-window_size[1], -shift_size[1]), slice(-shift_size[1], None)):
+            region[:, rows, cols] = count
+            count += 1
+    regions = window_partition(region, window_size)[..., 0]
+    different = regions[:, :, None] != regions[:, None, :]
+    return torch.zeros(different.shape, dtype=dtype, device=device).masked_fill(different, torch.finfo(dtype).min)
+
+
+class VitlmWindowBlock(VitlmBlock):
+    """[`VitlmBlock`] attending within non-overlapping windows of a (batch, height, width, channels) feature map,
+    optionally cyclically shifted (Swin's W-MSA / SW-MSA), with a [`VitlmRelativePositionBias`] per block. As in
+    the original Swin, the map is padded (with zeros after the LayerNorm) to a multiple of the window before the shift,
+    and the attention mask joins the relative position bias and the shifted-window mask."""
+
+    def __init__(self, config, width: int, num_heads: int, window_size, drop_path_rate: float = 0.0):
+        super().__init__(
+            config, drop_path_rate, width=width, num_heads=num_heads, intermediate_size=int(width * config.mlp_ratio)
+        )
+        self.relative_position_bias = VitlmRelativePositionBias(window_size, num_heads)
+
+    def forward(
+        self,
+        hidden_states,
+        window_size: tuple[int, int],
+        shift_size: tuple[int, int],
+        shift_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """`window_size` and `shift_size` are the stage's for this input (a window clamped to a small map, no shift
+        there); `shift_mask` comes from [`shifted_window_mask`] when shifting."""
+        batch_size, height, width, channels = hidden_states.shape
+        windows = self.layer_norm1(hidden_states)
+        pad_height, pad_width = (-height) % window_size[0], (-width) % window_size[1]
+        windows = nn.functional.pad(windows, (0, 0, 0, pad_width, 0, pad_height))
+        if any(shift_size):
+            windows = torch.roll(windows, shifts=(-shift_size[0], -shift_size[1]), dims=(1, 2))
+        windows = window_partition(windows, window_size)
+        attention_mask = self.relative_position_bias(window_size).to(windows.dtype)[None]
+        if shift_mask is not None:
+            attention_mask = (attention_mask + shift_mask[:, None]).repeat(batch_size, 1, 1, 1)
+        else:  # one mask per window: flex attention indexes the mask by batch
+            attention_mask = attention_mask.expand(windows.shape[0], -1, -1, -1)
+        attn_output, _ = self.attention(windows, attention_mask, **kwargs)
+        attn_output = window_merge(attn_output, window_size, height + pad_height, width + pad_width)
+        if any(shift_size):
+            attn_output = torch.roll(attn_output, shifts=shift_size, dims=(1, 2))
+        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output[:, :height, :width]))
+        del attn_output
+        return hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
+
+
+class VitlmPatchMerging(nn.Module):
+    """Swin's token reducer: each 2x2 group of a (batch, height, width, channels) map concatenated (top-left,
+    bottom-left, top-right, bottom-right), layer-normalized and projected to `out_width`; an odd side is padded with
+    zeros first, as the originals do."""
+
+    def __init__(self, config, width: int, out_width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * width, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * width, out_width, bias=False)
+
+    def forward(self, hidden_states):
+        batch_size, height, width, channels = hidden_states.shape
+        hidden_states = nn.functional.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
+        height, width = hidden_states.shape[1:3]
+        grouped = hidden_states.view(batch_size, height // 2, 2, width // 2, 2, channels)
+        grouped = grouped.permute(0, 1, 3, 4, 2, 5).reshape(batch_size, height // 2, width // 2, 4 * channels)
+        return self.reduction(self.norm(grouped))
+
+
 class VitlmPatchEmbeddings(nn.Module):
-    """Cuts an image into non-overlapping patches and projects each to `hidden_size` with one strided conv.
+    """Cuts an image into non-overlapping patches and projects each to `width` (default `hidden_size`) with one
+    strided conv.
 
     Like every stem, returns the patch embeddings on their grid, channels first: (batch, hidden_size, grid_height,
     grid_width)."""
 
-    def __init__(self, config):
+    def __init__(self, config, width: int | None = None):
         super().__init__()
         self.num_channels = config.num_channels
         self.patch_size = config.patch_size
         self.projection = nn.Conv2d(
             config.num_channels,
-            config.hidden_size,
+            width or config.hidden_size,
             kernel_size=config.patch_size,
             stride=config.patch_size,
-            bias=config.patch_bias,
+            bias=getattr(config, "patch_bias", True),  # Swin's config has no such option: its stem has a bias
         )
 
     def forward(self, pixel_values):
@@ -426,10 +577,13 @@ __all__ = [
     "VitlmEncoder",
     "VitlmLayerScale",
     "VitlmPatchEmbeddings",
+    "VitlmPatchMerging",
     "VitlmPositionEncoding",
+    "VitlmRelativePositionBias",
     "VitlmVisionEmbeddings",
     "VitlmStageConfig",
     "VitlmTokenPooling",
+    "VitlmWindowBlock",
     "check_pixel_values",
     "to_pair",
 ]

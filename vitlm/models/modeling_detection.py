@@ -96,11 +96,12 @@ class VitlmClassHead(nn.Module):
 
 
 class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
-    """OWL-ViT on a vitlm dual encoder. The image tower's final tokens, each multiplied by the [CLS] token and
-    layer-normalized, feed a box head (an MLP predicting offsets from the token's patch) and a class head. Queries are
-    projected text embeddings (`input_ids`: `num_queries` prompts per image, flattened) or given embeddings
-    (`query_embeds`, e.g. from `image_query_embeddings`). With `labels`, the loss matches tokens to objects one to one
-    (Hungarian matching on class + L1 + generalized-IoU costs)."""
+    """OWL-ViT on a vitlm dual encoder. The image tower's final tokens (a hierarchical tower's last stage), each
+    multiplied by the [CLS] token (the tokens' mean without one) and layer-normalized, feed a box head (an MLP
+    predicting offsets from the token's patch) and a class head. Queries are projected text embeddings (`input_ids`:
+    `num_queries` prompts per image, flattened) or given embeddings (`query_embeds`, e.g. from
+    `image_query_embeddings`). With `labels`, the loss matches tokens to objects one to one (Hungarian matching on
+    class + L1 + generalized-IoU costs)."""
 
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
@@ -113,8 +114,6 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
 
     def __init__(self, config: VitlmDualEncoderConfig):
         super().__init__(config)
-        if not config.vision_config.use_cls_token:
-            raise ValueError("the detection head multiplies every token by the [CLS] token: `use_cls_token` is needed")
         width = config.vision_config.hidden_size
         self.dual_encoder = VitlmDualEncoderModel(config)
         self.layer_norm = nn.LayerNorm(width, eps=config.vision_config.layer_norm_eps)
@@ -128,10 +127,15 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         vision_outputs = self.dual_encoder.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
+        vision_config = self.config.vision_config
         tokens = vision_outputs.last_hidden_state
-        features = self.layer_norm(tokens[:, self.config.vision_config.num_prefix_tokens :] * tokens[:, :1])
-        stride = self.config.vision_config.stem_stride
-        grid = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
+        prefix = vision_config.num_prefix_tokens
+        patches = tokens[:, prefix:]
+        # OWL-ViT merges the [CLS] token into every patch token; a tower without one (Swin, a mean-pooled ViT) merges
+        # the tokens' mean, its image summary
+        image_token = tokens[:, :1] if prefix else patches.mean(dim=1, keepdim=True)
+        features = self.layer_norm(patches * image_token)
+        grid = vision_config.output_grid(*pixel_values.shape[-2:])  # the last stage's, for a hierarchical tower
         return features.reshape(features.shape[0], *grid, -1), vision_outputs
 
     def predict_boxes(self, features: torch.Tensor) -> torch.Tensor:

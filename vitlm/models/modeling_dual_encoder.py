@@ -1,4 +1,7 @@
-"""CLIP-style dual encoder: a vision tower (ViT or hybrid), a causal text tower, projections and a temperature."""
+"""CLIP-style dual encoder: a vision tower (ViT, hybrid or Swin), a causal text tower, projections and a temperature.
+
+The towers are the families' own base models, chosen by the vision config's `model_type`; each exposes the size
+of its pooled output (`pooled_size`: [CLS] or mean of tokens), which the projection reads."""
 
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -14,9 +17,15 @@ from .configuration_vitlm import VitlmDualEncoderConfig, VitlmTextConfig
 from .layers import VitlmEncoder
 from .modeling_hybrid import VitlmHybridModel
 from .modeling_pit import VitlmPiTModel
+from .modeling_swin import VitlmSwinModel
 from .modeling_vit import VitlmPreTrainedModel, VitlmViTModel
 
-VISION_MODEL_CLASSES = {"vitlm_vit": VitlmViTModel, "vitlm_hybrid": VitlmHybridModel, "vitlm_pit": VitlmPiTModel}
+VISION_MODEL_CLASSES = {
+    "vitlm_vit": VitlmViTModel,
+    "vitlm_hybrid": VitlmHybridModel,
+    "vitlm_pit": VitlmPiTModel,
+    "vitlm_swin": VitlmSwinModel,
+}
 
 
 def check_input_ids(input_ids, attention_mask, config: VitlmTextConfig) -> torch.Tensor:

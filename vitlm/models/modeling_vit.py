@@ -20,6 +20,7 @@ from .layers import (
     VitlmLayerScale,
     VitlmPatchEmbeddings,
     VitlmPositionEncoding,
+    VitlmRelativePositionBias,
     VitlmVisionEmbeddings,
 )
 
@@ -65,6 +66,8 @@ class VitlmPreTrainedModel(PreTrainedModel):
             init.constant_(module.scale, module.value)
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
             init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, VitlmRelativePositionBias):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
 
     # ---- loading checkpoints: refuse damaged ones in one error, report non-finite weights ----
     @classmethod

@@ -8,11 +8,11 @@ is the CPU for several processes on a machine without an accelerator (`cpu_proce
 """
 
 import os
-import re
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..models.modeling_dual_encoder import default_templates
 from .collators import twin_contrastive_loss
@@ -81,28 +81,58 @@ def training_arguments(
     return TrainingArguments(**values)
 
 
-def block_depth(name: str, num_layers: int) -> int:
-    """0 for embeddings (patch, position, [CLS] tokens), i + 1 for encoder block i, num_layers + 1 for what follows
-    the encoder (final norm, pooler, heads)."""
-    match = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
-    if match:
-        return int(match.group(1)) + 1
-    if re.search(r"embed|cls_token|dist_token|position|stem|backbone", name):
-        return 0
-    return num_layers + 1
+def parameter_depths(model) -> tuple[dict[str, int], int]:
+    """The depth of every parameter for layer-wise LR decay, and the image tower's number of blocks `n`.
+
+    Blocks are counted in module order within each tower (the PreTrainedModel nearest above them), a hierarchical
+    tower's stages as one sequence, as BEiT and SimMIM fine-tune. A tower's parameters before its first block (patch
+    embedding, position table, [CLS]) are at depth 0, block i's at i + 1, a patch merging or token pooling at the
+    count of blocks before it, and what follows the last block (final norm, pooler) and everything outside the
+    towers (heads, projections) at n + 1, where n is the first tower's (the image tower's) count."""
+    modules = dict(model.named_modules())
+
+    def nearest(name, kind):
+        """The nearest module of `kind` at or above `name` (a dotted path), or None."""
+        parts = name.split(".") if name else []
+        for length in range(len(parts), -1, -1):
+            path = ".".join(parts[:length])
+            if isinstance(modules[path], kind):
+                return path
+        return None
+
+    blocks = [name for name, module in modules.items() if isinstance(module, GradientCheckpointingLayer)]
+    towers = {}  # tower -> its blocks, in module order
+    for block in blocks:
+        towers.setdefault(nearest(block, PreTrainedModel), []).append(block)
+    num_layers = len(next(iter(towers.values()), []))
+    seen = dict.fromkeys(towers, 0)  # blocks of each tower passed so far, walking the modules in order
+    depths = {}
+    for name, module in modules.items():
+        block, tower = nearest(name, GradientCheckpointingLayer), nearest(name, PreTrainedModel)
+        if block is not None:
+            depth = towers[tower].index(block) + 1
+            if name == block:
+                seen[tower] += 1
+        elif tower in towers and seen[tower] < len(towers[tower]):
+            depth = seen[tower]
+        else:
+            depth = num_layers + 1
+        for parameter_name, _ in module.named_parameters(recurse=False):
+            depths.setdefault(f"{name}.{parameter_name}" if name else parameter_name, depth)
+    return depths, num_layers
 
 
 def layerwise_lr_decay_groups(model, lr: float, decay: float, weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups for layer-wise LR decay (BEiT / MAE fine-tuning): the learning rate of depth d is
-    `lr * decay ** (num_layers + 1 - d)`, so the head trains at `lr` and the embeddings the slowest. Biases and
-    norms get no weight decay (Trainer's own rule)."""
-    num_layers = getattr(model.config, "vision_config", model.config).num_hidden_layers
+    """Optimizer parameter groups for layer-wise LR decay (BEiT / MAE fine-tuning): the learning rate of depth d
+    ([`parameter_depths`]) is `lr * decay ** (n + 1 - d)`, so the head trains at `lr` and the embeddings the slowest.
+    Biases and norms get no weight decay (Trainer's own rule)."""
+    depths, num_layers = parameter_depths(model)
     decay_names = set(Trainer.get_decay_parameter_names(None, model))  # does not read `self`
     groups = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        depth = block_depth(name, num_layers)
+        depth = depths[name]
         decayed = name in decay_names
         group_lr = lr * decay ** (num_layers + 1 - depth)
         group = groups.setdefault(
@@ -286,9 +316,9 @@ def plot_log_history(log_history: list[dict], path) -> Path:
 __all__ = [
     "DataEpochCallback",
     "VitlmTrainer",
-    "block_depth",
     "build_trainer",
     "layerwise_lr_decay_groups",
+    "parameter_depths",
     "plot_log_history",
     "training_arguments",
 ]
