@@ -32,6 +32,7 @@ FAMILIES = {
     "shapes-mae-": "vitlm_vit_mae",
     "pit-": "vitlm_pit",
     "dino": "vitlm_vit",  # DINO and DINOv2 (self-supervised ViTs)
+    "beit-": "vitlm_vit",
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",
@@ -49,6 +50,7 @@ PUBLISHED = [
     "pit-b-224",
     "swin-tiny-patch4-window7-224",
     "swin-base-patch4-window12-384",
+    "beit-base-patch16-224",
 ]
 # published without a classifier (num_labels 0), as their self-supervised weights are
 PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
@@ -157,6 +159,7 @@ REFERENCES = [
     ("dinov2-small-reg", "timm", "vit_small_patch14_reg4_dinov2"),
     ("dinov2-base-reg", "timm", "vit_base_patch14_reg4_dinov2"),
     ("dino-vitb16", "timm", "vit_base_patch16_224.dino"),
+    ("beit-base-patch16-224", "timm", "beit_base_patch16_224"),
 ]
 
 

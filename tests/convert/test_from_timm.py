@@ -530,3 +530,51 @@ def test_glu_gating_with_the_second_half_is_refused():
     )
     with pytest.raises(UnsupportedSourceError, match="GluMlp gating with the second half"):
         vitlm_config(reference, "test")
+
+
+# ---- BEiT: relative position bias (per block or shared), query and value biases, layer scale, mean + fc_norm ----
+
+
+def test_beit_parity_at_full_size(tmp_path):
+    """beit_base_patch16_224 (its ImageNet-22k-then-1k tag) with random weights: logits and pooled features."""
+    spec = "beit_base_patch16_224.in22k_ft_in22k_in1k"
+    reference = random_timm_model(spec)
+    model, processor = load(f"timm:{spec}", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is VitlmViTForImageClassification
+    config = model.config
+    assert (config.relative_position_bias, config.position_embedding_type, config.key_bias) == (
+        "per_layer",
+        "none",
+        False,
+    )
+    assert config.pooling == "mean" and config.norm_after_pooling and processor.crop_size["height"] == 224
+    x = pixels(config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+        features = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        assert max_diff(output.logits, expected) <= TOLERANCE
+        assert max_diff(model.vit(x).pooler_output, features) <= TOLERANCE
+    assert torch.equal(output.logits.argmax(-1), expected.argmax(-1))
+    with pytest.raises(ValueError, match="relative position bias.*interpolate_pos_encoding=True"):
+        model(torch.randn(1, 3, 256, 256))
+
+
+@pytest.mark.parametrize(
+    "kwargs,relative",
+    [
+        ({"use_shared_rel_pos_bias": True, "use_rel_pos_bias": False, "num_classes": 0}, "shared"),
+        ({"use_abs_pos_emb": True, "use_rel_pos_bias": False, "init_values": None, "num_classes": 4}, "none"),
+        ({"qkv_bias": False, "num_classes": 3}, "per_layer"),
+    ],
+)
+def test_beit_variant_parity(kwargs, relative):
+    reference = random_timm_model("beit_base_patch16_224", depth=2, embed_dim=64, num_heads=4, **kwargs)
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    assert model.config.relative_position_bias == relative
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+    actual = output.logits if reference.num_classes else output.pooler_output
+    assert max_diff(actual, expected) <= TOLERANCE

@@ -114,6 +114,24 @@ SWIN = [  # below the classifier
     Rule("norm.", "layernorm."),
 ]
 SWIN_CLASSIFIER = [Rule("head.fc.", "classifier."), *nest(SWIN, "", "swin.")]
+BEIT = [  # below the classifier
+    Rule("cls_token", "embeddings.cls_token"),
+    Rule("pos_embed", "embeddings.position_encoding.position_embeddings"),
+    Rule("patch_embed.proj.", "embeddings.stem.projection."),
+    Rule("rel_pos_bias.relative_position_bias_table", "encoder.relative_position_bias.relative_position_bias_table"),
+    Rule("blocks.*.gamma_1", "encoder.layers.*.layer_scale1.scale"),
+    Rule("blocks.*.gamma_2", "encoder.layers.*.layer_scale2.scale"),
+    Rule("blocks.*.norm1.", "encoder.layers.*.layer_norm1."),
+    Rule("blocks.*.norm2.", "encoder.layers.*.layer_norm2."),
+    Rule(
+        "blocks.*.attn.relative_position_bias_table",
+        "encoder.layers.*.relative_position_bias.relative_position_bias_table",
+    ),
+    Rule("blocks.*.attn.", "encoder.layers.*.attention."),  # qkv.weight, q_bias, v_bias, proj
+    Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
+    Rule("norm.", "layernorm."),  # [CLS] pooling: the final norm on the tokens
+    Rule("fc_norm.", "layernorm."),  # mean pooling: the norm after pooling
+]
 WEIGHT_TABLES = {  # config class -> config -> (base model's table, classifier's table)
     VitlmViTConfig: lambda config: (TRANSFORMER, CLASSIFIER),
     VitlmHybridConfig: lambda config: (TRANSFORMER, CLASSIFIER),
@@ -156,7 +174,10 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    rules = WEIGHT_TABLES[type(config)](config)[has_classifier]
+    if type(timm_model).__name__ == "Beit":  # a ViT config, with BEiT's own weight names
+        rules = [*HEADS, *nest(BEIT, "", "vit.")] if has_classifier else BEIT
+    else:
+        rules = WEIGHT_TABLES[type(config)](config)[has_classifier]
     return load_weights(model, timm_model.state_dict(), rules, source)
 
 
@@ -176,6 +197,8 @@ def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
         return pit_config(model, source)
     if type(model).__name__ == "SwinTransformer":
         return swin_config(model, source)
+    if type(model).__name__ == "Beit":
+        return beit_config(model, source)
     problems = unsupported_features(model)
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
@@ -226,6 +249,71 @@ def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
     if is_hybrid(model) and [blocks[-1].conv3.out_channels for blocks in stages] != config.backbone_widths:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent ResNetV2 stage widths other than 256 x 2^i")
     return config
+
+
+def beit_config(model, source: str) -> VitlmViTConfig:
+    """The vitlm config of a timm `Beit` (BEiT, BEiT v2): a ViT with layer scale, query and value biases, a relative
+    position bias per block or shared, and [CLS] or mean pooling (the LayerNorm then after pooling)."""
+    from timm.layers import Mlp
+    from timm.models.beit import Attention, Block
+
+    problems = []
+    blocks = list(model.blocks)
+    if any(type(block) is not Block or type(block.attn) is not Attention for block in blocks):
+        problems.append("blocks other than timm's BEiT blocks")
+    first = blocks[0]
+    width = model.embed_dim
+    if any(type(block.mlp) is not Mlp for block in blocks):
+        problems.append(f"{type(first.mlp).__name__} MLP")
+    elif any(block.mlp.fc1.bias is None or not isinstance(block.mlp.norm, nn.Identity) for block in blocks):
+        problems.append("an MLP without biases or with a norm inside (scale_mlp)")
+    if first.attn.qkv.weight.shape[0] != 3 * width:
+        problems.append("an attention width other than embed_dim (attn_head_dim)")
+    if (first.attn.q_bias is None) != (first.attn.v_bias is None):
+        problems.append("a query bias without a value bias")
+    if model.global_pool not in ("token", "avg"):
+        problems.append(f"global_pool={model.global_pool!r}")
+    if model.global_pool == "avg":
+        beit_norms = model.fc_norm is not None and isinstance(model.norm, nn.Identity)
+    else:
+        beit_norms = model.fc_norm is None and not isinstance(model.norm, nn.Identity)
+    if not beit_norms:
+        problems.append("a final norm other than BEiT's (the tokens' with [CLS] pooling, the mean's with average)")
+    relative, bias_window = "none", None
+    if model.rel_pos_bias is not None:
+        relative, bias_window = "shared", model.rel_pos_bias.window_size
+    if first.attn.relative_position_bias_table is not None:
+        relative, bias_window = "per_layer", first.attn.window_size
+    if bias_window is not None and tuple(bias_window) != tuple(model.patch_embed.grid_size):
+        problems.append("a relative position bias over a window other than the patch grid")
+    if activation_name(first.mlp.act) is None:
+        problems.append(f"the {type(first.mlp.act).__name__} activation")
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(dict.fromkeys(problems)))
+    height, width_pixels = model.patch_embed.img_size
+    try:
+        return VitlmViTConfig(
+            image_size=height if height == width_pixels else [height, width_pixels],
+            patch_size=model.patch_embed.proj.kernel_size[0],
+            num_channels=model.patch_embed.proj.in_channels,
+            hidden_size=width,
+            num_hidden_layers=len(blocks),
+            num_attention_heads=first.attn.num_heads,
+            intermediate_size=first.mlp.fc1.out_features,
+            hidden_act=activation_name(first.mlp.act),
+            layer_norm_eps=first.norm1.eps,
+            qkv_bias=first.attn.q_bias is not None,
+            key_bias=False,
+            position_embedding_type="learned" if model.pos_embed is not None else "none",
+            relative_position_bias=relative,
+            # only the initial value, which timm does not keep: BEiT's own 0.1 (the weights hold the trained scales)
+            layerscale_value=0.1 if first.gamma_1 is not None else None,
+            pooling="mean" if model.global_pool == "avg" else "cls",
+            norm_after_pooling=model.global_pool == "avg",
+            **classifier_fields(model),
+        )
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
 
 
 def classifier_fields(model) -> dict:

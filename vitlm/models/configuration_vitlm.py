@@ -22,7 +22,10 @@ from contextlib import contextmanager
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d")
+# "none": no absolute position (BEiT, where a relative position bias in attention places the tokens)
+POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d", "none")
+# a learned relative position bias over the patch grid: none, one table per block, or one for every block (BEiT)
+RELATIVE_POSITION_BIAS_TYPES = ("none", "per_layer", "shared")
 # "cls_mean": the [CLS] state and the patches' mean side by side (DINOv2's classifier input)
 POOLING_TYPES = ("cls", "mean", "cls_mean")
 MLP_TYPES = ("mlp", "swiglu")
@@ -256,6 +259,7 @@ FIELD_RULES = {
             "interpolate_antialias",
             "prefix_position_embeddings",
             "use_mask_token",
+            "key_bias",
         ),
         _flag,
     ),
@@ -264,6 +268,7 @@ FIELD_RULES = {
     # each is a learned token: a bound keeps a stray value from exhausting memory (DINOv2-reg uses 4)
     "num_register_tokens": _int_at_least(0, maximum=1024),
     "mlp_type": _choice(MLP_TYPES),
+    "relative_position_bias": _choice(RELATIVE_POSITION_BIAS_TYPES),
     "hidden_act": _activation,
     "position_embedding_type": _choice(POSITION_EMBEDDING_TYPES),
     "pooling": _choice(POOLING_TYPES),
@@ -424,6 +429,10 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         prefix_position_embeddings (`bool`): the learned position table has rows for [CLS] and the distillation
             token; `False`: for the patches only, the prefix tokens getting no position (timm's `no_embed_class`,
             DeiT-3 and timm's DINOv2-reg).
+        relative_position_bias (`str`): `"none"`, `"per_layer"` (a learned bias over the (dy, dx) offsets of the
+            patch grid, and the prefix tokens' three entries, per head, in every block: BEiT) or `"shared"` (one table
+            for every block); bilinearly resized at other resolutions with `interpolate_pos_encoding=True`.
+        key_bias (`bool`): with `qkv_bias`, a bias on the keys too; BEiT's attention has query and value biases only.
         use_mask_token (`bool`): a learned mask token that replaces the patch embeddings `bool_masked_pos` marks
             (BEiT's masked image modelling, as transformers' `ViTModel(use_mask_token=True)`).
         interpolate_antialias (`bool`): resize the learned position table with antialiasing
@@ -471,6 +480,8 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         interpolate_antialias=False,
         prefix_position_embeddings=True,
         use_mask_token=False,
+        relative_position_bias="none",
+        key_bias=True,
         **kwargs,
     ):
         self.image_size = image_size
@@ -502,6 +513,8 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         self.interpolate_antialias = interpolate_antialias
         self.prefix_position_embeddings = prefix_position_embeddings
         self.use_mask_token = use_mask_token
+        self.relative_position_bias = relative_position_bias
+        self.key_bias = key_bias
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
 
@@ -683,6 +696,11 @@ class VitlmViTMAEConfig(VitlmViTConfig):
             raise ValueError(
                 f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
                 f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
+            )
+        if self.relative_position_bias != "none":
+            raise ValueError(
+                "`relative_position_bias` is a bias over the whole patch grid, which MAE's encoder (reading the "
+                "visible patches only) cannot apply: use absolute positions"
             )
         num_patches = self.grid_size[0] * self.grid_size[1]
         if not self.use_cls_token and int(num_patches * (1 - self.mask_ratio)) == 0:

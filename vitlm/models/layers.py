@@ -58,14 +58,23 @@ class VitlmAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = is_causal
-        self.qkv = nn.Linear(width, 3 * width, bias=config.qkv_bias)
+        # BEiT's attention biases queries and values only (`key_bias=False`): the key's third stays zero
+        split_bias = config.qkv_bias and not getattr(config, "key_bias", True)
+        self.qkv = nn.Linear(width, 3 * width, bias=config.qkv_bias and not split_bias)
+        self.q_bias = nn.Parameter(torch.zeros(width)) if split_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(width)) if split_bias else None
         self.proj = nn.Linear(width, width)
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
     ):
         batch_size, length, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
+        if self.q_bias is None:
+            qkv = self.qkv(hidden_states)
+        else:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            qkv = nn.functional.linear(hidden_states, self.qkv.weight, bias)
+        qkv = qkv.view(batch_size, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rotary_embeddings is not None:
             cos, sin = rotary_embeddings
@@ -173,10 +182,25 @@ class VitlmBlock(GradientCheckpointingLayer):
         layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; other towers have none
         self.layer_scale1 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
         self.layer_scale2 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
+        self.relative_position_bias = (
+            VitlmRelativePositionBias(config.grid_size, config.num_attention_heads, config.num_prefix_tokens)
+            if getattr(config, "relative_position_bias", "none") == "per_layer"  # a ViT option (BEiT)
+            else None
+        )
 
     def forward(
-        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+        self,
+        hidden_states,
+        attention_mask=None,
+        rotary_embeddings=None,
+        grid_size=None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        """`grid_size`: the input's patch grid, which a block's relative position bias spans (resized to it)."""
+        if self.relative_position_bias is not None:
+            attention_mask = add_bias(
+                attention_mask, self.relative_position_bias(grid_size, resize=True), hidden_states
+            )
         attn_output, _ = self.attention(self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, **kwargs)
         hidden_states = hidden_states + self.drop_path(self.dropout(self.layer_scale1(attn_output)))
         del attn_output  # not alive through the MLP, where memory peaks
@@ -194,16 +218,37 @@ class VitlmEncoder(nn.Module):
         # plain Python: models may be built under a meta-device context, where tensors hold no values
         rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
         self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal) for rate in rates)
+        self.relative_position_bias = (
+            VitlmRelativePositionBias(config.grid_size, config.num_attention_heads, config.num_prefix_tokens)
+            if getattr(config, "relative_position_bias", "none") == "shared"  # a ViT option (BEiT's shared table)
+            else None
+        )
 
     def forward(
-        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+        self,
+        hidden_states,
+        attention_mask=None,
+        rotary_embeddings=None,
+        grid_size=None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """Returns only the last hidden state: the models' output capturing records the first block's input and every
         block's output (`hidden_states`) and every attention's weights (`attentions`). The blocks take
         `hidden_states` positionally, where the capturing hook reads the first block's input."""
+        if self.relative_position_bias is not None:
+            attention_mask = add_bias(
+                attention_mask, self.relative_position_bias(grid_size, resize=True), hidden_states
+            )
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, rotary_embeddings, **kwargs)
+            hidden_states = layer(hidden_states, attention_mask, rotary_embeddings, grid_size, **kwargs)
         return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+def add_bias(attention_mask, bias: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    """An additive (heads, tokens, tokens) bias joined to an attention mask, one (broadcast) copy per sample: flex
+    attention indexes the mask by batch."""
+    bias = bias.to(hidden_states.dtype)[None].expand(hidden_states.shape[0], -1, -1, -1)
+    return bias if attention_mask is None else attention_mask + bias
 
 
 class VitlmRelativePositionBias(nn.Module):
@@ -223,28 +268,51 @@ class VitlmRelativePositionBias(nn.Module):
         extra = 3 if num_prefix_tokens else 0
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_offsets + extra, num_heads))
 
-    def index(self, window_size, device) -> torch.Tensor:
-        """(tokens, tokens) rows of the table: Swin's and BEiT's `relative_position_index` for `window_size`."""
+    def index(self, window_size, device, table_window=None) -> torch.Tensor:
+        """(tokens, tokens) rows of the table: Swin's and BEiT's `relative_position_index` for `window_size`, into a
+        table of `table_window`'s offsets (the module's own by default; a resized one's)."""
         height, width = window_size
+        table_height, table_width = table_window or self.window_size
         ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
         coords = torch.stack([ys.flatten(), xs.flatten()])
         offsets = coords[:, :, None] - coords[:, None, :]
-        index = (offsets[0] + self.window_size[0] - 1) * (2 * self.window_size[1] - 1) + offsets[1]
-        index = index + self.window_size[1] - 1
+        index = (offsets[0] + table_height - 1) * (2 * table_width - 1) + offsets[1]
+        index = index + table_width - 1
         if not self.num_prefix_tokens:
             return index
+        num_offsets, prefix = (2 * table_height - 1) * (2 * table_width - 1), self.num_prefix_tokens
+        index = nn.functional.pad(index, (prefix, 0, prefix, 0), value=num_offsets)  # prefix -> patches
+        index[prefix:, :prefix] = num_offsets + 1  # patches -> prefix
+        index[:prefix, :prefix] = num_offsets + 2  # prefix -> prefix
+        return index
         num_offsets, prefix = self.relative_position_bias_table.shape[0] - 3, self.num_prefix_tokens
         index = nn.functional.pad(index, (prefix, 0, prefix, 0), value=num_offsets)  # prefix -> patches
         index[prefix:, :prefix] = num_offsets + 1  # patches -> prefix
         index[:prefix, :prefix] = num_offsets + 2  # prefix -> prefix
         return index
 
-    def forward(self, window_size=None) -> torch.Tensor:
+    def forward(self, window_size=None, resize: bool = False) -> torch.Tensor:
+        """With `resize` (BEiT at another resolution), a window other than the table's gets the table bilinearly
+        resized to its offsets, as transformers' BEiT does; without, a smaller window reads the offsets it spans."""
         window_size = tuple(window_size or self.window_size)
+        table = self.relative_position_bias_table
+        if resize and window_size != self.window_size:
+            return self.resized(window_size)
         if window_size[0] > self.window_size[0] or window_size[1] > self.window_size[1]:
             raise ValueError(f"a {window_size} window is larger than the bias table's {self.window_size}")
-        index = self.index(window_size, self.relative_position_bias_table.device)
-        return self.relative_position_bias_table[index].permute(2, 0, 1)
+        index = self.index(window_size, table.device)
+        return table[index].permute(2, 0, 1)
+
+    def resized(self, window_size) -> torch.Tensor:
+        table = self.relative_position_bias_table
+        extra = 3 if self.num_prefix_tokens else 0
+        offsets, prefix_entries = table[: table.shape[0] - extra], table[table.shape[0] - extra :]
+        old = (2 * self.window_size[0] - 1, 2 * self.window_size[1] - 1)
+        new = (2 * window_size[0] - 1, 2 * window_size[1] - 1)
+        grid = offsets.reshape(1, *old, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid.float(), size=new, mode="bilinear", align_corners=False).to(table.dtype)
+        resized = torch.cat([grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], -1), prefix_entries])
+        return resized[self.index(window_size, table.device, table_window=window_size)].permute(2, 0, 1)
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
@@ -412,7 +480,8 @@ class VitlmPositionEncoding(nn.Module):
       no row and get nothing added, nor do [CLS] and the distillation token without `prefix_position_embeddings`;
     - `sincos2d`: a fixed 2D sin-cos table added to the patch tokens (prefix tokens get zeros, as in MAE);
     - `rope2d`: no additive term; returns (cos, sin) rotating queries and keys by their patch's row and column
-      (prefix tokens are not rotated), so attention sees relative positions.
+      (prefix tokens are not rotated), so attention sees relative positions;
+    - `none`: nothing (BEiT, whose relative position bias in attention places the tokens).
 
     The fixed kinds work at any resolution; with `interpolate_pos_encoding=True` their positions are stretched to
     span the configured grid instead of extending it.
@@ -437,6 +506,8 @@ class VitlmPositionEncoding(nn.Module):
 
     def forward(self, embeddings, grid_size, interpolate_pos_encoding=False):
         """Returns the embeddings with any absolute encoding added, and the rotary (cos, sin) or None."""
+        if self.type == "none":
+            return embeddings, None
         if self.type == "learned":
             positions = self.resized_position_embeddings(grid_size, interpolate_pos_encoding)
             split, unpositioned = (

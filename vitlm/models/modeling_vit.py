@@ -62,6 +62,9 @@ class VitlmPreTrainedModel(PreTrainedModel):
             for token in (module.cls_token, module.distillation_token, module.register_tokens, module.mask_token):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
+        elif isinstance(module, VitlmAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
         elif isinstance(module, VitlmLayerScale):
             init.constant_(module.scale, module.value)
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
@@ -241,7 +244,20 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         )
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
-        hidden_states = self.encoder(hidden_states, rotary_embeddings=rotary_embeddings, **kwargs).last_hidden_state
+        grid_size = tuple(side // self.config.stem_stride for side in pixel_values.shape[-2:])
+        if (
+            self.config.relative_position_bias != "none"
+            and grid_size != tuple(self.config.grid_size)
+            and not interpolate_pos_encoding
+        ):
+            raise ValueError(
+                f"the input's patch grid {grid_size[0]}x{grid_size[1]} differs from the model's "
+                f"{self.config.grid_size[0]}x{self.config.grid_size[1]} (relative position bias); pass "
+                "`interpolate_pos_encoding=True` to resize it"
+            )
+        hidden_states = self.encoder(
+            hidden_states, rotary_embeddings=rotary_embeddings, grid_size=grid_size, **kwargs
+        ).last_hidden_state
         if self.config.norm_after_pooling:
             last_hidden_state = hidden_states
             pooled_output = self.layernorm(self.pool(hidden_states))
