@@ -96,6 +96,8 @@ ARCHITECTURES = {
     "Dinov2WithRegistersForImageClassification": "dinov2_with_registers",
     "SwinModel": "swin",
     "SwinForImageClassification": "swin",
+    "BeitModel": "beit",
+    "BeitForImageClassification": "beit",
 }
 DEFAULT_ARCHITECTURES = {
     "clip": "CLIPModel",
@@ -106,13 +108,20 @@ DEFAULT_ARCHITECTURES = {
     "dinov2": "Dinov2Model",
     "dinov2_with_registers": "Dinov2WithRegistersModel",
     "swin": "SwinModel",
+    "beit": "BeitModel",
 }
 # model types refused whatever the architecture, with the reason
 UNSUPPORTED_MODEL_TYPES = {
     "owlv2": "OWLv2's objectness head and its preprocessing (padding to a square, anti-aliased resizing) have no "
     "vitlm counterpart",
 }
-IMAGE_PROCESSORS = ("CLIPImageProcessor", "ViTImageProcessor", "OwlViTImageProcessor", "BitImageProcessor")
+IMAGE_PROCESSORS = (
+    "CLIPImageProcessor",
+    "ViTImageProcessor",
+    "OwlViTImageProcessor",
+    "BitImageProcessor",  # DINOv2's
+    "BeitImageProcessor",
+)
 LEGACY_CLIP_EOS_ID = 2  # transformers then pools at argmax(input_ids)
 # float32 (vitlm) against float64 (MAE, transformers) evaluation of the sin-cos tables: 4e-6 on a 64x64 grid
 SINCOS_TOLERANCE = 1e-4
@@ -188,6 +197,33 @@ DINOV2_EMBEDDINGS = [
     Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
     Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
     Rule("layernorm.", "layernorm."),
+]
+
+
+BEIT_BLOCK = [  # under one encoder layer
+    Rule(
+        ("*.attention.q_proj.weight", "*.attention.k_proj.weight", "*.attention.v_proj.weight"),
+        "*.attention.qkv.weight",
+    ),
+    Rule("*.attention.q_proj.bias", "*.attention.q_bias"),
+    Rule("*.attention.v_proj.bias", "*.attention.v_bias"),
+    Rule("*.attention.o_proj.", "*.attention.proj."),
+    Rule("*.layernorm_before.", "*.layer_norm1."),
+    Rule("*.layernorm_after.", "*.layer_norm2."),
+    Rule("*.lambda_1", "*.layer_scale1.scale"),
+    Rule("*.lambda_2", "*.layer_scale2.scale"),
+    Rule("*.relative_position_bias.", "*.relative_position_bias."),
+    Rule("*.mlp.", "*.mlp."),
+]
+BEIT = [
+    Rule("embeddings.cls_token", "embeddings.cls_token"),
+    Rule("embeddings.mask_token", "embeddings.mask_token"),
+    Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
+    Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
+    Rule("shared_position_bias.", "encoder.relative_position_bias."),
+    *nest(BEIT_BLOCK, "layers.", "encoder.layers."),
+    Rule("layernorm.", "layernorm."),  # [CLS] pooling: the tokens' final norm
+    Rule("pooler.layernorm.", "layernorm."),  # mean pooling: the norm after pooling
 ]
 
 
@@ -269,6 +305,8 @@ def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool =
         return Converted(convert_vit_mae(load_source_model(architecture, spec, source), source), image_processor)
     if architecture.startswith("Dinov2"):
         return Converted(convert_dinov2(load_source_model(architecture, spec, source), source), image_processor)
+    if architecture.startswith("Beit"):
+        return Converted(convert_beit(load_source_model(architecture, spec, source), source), image_processor)
     if architecture.startswith("Swin"):
         return Converted(convert_swin(load_source_model(architecture, spec, source), source), image_processor)
     return Converted(convert_vit(load_source_model(architecture, spec, source), source), image_processor)
@@ -480,6 +518,39 @@ def swin_config(config, source: str) -> VitlmSwinConfig:
         raise UnsupportedSourceError(f"{source}: {error}") from error
 
 
+def convert_beit(model, source: str = "transformers BEiT") -> VitlmViTModel | VitlmViTForImageClassification:
+    """A transformers `BeitModel` (with its pooler) or `BeitForImageClassification` as its vitlm counterpart."""
+    classifier = type(model).__name__ == "BeitForImageClassification"
+    config = model.config
+    base = model.beit if classifier else model
+    if base.pooler is None:
+        raise UnsupportedSourceError(f"{source}: a BeitModel without its pooler (add_pooling_layer=False)")
+    if config.use_relative_position_bias and config.use_shared_relative_position_bias:
+        raise UnsupportedSourceError(f"{source}: both a shared and a per-layer relative position bias")
+    relative = "per_layer" if config.use_relative_position_bias else "none"
+    relative = "shared" if config.use_shared_relative_position_bias else relative
+    try:
+        vitlm_config = vit_config(
+            config,
+            pooler=False,
+            source=source,
+            qkv_bias=True,  # transformers' BEiT biases queries and values, never keys
+            key_bias=False,
+            position_embedding_type="learned" if config.use_absolute_position_embeddings else "none",
+            relative_position_bias=relative,
+            layerscale_value=config.layer_scale_init_value if config.layer_scale_init_value > 0 else None,
+            pooling="mean" if config.use_mean_pooling else "cls",
+            norm_after_pooling=config.use_mean_pooling,
+            use_mask_token=config.use_mask_token,
+            drop_path_rate=config.drop_path_rate,
+        )
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    rules = [*nest(BEIT, "beit.", "vit."), Rule("classifier.", "classifier.")] if classifier else BEIT
+    vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, vitlm_config)
+    return load_weights(vitlm_model, model.state_dict(), rules, source)
+
+
 def clip_vision_config(config, source: str) -> VitlmViTConfig:
     if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
         raise UnsupportedSourceError(
@@ -545,7 +616,8 @@ def vit_config(config, pooler: bool, source: str, **extra) -> VitlmViTConfig:
         id2label=config.id2label,
         label2id=config.label2id,
         problem_type=config.problem_type,
-        **{**_encoder_config(config, source, qkv_bias=config.qkv_bias), **extra},
+        # BEiT's config has no `qkv_bias` (its converter passes the biases it has)
+        **{**_encoder_config(config, source, qkv_bias=getattr(config, "qkv_bias", True)), **extra},
     )
 
 
