@@ -51,6 +51,7 @@ CASES = [
     ("swin", VitlmSwinForImageClassification, AutoModelForImageClassification),
     ("dinov2", VitlmViTModel, AutoModel),
     ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
+    ("beit", VitlmViTForImageClassification, AutoModelForImageClassification),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

@@ -55,6 +55,7 @@ PUBLISHED = [
 # published without a classifier (num_labels 0), as their self-supervised weights are
 PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
 TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test", "dinov2-tiny-test"]
+TINY.append("beit-tiny-test")
 
 
 def expected_model_type(name):

@@ -139,6 +139,8 @@ def test_what_dinov2_cannot_represent_is_refused(options, problem):
         ({"interpolate_antialias": True}, "antialiased position resizing"),
         ({"norm_after_pooling": True, "pooling": "mean"}, "after pooling"),
         ({"use_mask_token": True}, "a mask token"),
+        ({"relative_position_bias": "shared"}, "a relative position bias"),
+        ({"key_bias": False}, "without a key bias"),
     ],
 )
 def test_vit_export_refuses_the_self_supervised_options(options, problem):

@@ -186,6 +186,9 @@ SSL_VALUES = {
     "interpolate_antialias": [True, False],
     "prefix_position_embeddings": [True, False],
     "use_mask_token": [True, False],
+    "relative_position_bias": ["none", "per_layer", "shared", "global"],
+    "key_bias": [True, False],
+    "position_embedding_type": ["learned", "none", "rope2d", "alibi"],
 }
 FAMILIES = {
     "vitlm_vit": (VitlmViTConfig, VIT_BASE, VIT_VALUES),

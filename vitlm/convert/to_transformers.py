@@ -237,6 +237,10 @@ def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
         problems.append("no position for [CLS] (prefix_position_embeddings=False)")
     if config.use_mask_token:
         problems.append("a mask token (use_mask_token)")
+    if config.relative_position_bias != "none":
+        problems.append(f"a relative position bias ({config.relative_position_bias})")
+    if config.qkv_bias and not config.key_bias:
+        problems.append("attention without a key bias (key_bias=False)")
     if config.norm_after_pooling:
         problems.append("the final LayerNorm after pooling (norm_after_pooling)")
     if config.pre_norm and family == "DINOv2":
