@@ -84,3 +84,28 @@ def test_a_beit_without_its_pooler_is_refused():
     source = BeitModel(BeitConfig(**TINY, patch_size=8), add_pooling_layer=False)
     with pytest.raises(UnsupportedSourceError, match="without its pooler"):
         convert_beit(source)
+
+
+@pytest.mark.parametrize("classifier", [False, True])
+def test_export_back_to_transformers_beit(tmp_path, classifier):
+    """vitlm -> transformers' BEiT gives the source's state dict and outputs back."""
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    from vitlm.convert.to_transformers import export
+
+    source_class = BeitForImageClassification if classifier else BeitModel
+    config = BeitConfig(**TINY, patch_size=8, use_relative_position_bias=True, use_mask_token=True, num_labels=3)
+    source = randomized(source_class(config))
+    source.save_pretrained(tmp_path / "in")
+    BeitImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False).save_pretrained(tmp_path / "in")
+    folder = export(load(f"hf:{tmp_path / 'in'}"), tmp_path / "out")
+    exported = (AutoModelForImageClassification if classifier else AutoModel).from_pretrained(folder).eval()
+    assert type(exported) is source_class
+    state = exported.state_dict()
+    for key, tensor in source.state_dict().items():
+        assert torch.equal(state[key], tensor), key
+    x = pixels(32)
+    with torch.no_grad():
+        expected, actual = source(x), exported(x)
+    name = "logits" if classifier else "pooler_output"
+    assert max_diff(getattr(actual, name), getattr(expected, name)) <= TOLERANCE

@@ -31,6 +31,9 @@ import os
 from pathlib import Path
 
 from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    BeitModel,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
@@ -66,6 +69,7 @@ from ..models import (
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
 from .from_transformers import (
+    BEIT,
     CLIP,
     LEGACY_CLIP_EOS_ID,
     VIT,
@@ -220,6 +224,69 @@ def swin_config(config: VitlmSwinConfig) -> SwinConfig:
     return SwinConfig(**{name: getattr(config, name) for name in names})
 
 
+def to_beit_model(model: VitlmViTModel | VitlmViTForImageClassification) -> BeitModel | BeitForImageClassification:
+    """A vitlm ViT with BEiT's attention (query and value biases, no key bias) as transformers' `BeitModel` (with its
+    pooler: the patches' mean and a LayerNorm, or the [CLS] state) or `BeitForImageClassification`."""
+    config = model.config
+    classifier = isinstance(model, VitlmViTForImageClassification)
+    target = "BeitForImageClassification" if classifier else "BeitModel"
+    problems = [
+        problem
+        for problem in vision_problems(config, "BEiT")
+        if not problem.startswith(
+            (
+                "a relative position bias",
+                "none position",
+                "a mask token",
+                "mean pooling",
+                "attention without a key",
+                "the final LayerNorm after pooling",
+            )
+        )
+    ]
+    if config.num_register_tokens or config.mlp_type != "mlp":
+        problems.append("register tokens or a SwiGLU MLP")
+    if not (config.qkv_bias and not config.key_bias):
+        problems.append("attention other than BEiT's (query and value biases, no key bias)")
+    if config.position_embedding_type not in ("learned", "none"):
+        problems.append(f"{config.position_embedding_type} position embeddings")
+    if (config.pooling, config.norm_after_pooling) not in (("mean", True), ("cls", False)):
+        problems.append(
+            f"{config.pooling} pooling with the LayerNorm {'after' if config.norm_after_pooling else 'before'}"
+        )
+    if config.interpolate_antialias:
+        problems.append("antialiased position resizing (interpolate_antialias)")
+    refuse_if(problems, target)
+    height, width = to_pair(config.image_size)
+    beit_config = BeitConfig(
+        image_size=height if height == width else [height, width],
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        drop_path_rate=config.drop_path_rate,
+        use_mask_token=config.use_mask_token,
+        use_absolute_position_embeddings=config.position_embedding_type == "learned",
+        use_relative_position_bias=config.relative_position_bias == "per_layer",
+        use_shared_relative_position_bias=config.relative_position_bias == "shared",
+        layer_scale_init_value=config.layerscale_value or 0.0,
+        use_mean_pooling=config.pooling == "mean",
+        initializer_range=config.initializer_range,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        **_encoder_config(config),
+    )
+    # the final LayerNorm is the pooler's with mean pooling, the tokens' with [CLS] pooling
+    pooled_norm = "pooler.layernorm." if config.pooling == "mean" else "layernorm."
+    table = [rule for rule in BEIT if rule.target != "layernorm." or rule.source == pooled_norm]
+    rules = reverse(table)
+    if classifier:
+        rules = [*nest(rules, "vit.", "beit."), Rule("classifier.", "classifier.")]
+    beit = uninitialized(BeitForImageClassification if classifier else BeitModel, beit_config)
+    return load_weights(beit, model.state_dict(), rules, target).to(model.dtype)
+
+
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
     """What of a vision tower transformers' CLIP or ViT (`family`) cannot represent."""
     if not isinstance(config, VitlmViTConfig):  # a hierarchical tower (PiT): none of the fields below applies
@@ -243,11 +310,11 @@ def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
         problems.append("attention without a key bias (key_bias=False)")
     if config.norm_after_pooling:
         problems.append("the final LayerNorm after pooling (norm_after_pooling)")
-    if config.pre_norm and family == "DINOv2":
-        problems.append("a LayerNorm before the encoder (pre_norm)")
-    if (not config.patch_bias or config.representation_size) and family == "DINOv2":
-        problems.append("a patch projection without bias or a pre-logits layer")
-    if family == "DINOv2":
+    if family in ("DINOv2", "BEiT"):  # their converters check the options they take
+        if config.pre_norm:
+            problems.append("a LayerNorm before the encoder (pre_norm)")
+        if not config.patch_bias or config.representation_size:
+            problems.append("a patch projection without bias or a pre-logits layer")
         return problems
     if config.layerscale_value:
         problems.append("layer scale (layerscale_value)")
@@ -418,6 +485,10 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         image_processor = to_image_processor(getattr(processor, "image_processor", processor), ViTImageProcessor)
         if isinstance(model_or_folder, (VitlmSwinModel, VitlmSwinForImageClassification)):
             to_model = to_swin_model
+        elif getattr(model_or_folder.config, "relative_position_bias", "none") != "none" or not getattr(
+            model_or_folder.config, "key_bias", True
+        ):
+            to_model = to_beit_model
         elif getattr(model_or_folder.config, "layerscale_value", None):
             to_model = to_dinov2_model
         else:
@@ -452,6 +523,7 @@ __all__ = [
     "to_clip_model",
     "to_vit_model",
     "to_dinov2_model",
+    "to_beit_model",
     "to_swin_model",
     "to_clip_processor",
     "to_image_processor",
