@@ -31,6 +31,7 @@ SWITCHES = [
 OTHER_TABLES = {
     "convert/__init__.py": "AUTO_CLASS_NAMES, keyed by a model class's `pipeline_tag` (the Hub's task of the model)",
     "demo/models.py": "the demo's tabs (the class and shipped folder each tab loads), not training tasks",
+    "convert/from_transformers.py": "DEFAULT_ARCHITECTURES, keyed by transformers' model types (BEiT's is 'beit')",
 }
 
 
