@@ -17,7 +17,8 @@ import pathlib
 import sys
 
 # in dependency order: `cli` imports `presets`, the task table's names (`training.tasks`) and the settings' checks
-LIGHT_MODULES = ("presets", "training.tasks", "training.arguments", "cli")
+# (`training.arguments`, `retrieval.checks`)
+LIGHT_MODULES = ("presets", "training.tasks", "training.arguments", "retrieval.checks", "cli")
 
 
 def main() -> int:

@@ -5,10 +5,13 @@ vs open_clip), the R50+ViT-B/16 hybrid at 384 (vitlm vs timm), PiT-B at 224 (vit
 vs transformers' Swin with sdpa vs timm). vitlm's models are converted from the timm and open_clip ones and exported
 to transformers, so every contender computes the same function (checked before timing). CPU fp32 with batch 8 by
 default, bf16 on a GPU when one is present. Contenders run in turn, round after round, and the median is reported,
-so a drift of the machine's speed hits all of them alike. Peak memory is measured for each contender in a fresh
-process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.
+so a drift of the machine's speed hits all of them alike. With `--variants` (on a CPU by default all three) vitlm also
+runs compiled (`torch.compile(fullgraph=True)`; every library compiled the same way, default mode), int8
+(`vitlm.quantize`) and as ONNX in onnxruntime (fp32 and int8); a second table gives vitlm's fastest path against the
+fastest library's default one, and compiled against compiled. Peak memory is measured for each default contender in a
+fresh process: the GPU allocator's peak, or on a CPU the resident-set growth during one forward pass.
 
-    python benchmarks/throughput.py [--rounds 10] [--batch-size 8] [--device cpu|cuda]
+    python benchmarks/throughput.py [--rounds 10] [--batch-size 8] [--device cpu|cuda] [--variants ...]
 
 Prints a markdown table and writes benchmarks/results/throughput.json.
 """
@@ -23,6 +26,7 @@ import sys
 import threading
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,8 +47,10 @@ ROWS_BY_KEY = {key: contenders for key, contenders in ROWS.values()}
 MEMORY_WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
-    """{contender: a no-argument callable running one batch}, built from one set of weights, checked equal."""
+def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype, variants=()):
+    """{contender: a no-argument callable running one batch}, built from one set of weights, checked equal, and the
+    largest difference from vitlm. `variants` adds, for vitlm, "compiled" (`torch.compile`, also for every other
+    contender), "int8" (`vitlm.quantize`) and "onnx" (onnxruntime, with "onnx int8"), labelled by suffix."""
     import open_clip
     import timm
 
@@ -52,6 +58,7 @@ def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
     from vitlm.convert.to_transformers import to_swin_model, to_vit_model
 
     torch.manual_seed(0)
+    # contender: (module, forward(module) -> output tensor)
     if row in ("vit", "hybrid", "pit", "swin"):
         name = {
             "vit": "vit_base_patch16_224",
@@ -67,11 +74,14 @@ def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
             models["transformers"] = (to_vit_model if row == "vit" else to_swin_model)(ours)
             models["transformers"].set_attn_implementation("sdpa")
         size = source.pretrained_cfg["input_size"][-1]
-        inputs = torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)
+        inputs = {"pixel_values": torch.randn(batch_size, 3, size, size, device=device, dtype=dtype)}
         models = {k: m.to(device, dtype).eval() for k, m in models.items()}
-        calls = {"vitlm": lambda: models["vitlm"](inputs).logits, "timm": lambda: models["timm"](inputs)}
+        runs = {
+            "vitlm": (models["vitlm"], lambda model: model(inputs["pixel_values"]).logits),
+            "timm": (models["timm"], lambda model: model(inputs["pixel_values"])),
+        }
         if "transformers" in models:
-            calls["transformers"] = lambda: models["transformers"](inputs).logits
+            runs["transformers"] = (models["transformers"], lambda model: model(inputs["pixel_values"]).logits)
     else:
         source, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
         tokenizer = open_clip.get_tokenizer("ViT-B-32")
@@ -79,25 +89,70 @@ def build_row(row: str, batch_size: int, device: str, dtype: torch.dtype):
         ours.set_attn_implementation("sdpa")
         source, ours = source.to(device, dtype).eval(), ours.to(device, dtype).eval()
         if row == "clip_image":
-            inputs = torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)
-            calls = {
-                "vitlm": lambda: ours.get_image_features(inputs).pooler_output,
-                "open_clip": lambda: source.encode_image(inputs),
+            inputs = {"pixel_values": torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)}
+            runs = {
+                "vitlm": (ours, lambda model: model.get_image_features(inputs["pixel_values"]).pooler_output),
+                "open_clip": (source, lambda model: model.encode_image(inputs["pixel_values"])),
             }
         else:
             things = ["cat", "dog", "red car", "bowl of soup", "mountain at dawn", "city street", "bird", "chair"]
-            inputs = tokenizer([f"a photo of a {things[i % len(things)]}." for i in range(batch_size)]).to(device)
-            calls = {
-                "vitlm": lambda: ours.get_text_features(inputs).pooler_output,
-                "open_clip": lambda: source.encode_text(inputs),
+            input_ids = tokenizer([f"a photo of a {things[i % len(things)]}." for i in range(batch_size)]).to(device)
+            # open_clip pads with 0 after the end-of-text token
+            inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+            runs = {
+                "vitlm": (ours, lambda model: model.get_text_features(inputs["input_ids"]).pooler_output),
+                "open_clip": (source, lambda model: model.encode_text(inputs["input_ids"])),
             }
+    calls = {name: partial(forward, module) for name, (module, forward) in runs.items()}
+    calls.update(variant_calls(row, runs, inputs, variants))
     with torch.inference_mode():
         outputs = {name: call().float() for name, call in calls.items()}
-    max_diff = max((out - outputs["vitlm"]).abs().max().item() for out in outputs.values())
+    differences = {name: (out - outputs["vitlm"]).abs().max().item() for name, out in outputs.items()}
+    # int8 changes the numbers by design (its accuracy is measured by tests/deploy); ONNX graphs embed normalized
+    # embeddings for the dual encoder's towers, and export checks them against PyTorch itself
+    exact = {name: value for name, value in differences.items() if not name.endswith(("int8", "ONNX"))}
+    max_diff = max(exact.values())
     tolerance = 1e-3 if dtype == torch.float32 else 0.25  # fp32: parity; bf16: rounding of one-hot-ish logits
     if max_diff > tolerance:
         raise RuntimeError(f"{row}: the contenders disagree (max abs diff {max_diff:.2e}): not the same function")
     return calls, max_diff
+
+
+def variant_calls(row: str, runs: dict, inputs: dict, variants) -> dict:
+    """The calls `build_row`'s `variants` add (see there)."""
+    calls = {}
+    if "compiled" in variants:
+        for name, (module, forward) in runs.items():
+            calls[f"{name} compiled"] = torch.compile(partial(forward, module), fullgraph=name == "vitlm")
+    vitlm_model, vitlm_forward = runs["vitlm"]
+    if "int8" in variants:
+        from vitlm import quantize
+
+        calls["vitlm int8"] = partial(vitlm_forward, quantize(vitlm_model))
+    for int8 in [False, True] if "onnx" in variants else []:
+        calls["vitlm ONNX int8" if int8 else "vitlm ONNX"] = onnx_call(row, vitlm_model, inputs, int8)
+    return calls
+
+
+def onnx_call(row: str, model, inputs: dict, int8: bool):
+    """A call running `model`'s ONNX graph for `row` (the dual encoder's image or text encoder) in onnxruntime with
+    as many threads as torch."""
+    import tempfile
+
+    import onnxruntime
+
+    from vitlm.deploy.onnx import export_graph, graphs_for
+
+    graphs = {graph.name: graph for graph in graphs_for(model)}
+    graph = graphs["text_encoder" if row == "clip_text" else "image_encoder" if row == "clip_image" else "model"]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{graph.name}.onnx"
+        export_graph(model, graph, path, int8=int8)
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {name: inputs[name].cpu().numpy() for name in graph.inputs}
+    return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
 def synchronize(device: str):
@@ -170,9 +225,36 @@ def markdown(results: dict, device_name: str) -> str:
     for row, result in results.items():
         for contender, speed in result["throughput"].items():
             ratio = "—" if contender == "vitlm" else f"{result['speed_ratio_vitlm_over'][contender]:.2f}x"
-            memory = result["peak_memory_mib"][contender]
-            lines.append(f"| {row} | {contender} | {speed:.2f} | {ratio} | {memory:.0f} |")
+            memory = result["peak_memory_mib"].get(contender)  # measured for the default paths
+            memory = "—" if memory is None else f"{memory:.0f}"
+            lines.append(f"| {row} | {contender} | {speed:.2f} | {ratio} | {memory} |")
+    lines += [
+        "",
+        "| model | vitlm's fastest path | its speed / fastest library default | vitlm compiled / fastest compiled |",
+        "|---|---|---:|---:|",
+    ]
+    for row, result in results.items():
+        summary = result["summary"]
+        compiled = summary.get("compiled_vitlm_over_fastest_compiled_library")
+        lines.append(
+            f"| {row} | {summary['fastest_vitlm_path']} | {summary['fastest_vitlm_over_fastest_library']:.2f}x | "
+            + ("—" if compiled is None else f"{compiled:.2f}x")
+            + " |"
+        )
     return "\n".join(lines)
+
+
+def summarize(speeds: dict) -> dict:
+    """vitlm's fastest path (any variant) against the fastest library's default path, and compiled against
+    compiled, from the median speeds."""
+    libraries = {name: speed for name, speed in speeds.items() if not name.startswith("vitlm") and " " not in name}
+    ours = {name: speed for name, speed in speeds.items() if name.startswith("vitlm")}
+    best = max(ours, key=ours.get)
+    summary = {"fastest_vitlm_path": best, "fastest_vitlm_over_fastest_library": ours[best] / max(libraries.values())}
+    compiled = [speed for name, speed in speeds.items() if name.endswith(" compiled") and not name.startswith("vitlm")]
+    if "vitlm compiled" in speeds and compiled:
+        summary["compiled_vitlm_over_fastest_compiled_library"] = speeds["vitlm compiled"] / max(compiled)
+    return summary
 
 
 def main():
@@ -181,8 +263,19 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU, 64 on a GPU")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", nargs="*", choices=sorted(ROWS_BY_KEY), default=list(ROWS_BY_KEY))
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=["compiled", "int8", "onnx"],
+        default=None,
+        help="vitlm's deployment paths to time too (default: all three on a CPU, compiled on a GPU; none: --variants)",
+    )
     parser.add_argument("--memory-worker", nargs=2, metavar=("ROW", "CONTENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variants is None:
+        args.variants = ["compiled", "int8", "onnx"] if args.device == "cpu" else ["compiled"]
+    if args.device == "cuda" and {"int8", "onnx"} & set(args.variants):
+        parser.error("int8 and onnx are CPU paths")
     batch_size = args.batch_size or (8 if args.device == "cpu" else 64)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
 
@@ -194,9 +287,9 @@ def main():
     names = {key: row for row, (key, _) in ROWS.items()}
     progress = tqdm(total=sum((args.rounds + 2) for _ in args.rows), desc="timing", unit="round")
     for key in args.rows:
-        calls, max_diff = build_row(key, batch_size, args.device, dtype)
+        calls, max_diff = build_row(key, batch_size, args.device, dtype, args.variants)
         speeds, ratios = time_row(calls, args.rounds, batch_size, args.device, progress)
-        results[names[key]] = {"throughput": speeds, "speed_ratio_vitlm_over": ratios}
+        results[names[key]] = {"throughput": speeds, "speed_ratio_vitlm_over": ratios, "summary": summarize(speeds)}
         results[names[key]]["max_abs_diff_vs_vitlm"] = max_diff
     progress.close()
     for key in tqdm(args.rows, desc="peak memory", unit="row"):
@@ -212,7 +305,8 @@ def main():
     cores = os.cpu_count()
     header = (
         f"{date.today()}, {device_name} ({cores} cores), torch {torch.__version__}, "
-        f"{'bf16' if args.device == 'cuda' else 'fp32'}, batch {batch_size}, median of {args.rounds} rounds"
+        f"{'bf16' if args.device == 'cuda' else 'fp32'}, batch {batch_size}, median of {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads (torch and onnxruntime), variants: {', '.join(args.variants) or 'none'}"
     )
     table = markdown(results, args.device)
     print(header)

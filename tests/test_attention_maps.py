@@ -8,10 +8,11 @@ from vitlm import (
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
     VitlmImageProcessor,
+    VitlmPiTForImageClassification,
     VitlmViTForImageClassification,
     VitlmViTModel,
 )
-from vitlm.attention_maps import attention_heatmaps, attention_map
+from vitlm.attention_maps import attention_heatmaps, attention_map, pooling_matrix
 
 MODELS = [
     ("vit", VitlmViTForImageClassification, {}),
@@ -19,6 +20,8 @@ MODELS = [
     ("vit", VitlmViTModel, {"use_cls_token": False, "pooling": "mean"}),
     ("hybrid", VitlmHybridForImageClassification, {}),
     ("dual", VitlmDualEncoderModel, {}),
+    ("pit", VitlmPiTForImageClassification, {}),
+    ("pit", VitlmPiTForImageClassification, {"use_distillation_token": True}),
 ]
 
 
@@ -84,3 +87,34 @@ def test_mean_pooled_models_read_the_patch_queries_and_detectors_their_tower():
     torch.testing.assert_close(attention_heatmaps(model, pixel_values, "cls"), expected)
     detector = build("dual", VitlmDualEncoderForObjectDetection, {})
     assert attention_heatmaps(detector, pixel_values, "rollout").shape == (2, 32, 32)
+
+
+def test_pooling_matrix_averages_the_neighbourhood_the_pooling_convolution_reads():
+    matrix = pooling_matrix((3, 4), (2, 2), prefix=1, device="cpu")
+    assert matrix.shape == (1 + 4, 1 + 12)
+    assert matrix[0].tolist() == [1.0] + [0.0] * 12
+    # pooled (0, 0) reads rows 0-1, columns 0-1 (the rest is padding); pooled (1, 1) rows 1-2, columns 1-3
+    expected = {(1, 0): [(0, 0), (0, 1), (1, 0), (1, 1)], (4, 0): [(r, c) for r in (1, 2) for c in (1, 2, 3)]}
+    for (row, _), cells in expected.items():
+        weights = torch.zeros(13)
+        weights[[1 + r * 4 + c for r, c in cells]] = 1 / len(cells)
+        torch.testing.assert_close(matrix[row], weights)
+
+
+def test_pit_rollout_carries_the_flow_through_token_pooling():
+    model = build("pit", VitlmPiTForImageClassification, {})
+    config = model.config
+    pixel_values = pixel_batch(config)
+    attentions = [a.mean(1) for a in model(pixel_values, output_attentions=True).attentions]
+    grids = config.stage_grids(*pixel_values.shape[-2:])
+    flow, stage = torch.eye(attentions[0].shape[-1]), 0
+    for attention in attentions:
+        if attention.shape[-1] != flow.shape[-2]:
+            flow = pooling_matrix(grids[stage], grids[stage + 1], 1, "cpu") @ flow
+            stage += 1
+        flow = (0.5 * attention + 0.5 * torch.eye(attention.shape[-1])) @ flow
+    assert stage == len(config.depths) - 1 > 0
+    scores = flow[:, 0, 1:].reshape(2, *grids[0])
+    expected = torch.nn.functional.interpolate(scores[:, None], size=pixel_values.shape[-2:], mode="bilinear")[:, 0]
+    expected = expected.clamp(min=0) / expected.clamp(min=0).amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(attention_heatmaps(model, pixel_values, "rollout"), expected)

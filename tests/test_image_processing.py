@@ -298,7 +298,7 @@ def test_module_imports_only_portable_packages():
     tree = ast.parse(inspect.getsource(module))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert {name.split(".")[0] for name in imported} <= {"os", "numpy", "PIL", "torch", "transformers"}
+    assert {name.split(".")[0] for name in imported} <= {"os", "concurrent", "numpy", "PIL", "torch", "transformers"}
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from transformers.utils import is_torchvision_available
 
 from . import models
 from .convert import load
+from .deploy import quantize
 from .models import (
     VitlmCLIPTokenizer,
     VitlmDualEncoderConfig,
@@ -109,4 +110,4 @@ def _register():
 
 _register()
 
-__all__ = ["load", *models.__all__]
+__all__ = ["load", "quantize", *models.__all__]

@@ -3,9 +3,11 @@
     >>> maps = attention_map(model, image, image_processor, method="rollout")
     >>> maps.heatmap.shape == (image.height, image.width), maps.overlay  # a PIL image of the heat over the picture
 
-Works for ViT, hybrid and Swin models (their heads included) and the image tower of a dual encoder. Swin attends
+Works for ViT, hybrid, PiT and Swin models (their heads included) and the image tower of a dual encoder. Swin attends
 within (shifted) windows: each block's per-window maps are stitched back onto its stage's token grid (the shift undone,
 padding dropped), and rollout carries the flow through patch merging, each merged token averaging its 2x2 group.
+Rollout through PiT's token pooling gives each pooled token the mean of the 3x3 neighbourhood its depthwise
+convolution reads, and each prefix token its own.
 """
 
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import PIL.Image
 import torch
 from torch import nn
 
-from .models.configuration_vitlm import VitlmSwinConfig, to_pair
+from .models.configuration_vitlm import VitlmPiTConfig, VitlmSwinConfig, to_pair
 from .models.modeling_swin import stage_windows
 
 METHODS = ("rollout", "cls")
@@ -57,18 +59,40 @@ def attention_heatmaps(model: nn.Module, pixel_values: torch.Tensor, method: str
     layers = [layer.float().mean(dim=1) for layer in attentions]  # (batch, tokens, tokens), averaged over heads
     if isinstance(config, VitlmSwinConfig):
         return upsampled(windowed_flow(config, layers, pixel_values.shape[-2:], method), pixel_values.shape[-2:])
-    if method == "rollout":
-        identity = torch.eye(layers[0].shape[-1], device=layers[0].device)
-        flow = identity
-        for attention in layers:
-            mixed = 0.5 * attention + 0.5 * identity
-            flow = (mixed / mixed.sum(dim=-1, keepdim=True)) @ flow
-    else:
-        flow = layers[-1]
     prefix = config.num_prefix_tokens
+    size = pixel_values.shape[-2:]
+    # a PiT's stages each have their grid; a plain tower has one stage
+    grids = config.stage_grids(*size) if isinstance(config, VitlmPiTConfig) else [config.output_grid(*size)]
+    if method == "rollout":
+        device = layers[0].device
+        flow = torch.eye(layers[0].shape[-1], device=device)
+        stage = 0
+        for attention in layers:
+            if attention.shape[-1] != flow.shape[-2]:  # a token pooling opened the next stage
+                flow = pooling_matrix(grids[stage], grids[stage + 1], prefix, device) @ flow
+                stage += 1
+            mixed = 0.5 * attention + 0.5 * torch.eye(attention.shape[-1], device=device)
+            flow = (mixed / mixed.sum(dim=-1, keepdim=True)) @ flow
+        grid = grids[0]
+    else:
+        flow, grid = layers[-1], grids[-1]
     query = flow[:, 0] if config.pooling == "cls" else flow[:, prefix:].mean(dim=1)
-    grid = (pixel_values.shape[-2] // config.stem_stride, pixel_values.shape[-1] // config.stem_stride)
     return upsampled(query[:, prefix:].reshape(-1, *grid), pixel_values.shape[-2:])
+
+
+def pooling_matrix(grid, pooled_grid, prefix: int, device) -> torch.Tensor:
+    """(prefix + pooled tokens, prefix + tokens): each prefix token passes to itself; each token of the `pooled_grid`
+    averages the in-bounds 3x3 neighbourhood of `grid` that PiT's stride-2 depthwise convolution reads."""
+    rows, cols = torch.meshgrid(torch.arange(pooled_grid[0]), torch.arange(pooled_grid[1]), indexing="ij")
+    matrix = torch.zeros(prefix + rows.numel(), prefix + grid[0] * grid[1], device=device)
+    matrix[:prefix, :prefix] = torch.eye(prefix, device=device)
+    for row_offset in (-1, 0, 1):
+        for col_offset in (-1, 0, 1):
+            source_rows, source_cols = 2 * rows + row_offset, 2 * cols + col_offset
+            inside = (source_rows >= 0) & (source_rows < grid[0]) & (source_cols >= 0) & (source_cols < grid[1])
+            pooled = prefix + torch.arange(rows.numel()).view_as(rows)[inside]
+            matrix[pooled.to(device), (prefix + source_rows[inside] * grid[1] + source_cols[inside]).to(device)] = 1
+    return matrix / matrix.sum(dim=1, keepdim=True)
 
 
 def upsampled(maps: torch.Tensor, size) -> torch.Tensor:

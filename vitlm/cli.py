@@ -75,12 +75,34 @@ def _run_convert(args) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("folder", help="a vitlm model folder (dual encoder, ViT, Swin, or their classifiers)")
-    parser.add_argument("out_dir", help="folder to write the transformers CLIP / ViT / Swin model and processor to")
+    parser.add_argument(
+        "folder", help="a vitlm model folder (dual encoder, ViT, Swin, or their classifiers; any with --onnx)"
+    )
+    parser.add_argument(
+        "out_dir",
+        help="folder to write the transformers CLIP / ViT / Swin model and processor to (with --onnx: the ONNX "
+        "graphs, config and processor files)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export ONNX graphs instead (dual encoder: image and text encoders; classifiers, the zero-shot "
+        "classifier, the detector, towers: model.onnx), checked with onnxruntime against PyTorch",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --onnx: int8 weights in the linear layers")
 
 
 def _run_export(args) -> int:
+    if args.int8 and not args.onnx:
+        raise ValueError("--int8 quantizes ONNX graphs: add --onnx (in Python, `vitlm.quantize(model)`)")
+    if args.onnx:
+        from .deploy.onnx import export_onnx
+
+        report = export_onnx(args.folder, args.out_dir, int8=args.int8, overwrite=args.overwrite)
+        for name, difference in report.items():
+            print(f"wrote {args.out_dir}/{name} (onnxruntime vs PyTorch: max abs difference {difference:.1e})")
+        return 0
     from .convert.to_transformers import export
 
     print(f"wrote {export(args.folder, args.out_dir, overwrite=args.overwrite)}")
@@ -161,6 +183,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
+    parser.add_argument(
+        "--lora",
+        type=int,
+        metavar="R",
+        help="train rank-R LoRA adapters (PEFT) and the task head, the rest frozen; the folder holds the adapters",
+    )
+    parser.add_argument(
+        "--lora-targets",
+        type=lambda text: [name.strip() for name in text.split(",")],
+        help="with --lora: comma-separated layer names to adapt (default: qkv,fc1,fc2; also proj)",
+    )
+    parser.add_argument("--merge-lora", action="store_true", help="with --lora: save the model with adapters merged")
 
 
 def _run_train(args) -> int:
@@ -183,6 +217,9 @@ def _run_train(args) -> int:
         logging_steps=args.logging_steps,
         layer_decay=args.layer_decay,
         twin_weight=args.twin_weight,
+        lora_rank=args.lora,
+        lora_targets=args.lora_targets,
+        merge_lora=args.merge_lora,
     )
     check_arguments(args.task, args.output_dir, **settings, **task_options)
 
@@ -252,6 +289,140 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_embed_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "source", help="a folder of images (recursive), a datasets data set (saved folder or Hub id) or parquet files"
+    )
+    parser.add_argument("--out", required=True, help="folder for the shards, index and manifest (rerun to resume)")
+    parser.add_argument("--model", default="default", help="a dual encoder: default, a folder, a Hub id or hf:/...")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="this process, or Ray Data")
+    parser.add_argument("--address", help="--engine ray: the Ray cluster to attach to (default: start one here)")
+    parser.add_argument("--num-cpus", type=_positive_int, help="--engine ray: CPUs of the local Ray runtime")
+    parser.add_argument("--num-actors", type=_positive_int, default=1, help="--engine ray: model replicas")
+    parser.add_argument(
+        "--gpus-per-actor", type=float, help="--engine ray: GPUs per model replica (0.5: two replicas per GPU)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="images per model call")
+    parser.add_argument("--shard-size", type=_positive_int, default=4096, help="images per output shard")
+    parser.add_argument("--num-workers", type=int, help="DataLoader decoding processes (default: CPUs, at most 8)")
+    parser.add_argument(
+        "--index", choices=["auto", "exact", "hnsw", "ivf"], default="auto", help="auto: exact up to 100,000 images"
+    )
+    parser.add_argument("--kind", choices=["auto", "folder", "dataset", "parquet"], default="auto")
+    parser.add_argument("--image-column", default="image", help="datasets / parquet: the column of images")
+    parser.add_argument("--id-column", help="datasets / parquet: a column of unique ids (default: row numbers)")
+    parser.add_argument("--split", default="train", help="datasets: the split")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when there is one)")
+
+
+def _run_embed(args) -> int:
+    from .retrieval.checks import check_engine
+
+    check_engine(args.engine)
+    from .retrieval import embed
+    from .retrieval.store import read_manifest
+
+    out = embed(
+        args.source,
+        args.out,
+        model=args.model,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        index=args.index,
+        num_workers=args.num_workers,
+        device=args.device,
+        kind=args.kind,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        split=args.split,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_actors=args.num_actors,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+    manifest = read_manifest(out)
+    counts, index = manifest["counts"], manifest["index"]
+    recall = f", recall@10 against exact search {index['recall_at_10']:.3f}" if "recall_at_10" in index else ""
+    print(
+        f"wrote {out}: {counts['embedded']:,} of {counts['items']:,} images embedded ({counts['errors']:,} could not "
+        f"be decoded, listed in {out / manifest['errors_file']}), {index['kind']} index{recall}"
+    )
+    return 0
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("index", help="a folder written by `vitlm embed`")
+    parser.add_argument("text", nargs="?", help="the query text")
+    parser.add_argument("--image", help="a query image (with a text too: both count)")
+    parser.add_argument("-k", type=_positive_int, default=10, help="how many images to list")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
+
+
+def _run_search(args) -> int:
+    from .retrieval.checks import check_k, check_text
+
+    if args.text is None and args.image is None:
+        raise ValueError("give a query text, --image or both")
+    if args.text is not None:
+        check_text(args.text)
+    check_k(args.k)
+    from .retrieval import search
+
+    hits = search(args.index, args.text, args.image, k=args.k, device=args.device)
+    print(markdown_table(["rank", "score", "image"], [[h.rank, f"{h.score:.4f}", h.path or h.id] for h in hits]))
+    return 0
+
+
+def _add_classify_folder_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("folder", help="a folder of images (recursive)")
+    parser.add_argument("--labels", required=True, help="comma-separated class names")
+    parser.add_argument("--out", required=True, help="the CSV to write: path,label,probability,error")
+    parser.add_argument("--model", default="default", help="a dual encoder: default, a folder, a Hub id or hf:/...")
+    parser.add_argument(
+        "--template",
+        action="append",
+        help="a prompt template with {} for the label (repeatable; default: the model's)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--num-workers", type=int, help="DataLoader decoding processes (default: CPUs, at most 8)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the GPU when there is one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _run_classify_folder(args) -> int:
+    from .retrieval.checks import check_text
+
+    labels = [check_text(label, "a label") for label in args.labels.split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--labels names no class: give comma-separated names")
+    from .retrieval import classify_folder
+
+    out = classify_folder(
+        args.folder,
+        labels,
+        args.out,
+        model=args.model,
+        templates=args.template,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 SUBCOMMANDS = [
     (
         "presets",
@@ -267,7 +438,8 @@ SUBCOMMANDS = [
     ),
     (
         "export",
-        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification)",
+        "export a vitlm model to transformers' own classes (CLIPModel, ViTModel, ViTForImageClassification) or, with "
+        "--onnx, to ONNX",
         _add_export_arguments,
         _run_export,
     ),
@@ -279,9 +451,27 @@ SUBCOMMANDS = [
     ),
     (
         "demo",
-        "serve the Gradio demo: zero-shot classification, open-vocabulary detection and inpainting",
+        "serve the Gradio demo: zero-shot classification, open-vocabulary detection, inpainting and search",
         _add_demo_arguments,
         _run_demo,
+    ),
+    (
+        "embed",
+        "embed a collection of images (folder, datasets data set, parquet) into shards and a search index",
+        _add_embed_arguments,
+        _run_embed,
+    ),
+    (
+        "search",
+        "search an index written by `vitlm embed` by text or by example image",
+        _add_search_arguments,
+        _run_search,
+    ),
+    (
+        "classify-folder",
+        "label every image of a folder with the zero-shot classifier, into a CSV",
+        _add_classify_folder_arguments,
+        _run_classify_folder,
     ),
 ]
 

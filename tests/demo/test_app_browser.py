@@ -135,6 +135,24 @@ def test_inpainting_what_the_user_paints(page):
     assert 0 < changed.mean() < 0.5  # the stroke, not the whole image
 
 
+def test_search_by_text(page, store):
+    from vitlm.demo.app import EXAMPLE_COLLECTION, search
+
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-text textarea").fill("a green circle")
+    page.locator("#search-button").click()
+    first_row = page.locator("#search-table [role=row][aria-rowindex='2']")  # row 1: the header
+    first_row.wait_for()
+    page.locator("#search-results img").first.wait_for()
+    page.screenshot(path=ARTIFACTS / "demo-search.png", full_page=True)
+    gallery, rows = search("a green circle", None, EXAMPLE_COLLECTION, 8, store=store)
+    assert page.locator("#search-results img").count() == len(gallery) == 8
+    assert int(page.locator("#search-table [role=grid]").get_attribute("aria-rowcount")) == 1 + len(rows)
+    cells = first_row.inner_text().split()
+    assert cells[0] == "1" and float(cells[1]) == pytest.approx(rows[0][1], abs=1e-3)
+    assert " ".join(cells[2:]) == rows[0][2]
+
+
 def fetch_image(page, url: str) -> np.ndarray:
     response = page.request.get(url)
     assert response.ok, url

@@ -142,3 +142,17 @@ def test_decompression_bombs_are_refused_before_decoding(client, tmp_path):
     editor = {"background": handle_file(str(bomb)), "layers": [], "composite": None, "id": None}
     with pytest.raises(AppError, match=message):
         client.predict(editor, "default", api_name="/inpaint")
+
+
+def test_search(client):
+    from vitlm.demo.app import EXAMPLE_COLLECTION, SEARCH_EXAMPLES, search
+
+    gallery, table = client.predict(SEARCH_EXAMPLES[0], None, EXAMPLE_COLLECTION, 5, "default", api_name="/search")
+    assert table["headers"] == ["rank", "score", "image"] and [row[0] for row in table["data"]] == [1, 2, 3, 4, 5]
+    _, expected = search(SEARCH_EXAMPLES[0], None, EXAMPLE_COLLECTION, 5)  # the same default model, in this process
+    assert [row[2] for row in table["data"]] == [row[2] for row in expected]
+    assert [row[1] for row in table["data"]] == pytest.approx([row[1] for row in expected], abs=1e-4)
+    assert [item["caption"] for item in gallery] == [f"{score:.3f} · {name}" for _, score, name in expected]
+    assert all(PIL.Image.open(item["image"]).size == (64, 64) for item in gallery)
+    with pytest.raises(AppError, match="Type a query text or upload a query image"):
+        client.predict("", None, EXAMPLE_COLLECTION, 5, "default", api_name="/search")

@@ -223,3 +223,8 @@ def test_torchrun_two_processes_match_one(tmp_path, task):
 def test_beit_refuses_a_tower_without_single_scale_patches(tmp_path):
     with pytest.raises(ValueError, match="BEiT pretraining needs a ViT or hybrid image tower, got a vitlm_pit"):
         train("beit", "pit-tiny-test", "shapes", tmp_path / "out", max_steps=1, shapes_train=8, shapes_test=8)
+
+
+def test_lora_is_refused_for_pretraining(tmp_path):
+    with pytest.raises(ValueError, match="LoRA adapts the model a task trains directly; 'self-distillation'"):
+        train("dino", "vit-tiny-test", "shapes", tmp_path / "out", max_steps=1, lora_rank=2)

@@ -30,6 +30,7 @@ SWITCHES = [
 # tables keyed by names that are not training tasks, though they spell alike
 OTHER_TABLES = {
     "convert/__init__.py": "AUTO_CLASS_NAMES, keyed by a model class's `pipeline_tag` (the Hub's task of the model)",
+    "deploy/onnx.py": "GRAPHS, keyed by a model class's `pipeline_tag`: what each kind of model exports to ONNX",
     "demo/models.py": "the demo's tabs (the class and shipped folder each tab loads), not training tasks",
     "convert/from_transformers.py": "DEFAULT_ARCHITECTURES, keyed by transformers' model types (BEiT's is 'beit')",
 }

@@ -5,6 +5,7 @@ A source is `<prefix>:<spec>`: `open_clip:ViT-B-32/laion2b_s34b_b79k`, `hf:opena
 config translation and a pure state-dict mapping written as a table of `weights.Rule`s (the one mapping mechanism).
 """
 
+import contextlib
 import glob
 import importlib
 import logging
@@ -222,14 +223,24 @@ def save(
     check_out_dir(out_dir, overwrite)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_dir(out_dir, "partial")
-    try:
+    with staged_folder(out_dir) as staging:
         model = converted.model.to(DTYPES[dtype]) if dtype else converted.model
         model.save_pretrained(staging)
         converted.processor.save_pretrained(staging)
         if source is not None:
             (staging / "README.md").write_text(model_card(converted.model, source, out_dir.name, random_weights))
+    return out_dir
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path):
+    """Yield a new sibling staging folder to write into; once the block ends without an error it replaces `out_dir`
+    whole (an existing one is moved aside first and put back if the rename fails), else it is removed. Callers check
+    `out_dir` with `check_out_dir` first."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(out_dir, "partial")
+    try:
+        yield staging
         if out_dir.exists():
             backup = _staging_dir(out_dir, "old")
             out_dir.rename(backup / out_dir.name)
@@ -244,7 +255,6 @@ def save(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return out_dir
 
 
 def _staging_prefix(out_dir: Path, kind: str) -> str:
@@ -342,5 +352,6 @@ __all__ = [
     "public_source",
     "save",
     "source_repo_id",
+    "staged_folder",
     "uninitialized",
 ]

@@ -2,7 +2,7 @@
 a model selector (the shipped shapes-world defaults, a Hub repo id, a converter source, or a local folder while the
 demo serves this machine alone)."""
 
-from .app import build_app, classify, detect, inpaint, launch, model_status
+from .app import build_app, classify, detect, inpaint, launch, model_status, search
 from .models import DEFAULT_SOURCE, ModelLoadError, ModelStore
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "inpaint",
     "launch",
     "model_status",
+    "search",
 ]

@@ -1,4 +1,4 @@
-"""The vitlm demo: zero-shot classification, open-vocabulary detection and inpainting in one Gradio app.
+"""The vitlm demo: zero-shot classification, open-vocabulary detection, inpainting and image search in one Gradio app.
 
     vitlm demo [--host 127.0.0.1] [--port 7860] [--share]        # or: python demos/app.py
 
@@ -7,6 +7,7 @@ Each tab calls one plain function, usable without a browser (the tests call them
 - `classify(image, labels, templates, source)` -> ({label: probability}, attention overlay)
 - `detect(image, queries, threshold, template, source, nms_threshold)` -> ((image, [(box, "query score")]), table rows)
 - `inpaint(editor, source)` -> (original, inpainted)
+- `search(text, image, collection, k, source)` -> ([(thumbnail, "score · name")], ranking rows)
 - `model_status(task, source)` -> (markdown status, the model's prompt templates)
 
 `vitlm demo` loads the default models before it serves, one line each on the terminal; a model loading on first use
@@ -48,6 +49,10 @@ from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
 from ..models.modeling_dual_encoder import default_templates
+from ..retrieval import FolderSource, MemorySource, embed_source, query_embedding
+from ..retrieval.checks import check_text
+from ..retrieval.index import top_k
+from ..retrieval.sources import Source, decode
 from .models import DEFAULT_SOURCE, TASKS, Loaded, ModelLoadError, ModelStore
 
 MAX_PIXELS = 40_000_000
@@ -361,6 +366,125 @@ def load_alpha(layer) -> PIL.Image.Image:
         raise refusal(f"Cannot read the painted mask: {_escaped(error)}") from error
 
 
+# the Search tab: the shipped example collection is drawn from the shapes world on first use (the same images on
+# every machine, nothing shipped), a folder is embedded inside the request
+EXAMPLE_COLLECTION = "shapes world examples (256 images)"
+EXAMPLE_COLLECTION_SIZE = 256
+EXAMPLE_COLLECTION_SEED = 2026
+MAX_COLLECTION_IMAGES = 2000  # in a folder; `vitlm embed` takes larger ones
+MAX_RESULTS = 50
+DEFAULT_RESULTS = 8
+THUMBNAIL_SIDE = 256
+# pairs the default model saw in training (the example images are drawn from the validation split, which has
+# none of the held-out pairs), then a shape and a colour alone
+SEARCH_EXAMPLES = ["a blue star", "a green circle", "a yellow square", "a triangle", "a red shape"]
+
+
+@functools.cache
+def example_collection() -> MemorySource:
+    """The example collection: shapes-world images with one object each, named by number and caption."""
+    from datasets import Image
+
+    from ..data.shapes import generate
+
+    shapes = generate(EXAMPLE_COLLECTION_SIZE, seed=EXAMPLE_COLLECTION_SEED, split="validation", max_objects=1)
+    images = shapes.cast_column("image", Image(decode=False))["image"]
+    ids = [f"{index:03d} {caption}" for index, caption in enumerate(shapes["caption"])]
+    return MemorySource(ids, [image["bytes"] for image in images], {"kind": "example"})
+
+
+def collection_source(collection, store: ModelStore) -> tuple[Source, tuple]:
+    """The collection to search and its cache key: the example collection, or (served to this machine alone) the
+    images of a local folder, keyed by their names and modification times so that a changed folder is embedded
+    again."""
+    name = str(collection or "").strip()
+    if not name or name == EXAMPLE_COLLECTION:
+        return example_collection(), ("example",)
+    if not store.allow_local:
+        # one message whatever the string is: it must not tell whether a path exists on the server
+        raise refusal(
+            "This public demo searches the example collection only. Folders are read only when the demo serves on "
+            "127.0.0.1 (or is started with --allow-local-models)."
+        )
+    check_length(name, "The folder name", 4096)
+    try:
+        source = FolderSource(Path(name).expanduser())
+    except ValueError as error:
+        raise refusal(_escaped(error)) from error
+    if not len(source):
+        raise refusal(f"There are no images in {_escaped(name)}.")
+    if len(source) > MAX_COLLECTION_IMAGES:
+        raise refusal(
+            f"{_escaped(name)} holds {len(source):,} images; the demo embeds at most {MAX_COLLECTION_IMAGES:,}. Index "
+            "a larger collection with `vitlm embed` and search it with `vitlm search`."
+        )
+    modified = [os.stat(source.read(position)).st_mtime_ns for position in range(len(source))]
+    return source, ("folder", str(source.root), tuple(source.ids), tuple(modified))
+
+
+@torch.no_grad()
+def search(
+    text,
+    image=None,
+    collection=EXAMPLE_COLLECTION,
+    k=DEFAULT_RESULTS,
+    source=DEFAULT_SOURCE,
+    progress=PROGRESS,
+    store: ModelStore | None = None,
+) -> tuple[list[tuple[PIL.Image.Image, str]], list[list]]:
+    """The `k` images of `collection` (the example collection or a local folder) closest to the query text, the query
+    image, or both (their embeddings' normalized sum): thumbnails captioned "score · name", and one row per image
+    [rank, score, name], best first. Scores are cosine similarities."""
+    store = store or _default_store
+    text = str(text or "").strip() or None
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        k = 0
+    if not 1 <= k <= MAX_RESULTS:
+        raise refusal(f"The number of results must be from 1 to {MAX_RESULTS}.")
+    picture = load_image(image, "query image") if image is not None else None
+    if text is None and picture is None:
+        raise refusal("Type a query text or upload a query image (or both).")
+    if text is not None:
+        check_length(text, "The query")
+        try:
+            check_text(text)
+        except ValueError as error:
+            raise refusal(_escaped(error)) from error
+    items, key = collection_source(collection, store)
+    loaded = get_model("zero-shot-image-classification", source, store, progress)
+    positions, embeddings, errors = store.cached(
+        ("search collection", loaded.source, *key),
+        loaded.model,
+        lambda: embed_source(loaded.model, loaded.processor.image_processor, items),
+    )
+    if errors:
+        gr.Warning(f"{len(errors)} images of the collection could not be read and are left out.")
+    if not len(positions):
+        raise refusal("No image of the collection could be read.")
+    query = query_embedding(loaded.model, loaded.processor, text, picture)
+    scores, rows = top_k(embeddings, query[None], k)
+    gallery, table = [], []
+    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist()), start=1):
+        position = int(positions[row])
+        thumbnail = decode(items.read(position))
+        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        gallery.append((thumbnail, f"{score:.3f} · {items.ids[position]}"))
+        table.append([rank, round(score, 4), items.ids[position]])
+    return gallery, table
+
+
+def gallery_output(**options) -> gr.Gallery:
+    """`gr.Gallery` for [(image, caption)], its images written by `cached_png` (see `image_output`)."""
+    gallery = gr.Gallery(format="png", **options)
+    postprocess = gallery.postprocess
+    gallery.postprocess = lambda value: postprocess(
+        [(cached_png(picture, gallery.GRADIO_CACHE), caption) for picture, caption in value] if value else value
+    )
+    return gallery
+
+
 def _status_handler(task: str, store: ModelStore, show_templates=None):
     """The model selector's event handler: the status line, and for the text tabs (`show_templates`: the model's
     templates as the tab's templates box shows them) that box filled with the model's own (left as it is when the
@@ -481,9 +605,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
     store = store or _default_store
     with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# vitlm demo\nZero-shot classification, open-vocabulary detection and inpainting with vitlm models. "
-            "The default models are small and were trained on the synthetic *shapes world* (coloured shapes on "
-            "textured backgrounds): try them on its images, or pick a pretrained model."
+            "# vitlm demo\nZero-shot classification, open-vocabulary detection, inpainting and image search with "
+            "vitlm models. The default models are small and were trained on the synthetic *shapes world* (coloured "
+            "shapes on textured backgrounds): try them on its images, or pick a pretrained model."
         )
         with gr.Tab("Zero-shot classification", id="zero-shot-image-classification"):
             with gr.Row():
@@ -588,6 +712,48 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                 functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
             )
             selectors.append(("masked-image-modeling", source, [status], None))
+
+        with gr.Tab("Search", id="search"):
+            with gr.Row():
+                with gr.Column():
+                    query = gr.Textbox(SEARCH_EXAMPLES[0], label="Query text", elem_id="search-text")
+                    query_image = image_input("search-image")
+                    query_image.label = "Query image (optional; with a text, both count)"
+                    collection = gr.Dropdown(
+                        [EXAMPLE_COLLECTION],
+                        value=EXAMPLE_COLLECTION,
+                        allow_custom_value=store.allow_local,
+                        label="Collection",
+                        info="the example collection"
+                        + (
+                            f", or a folder of this machine (up to {MAX_COLLECTION_IMAGES:,} images)"
+                            if store.allow_local
+                            else ""
+                        ),
+                        elem_id="search-collection",
+                    )
+                    count = gr.Slider(1, MAX_RESULTS, DEFAULT_RESULTS, step=1, label="Results", elem_id="search-k")
+                    source = model_selector(
+                        "search", ["open_clip:ViT-B-32/laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"], store
+                    )
+                    status = gr.Markdown(label="Model status", elem_id="search-status")
+                    button = gr.Button("Search", variant="primary", elem_id="search-button")
+                with gr.Column():
+                    results = gallery_output(label="Closest images", columns=4, elem_id="search-results")
+                    ranking = gr.Dataframe(
+                        headers=["rank", "score", "image"], label="Ranking", interactive=False, elem_id="search-table"
+                    )
+            gr.Examples([[example] for example in SEARCH_EXAMPLES], [query])
+            button.click(
+                functools.partial(search, store=store),
+                [query, query_image, collection, count, source],
+                [results, ranking],
+                api_name="search",
+            )
+            # the Search tab runs the zero-shot tab's kind of model (a dual encoder); its own status endpoint
+            handler = _status_handler("zero-shot-image-classification", store)
+            source.change(handler, source, status, api_name="search_model")
+            demo.load(handler, source, status, api_visibility="private")
 
         for task, source, outputs, show_templates in selectors:
             handler = _status_handler(task, store, show_templates)

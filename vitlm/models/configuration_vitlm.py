@@ -900,12 +900,16 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
         """The patch embedding's grid at the configured resolution."""
         return tuple((side - self.patch_size) // self.stride + 1 for side in to_pair(self.image_size))
 
-    def output_grid(self, height: int, width: int) -> tuple[int, int]:
-        """The last stage's patch grid for a `height` x `width` input: each token pooling halves it, rounding up."""
-        grid = [(side - self.patch_size) // self.stride + 1 for side in (height, width)]
+    def stage_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Each stage's patch grid for a `height` x `width` input: each token pooling halves it, rounding up."""
+        grids = [tuple((side - self.patch_size) // self.stride + 1 for side in (height, width))]
         for _ in self.depths[1:]:
-            grid = [-(-side // 2) for side in grid]
-        return tuple(grid)
+            grids.append(tuple(-(-side // 2) for side in grids[-1]))
+        return grids
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The last stage's patch grid for a `height` x `width` input."""
+        return self.stage_grids(height, width)[-1]
 
     def check_values(self):
         lengths = {name: len(getattr(self, name)) for name in ("depths", "hidden_sizes", "num_heads")}
@@ -1138,7 +1142,9 @@ def vision_config_from(value) -> VitlmViTConfig:
     if value is None:
         return VitlmViTConfig()
     if not isinstance(value, dict):
-        raise ValueError(f"`vision_config` must be a dict or a ViT, hybrid or Swin config, got {type(value).__name__}")
+        raise ValueError(
+            f"`vision_config` must be a dict or a ViT, hybrid, PiT or Swin config, got {type(value).__name__}"
+        )
     value = without_masked_image_modeling_fields(value)
     model_type = value.get("model_type", VitlmViTConfig.model_type)
     if model_type not in VISION_CONFIG_CLASSES:

@@ -201,9 +201,11 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
             input_ids = input_ids.reshape(batch_size, -1, input_ids.shape[-1])
             if attention_mask is not None:
                 attention_mask = attention_mask.reshape(input_ids.shape)
-            # the same queries for every image (a label set, as in training and the pipeline): encode them once
-            shared = (input_ids == input_ids[:1]).all() and (
-                attention_mask is None or (attention_mask == attention_mask[:1]).all()
+            # the same queries for every image (a label set, as in training and the pipeline): encode them once. A
+            # compiled graph cannot branch on values, so it encodes every image's copy (the same embeddings).
+            shared = not torch.compiler.is_compiling() and (
+                (input_ids == input_ids[:1]).all()
+                and (attention_mask is None or (attention_mask == attention_mask[:1]).all())
             )
             if shared:
                 input_ids, attention_mask = input_ids[:1], None if attention_mask is None else attention_mask[:1]

@@ -38,17 +38,31 @@ def check_input_ids(input_ids, attention_mask, config: VitlmTextConfig) -> torch
             f"`input_ids` has {input_ids.shape[1]} tokens, more than the text tower's context of "
             f"{config.max_position_embeddings}; tokenize with `truncation=True`"
         )
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
-        raise ValueError(f"`input_ids` holds ids outside the vocabulary [0, {config.vocab_size})")
-    if attention_mask is not None and (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
-        # A causal tower pooling at the end-of-text token reads left-padded text wrongly.
-        raise ValueError("`attention_mask` must be right-padded (padding_side='right'), as CLIP's tokenizer pads")
     is_eos = input_ids == config.eos_token_id
-    if not is_eos.any(dim=1).all():
-        raise ValueError(
+    value_checks = [
+        (
+            ((input_ids >= 0) & (input_ids < config.vocab_size)).all(),
+            f"`input_ids` holds ids outside the vocabulary [0, {config.vocab_size})",
+        ),
+        (
+            # A causal tower pooling at the end-of-text token reads left-padded text wrongly.
+            attention_mask is None or (attention_mask[:, 1:] <= attention_mask[:, :-1]).all(),
+            "`attention_mask` must be right-padded (padding_side='right'), as CLIP's tokenizer pads",
+        ),
+        (
+            is_eos.any(dim=1).all(),
             f"every sequence in `input_ids` must contain the end-of-text token (id {config.eos_token_id}), where the "
-            "text tower pools; tokenize with the model's tokenizer, which adds it even when truncating"
-        )
+            "text tower pools; tokenize with the model's tokenizer, which adds it even when truncating",
+        ),
+    ]
+    for valid, message in value_checks:
+        if torch.compiler.is_compiling():
+            # A compiled (or exported) graph cannot branch on values: the check runs inside it as an assertion, which
+            # raises a RuntimeError with the same message (an ONNX graph drops it).
+            if isinstance(valid, torch.Tensor):
+                torch._assert_async(valid, message)
+        elif not valid:
+            raise ValueError(message)
     return is_eos.int().argmax(dim=1)
 
 

@@ -29,6 +29,9 @@ def check_arguments(
     logging_steps,
     layer_decay,
     twin_weight=0.0,
+    lora_rank=None,
+    lora_targets=None,
+    merge_lora=False,
     **task_options,
 ):
     """Refuse a training setting out of its range, naming it and its `vitlm train` option, or an option of another
@@ -79,6 +82,14 @@ def check_arguments(
             raise ValueError(f"{name} ({option}) must be {expected}, got {value!r}")
     if not (isinstance(twin_weight, (int, float)) and math.isfinite(twin_weight) and twin_weight >= 0):
         raise ValueError(f"twin_weight must be a finite number >= 0, got {twin_weight!r}")
+    if lora_rank is not None and not (_integer(lora_rank) and lora_rank >= 1):
+        raise ValueError(f"lora_rank (--lora) must be an integer >= 1, got {lora_rank!r}")
+    if lora_targets is not None and (
+        lora_rank is None or not lora_targets or not all(isinstance(t, str) and t.strip() for t in lora_targets)
+    ):
+        raise ValueError(f"lora_targets (--lora-targets) must be layer names with --lora, got {lora_targets!r}")
+    if merge_lora and lora_rank is None:
+        raise ValueError("merge_lora (--merge-lora) merges LoRA adapters: add --lora")
     check_task_options(task, twin_weight=twin_weight, **task_options)
 
 

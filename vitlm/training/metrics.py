@@ -32,14 +32,18 @@ def zero_shot_metrics(model, tokenizer, class_names, labels, templates=None):
     cached classifier built from its own text tower on `class_names` (the one `from_dual_encoder` deploys). `model`
     is read at evaluation time, so the metric follows training. `labels` are the evaluation set's class indices in
     its order (the model's forward takes no labels; Trainer evaluates in order, also across processes)."""
-    from ..models import VitlmDualEncoderForImageClassification
+    from ..models.modeling_dual_encoder import default_templates, encode_class_names
 
     labels = np.asarray(labels)
 
     def compute_metrics(eval_pred):
         image_embeds = eval_pred.predictions
-        classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(model, tokenizer, class_names, templates)
-        logits = image_embeds @ classifier.class_embeddings.detach().float().cpu().numpy().T
+        # the class embeddings alone, as `from_dual_encoder` computes them: no copy of the model's weights, and
+        # the text tower as it runs in training (with LoRA adapters, through PEFT's wrapper)
+        prompts = default_templates(model.config) if templates is None else templates
+        with torch.no_grad():
+            class_embeddings = encode_class_names(model, tokenizer, class_names, prompts)
+        logits = image_embeds @ class_embeddings.float().cpu().numpy().T
         metrics = {"zero_shot_accuracy": accuracy(logits, labels)}
         if len(class_names) > 5:
             metrics["zero_shot_top5_accuracy"] = accuracy(logits, labels, k=5)

@@ -141,6 +141,21 @@ def load_datasets(
     return held_out["train"], held_out["test"]
 
 
+def with_lora(model, model_name: str, rank: int, targets=None):
+    """`model` with LoRA adapters (`vitlm.training.lora.apply_lora`), remembering where its weights come from."""
+    from ..convert import SOURCES
+    from ..presets import preset_names
+    from .lora import DEFAULT_TARGETS, apply_lora
+
+    if model_name in preset_names():
+        raise ValueError(f"LoRA adapts pretrained weights: {model_name!r} is a preset (random weights); train fully")
+    model = apply_lora(model, rank, targets or DEFAULT_TARGETS)
+    # a folder by its absolute path (the adapters are loaded from elsewhere); a converter source by its converted copy
+    base = model.base_model.model.name_or_path if model_name.partition(":")[0] in SOURCES else model_name
+    model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve()) if Path(base).is_dir() else base
+    return model
+
+
 def with_transforms(task, train, eval_dataset, image_processor, augment=True, **options):
     """The task's transforms on both sets (`TrainingTask.transform`; columns found in the training set).
     `augment=False` trains on the evaluation transform (for data whose labels crops and colour jitter would falsify,
@@ -187,13 +202,19 @@ def train(
     save_dtype: str | None = None,
     command: str | None = None,
     callbacks=None,
+    lora_rank: int | None = None,
+    lora_targets: list[str] | None = None,
+    merge_lora: bool = False,
     **training_kwargs,
 ):
     """Train `task` (a name of `vitlm.training.tasks.TASKS` or its alias) and save; returns the Trainer (its
     `state.log_history` holds the losses and metrics).
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
     the final weights; `twin_weight` > 0 adds the twin consistency loss to contrastive training (data with twins:
-    `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates)."""
+    `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates). `lora_rank` trains
+    rank-r LoRA adapters (PEFT) on the towers' `lora_targets` layers (default: qkv, fc1, fc2) and the head whole,
+    everything else frozen, and saves the adapters alone (`vitlm.training.lora.load_lora` reloads them), or with
+    `merge_lora` the model with the adapters merged into its weights."""
     spec = get_task(task)
     task_options = dict(
         mixup_alpha=mixup_alpha,
@@ -211,11 +232,30 @@ def train(
         eval_steps=eval_steps,
         logging_steps=logging_steps,
     )
-    check_arguments(task, output_dir, **schedule, layer_decay=layer_decay, twin_weight=twin_weight, **task_options)
+    check_arguments(
+        task,
+        output_dir,
+        **schedule,
+        layer_decay=layer_decay,
+        twin_weight=twin_weight,
+        lora_rank=lora_rank,
+        lora_targets=lora_targets,
+        merge_lora=merge_lora,
+        **task_options,
+    )
     if caption_weights is not None:
         transforms.caption_weights_tensor(caption_weights)
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
+    if lora_rank and spec.training_model is not None:
+        raise ValueError(
+            f"LoRA adapts the model a task trains directly; {spec.name!r} trains a module built around it"
+        )
+    if lora_rank and push_to_hub and not merge_lora and Path(model_name).exists():
+        raise ValueError(
+            "pushed LoRA adapters name their base model, here a local folder others cannot load: push the base model "
+            "and train from its Hub id, or save the merged model (--merge-lora)"
+        )
     if not save_checkpoints:
         training_kwargs["save_strategy"] = "no"
     output_dir = Path(output_dir)
@@ -233,6 +273,8 @@ def train(
     class_names = class_names_of(spec, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
+    if lora_rank:
+        model = with_lora(model, model_name, lora_rank, lora_targets)
     image_processor = getattr(processor, "image_processor", processor)
     evaluation_inputs = spec.evaluation_inputs(train_set, eval_set, class_names) if spec.evaluation_inputs else {}
     raw_train_set = train_set
@@ -274,14 +316,22 @@ def train(
         print(f"no checkpoint in {output_dir}: training from the start")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.evaluate()
+    if lora_rank and merge_lora:
+        trainer.model = trainer.model.merge_and_unload()
     if save_dtype:
         trainer.model.to(DTYPES[save_dtype])
     if spec.saved_models is None:
-        trainer.save_model(output_dir)  # model + processor; every process calls it, Trainer writes once
+        trainer.save_model(output_dir)  # model (or adapters) + processor; every process calls it, Trainer writes once
     elif trainer.is_world_process_zero():
         for subfolder, saved in spec.saved_models(trainer.model).items():
             saved.save_pretrained(output_dir / subfolder)
         processor.save_pretrained(output_dir)
+    if lora_rank and not merge_lora and trainer.is_world_process_zero():
+        # the trained model's config, for `load_lora`: its class (not the checkpoint's, which may lack the head) and a
+        # head resized for the new classes
+        trained = trainer.model.base_model.model
+        trained.config.architectures = [type(trained).__name__]
+        trained.config.to_json_file(output_dir / "config.json")
     trainer.save_state()  # trainer_state.json: the whole log history, final evaluation included
     if trainer.is_world_process_zero():
         # Trainer's pickled TrainingArguments: a shared folder holds no pickles, and the card lists the recipe
