@@ -14,6 +14,8 @@ TINY_PRESETS = {
     "dual": "clip-tiny-test",
     "pit": "pit-tiny-test",
     "swin": "swin-tiny-test",
+    "dinov2": "dinov2-tiny-test",  # the ViT with layer scale, registers, SwiGLU and [CLS] + mean pooling
+    "beit": "beit-tiny-test",  # the ViT with a relative position bias per block, no key bias, mean pooling + norm
 }
 
 

@@ -49,6 +49,9 @@ CASES = [
     ("pit", VitlmPiTForImageClassification, AutoModelForImageClassification),
     ("swin", VitlmSwinModel, AutoModel),
     ("swin", VitlmSwinForImageClassification, AutoModelForImageClassification),
+    ("dinov2", VitlmViTModel, AutoModel),
+    ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
+    ("beit", VitlmViTForImageClassification, AutoModelForImageClassification),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

@@ -31,6 +31,8 @@ FAMILIES = {
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
     "pit-": "vitlm_pit",
+    "dino": "vitlm_vit",  # DINO and DINOv2 (self-supervised ViTs)
+    "beit-": "vitlm_vit",
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",
@@ -48,8 +50,12 @@ PUBLISHED = [
     "pit-b-224",
     "swin-tiny-patch4-window7-224",
     "swin-base-patch4-window12-384",
+    "beit-base-patch16-224",
 ]
-TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test"]
+# published without a classifier (num_labels 0), as their self-supervised weights are
+PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
+TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test", "dinov2-tiny-test"]
+TINY.append("beit-tiny-test")
 
 
 def expected_model_type(name):
@@ -68,7 +74,7 @@ def check_fields_are_known(fields: dict, config_class, where: str):
 
 
 def test_every_expected_preset_exists():
-    assert set(PUBLISHED + TINY) <= set(preset_names())
+    assert set(PUBLISHED + PUBLISHED_FEATURES + TINY) <= set(preset_names())
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -88,7 +94,8 @@ def test_preset_loads_as_its_family(name):
             check_fields_are_known(fields[key], type(getattr(config, key)), f"{name}.{key}")
             assert getattr(config, key).model_type == fields[key]["model_type"]
     else:
-        assert config.num_labels == (1000 if name in PUBLISHED else fields.get("num_labels", 2))
+        published = 1000 if name in PUBLISHED else 0 if name in PUBLISHED_FEATURES else None
+        assert config.num_labels == (published if published is not None else fields.get("num_labels", 2))
     for architecture in config.architectures:
         assert hasattr(vitlm, architecture), architecture
 
@@ -148,16 +155,23 @@ REFERENCES = [
     ("pit-b-224", "timm", "pit_b_224"),
     ("swin-tiny-patch4-window7-224", "timm", "swin_tiny_patch4_window7_224"),
     ("swin-base-patch4-window12-384", "timm", "swin_base_patch4_window12_384"),
+    ("dinov2-small", "timm", "vit_small_patch14_dinov2"),
+    ("dinov2-base", "timm", "vit_base_patch14_dinov2"),
+    ("dinov2-small-reg", "timm", "vit_small_patch14_reg4_dinov2"),
+    ("dinov2-base-reg", "timm", "vit_base_patch14_reg4_dinov2"),
+    ("dino-vitb16", "timm", "vit_base_patch16_224.dino"),
+    ("beit-base-patch16-224", "timm", "beit_base_patch16_224"),
 ]
 
 
 def test_every_published_preset_has_a_reference():
-    assert sorted(preset for preset, _, _ in REFERENCES) == sorted(PUBLISHED)
+    assert sorted(preset for preset, _, _ in REFERENCES) == sorted(PUBLISHED + PUBLISHED_FEATURES)
 
 
 @pytest.mark.parametrize("preset,library,name", REFERENCES)
 def test_parameter_count_matches_the_original(preset, library, name):
-    """timm classifiers with their 1000-class head; open_clip models with both towers, projections and temperature."""
+    """timm classifiers with their 1000-class head (self-supervised models without one); open_clip models with both
+    towers, projections and temperature."""
     original = reference_model(library, name)
     model = build_empty_model(load_preset_config(preset))
     if library == "open_clip":  # the image tower first, so that a mismatch says where it is

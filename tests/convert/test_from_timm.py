@@ -124,6 +124,13 @@ def test_classifier_parity(tmp_path, spec, batch_size, hybrid):
         ),
         ("deit_base_distilled_patch16_384", {"use_distillation_token": True, "image_size": 384, "num_labels": 1000}),
         ("vit_large_r50_s32_384", {"backbone_depths": [3, 4, 6, 3], "image_size": 384, "hidden_size": 1024}),
+        ("deit3_small_patch16_224", {"layerscale_value": 1e-6, "prefix_position_embeddings": False}),
+        ("vit_medium_patch16_gap_256", {"layerscale_value": 1e-6, "pooling": "mean", "use_cls_token": False}),
+        (
+            "vit_small_patch14_reg4_dinov2",
+            {"num_register_tokens": 4, "prefix_position_embeddings": False, "image_size": 518},
+        ),
+        ("vit_giant_patch14_dinov2", {"mlp_type": "swiglu", "hidden_act": "silu", "intermediate_size": 4096}),
     ],
 )
 def test_registry_models_translate(spec, expected):
@@ -250,9 +257,7 @@ def test_processor_refuses_crops_it_cannot_reproduce(input_size, crop_mode):
 @pytest.mark.parametrize(
     "spec,feature",
     [
-        ("vit_base_patch16_reg4_gap_256", "register tokens (reg_tokens=4)"),
-        ("vit_medium_patch16_gap_256", "layer scale"),
-        ("deit3_small_patch16_224", "no_embed_class=True"),
+        ("vit_base_patch16_reg4_gap_256", "the final norm after pooling (fc_norm)"),
         ("vit_base_patch16_siglip_224", "global_pool='map'"),
         ("vit_small_resnet26d_224", "FeatureListNet hybrid backbone"),
         ("vit_tiny_r_s16_p8_224", "Sequential hybrid backbone"),
@@ -279,10 +284,13 @@ def tiny_hybrid(**backbone_kwargs):
 @pytest.mark.parametrize(
     "build,feature",
     [
-        (lambda: timm.create_model("vit_tiny_patch16_224", init_values=1e-5, device="meta"), "layer scale"),
+        (
+            lambda: timm.create_model("vit_tiny_patch16_224", scale_attn_norm=True, device="meta"),
+            "a norm inside attention",
+        ),
         (lambda: timm.create_model("vit_tiny_patch16_224", qk_norm=True, device="meta"), "qk_norm"),
         (lambda: timm.create_model("vit_tiny_patch16_224", norm_layer="rmsnorm", device="meta"), "RmsNorm norms"),
-        (lambda: timm.create_model("vit_tiny_patch16_224", act_layer="silu", device="meta"), "SiLU activation"),
+        (lambda: timm.create_model("vit_tiny_patch16_224", act_layer="relu", device="meta"), "ReLU activation"),
         (lambda: timm.create_model("vit_tiny_patch16_224", global_pool="avg", device="meta"), "(fc_norm)"),
         (lambda: timm.create_model("vit_tiny_patch16_224", global_pool="avgmax", device="meta"), "'avgmax'"),
         (lambda: timm.create_model("vit_tiny_patch16_224", final_norm=False, device="meta"), "final_norm=False"),
@@ -308,10 +316,10 @@ def test_tiny_hybrid_control_case_maps():
 
 
 def test_refused_conversion_leaves_no_folder(tmp_path):
-    # a layer-scale model (DINOv2), with a real checkpoint to load
-    checkpoint = save_checkpoint(timm.create_model("vit_small_patch14_dinov2", pretrained=False), tmp_path)
-    with pytest.raises(UnsupportedSourceError, match=re.escape("layer scale (ls1/ls2, init_values)")):
-        convert("timm:vit_small_patch14_dinov2", tmp_path / "converted", checkpoint=checkpoint)
+    # an EVA-02 model (rotary attention, SwiGLU without packing), with a real checkpoint to load
+    checkpoint = save_checkpoint(timm.create_model("eva02_tiny_patch14_224", pretrained=False), tmp_path)
+    with pytest.raises(UnsupportedSourceError, match="Eva"):
+        convert("timm:eva02_tiny_patch14_224", tmp_path / "converted", checkpoint=checkpoint)
     assert [path.name for path in tmp_path.iterdir()] == ["model.safetensors"]
 
 
@@ -431,3 +439,142 @@ def test_unsupported_pit_options_are_refused(kwargs, feature):
     reference = timm.create_model("pit_ti_224", pretrained=False, device="meta", depth=[1, 1, 1], **kwargs)
     with pytest.raises(UnsupportedSourceError, match=re.escape(feature)):
         vitlm_config(reference, "test")
+
+
+# ---- self-supervised checkpoints: DINO, DINOv2 (layer scale), DINOv2-reg (registers without class position) ----
+
+
+@pytest.mark.parametrize(
+    "spec", ["vit_small_patch14_dinov2.lvd142m", "vit_small_patch14_reg4_dinov2.lvd142m", "vit_base_patch16_224.dino"]
+)
+def test_self_supervised_parity_at_full_size(tmp_path, spec):
+    """Full-size models with random weights: the base model's tokens and pooled features are timm's."""
+    reference = random_timm_model(spec)
+    model, processor = load(f"timm:{spec}", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is VitlmViTModel
+    assert processor.crop_size["height"] == model.config.image_size
+    x = pixels(model.config, 1)
+    with torch.no_grad():
+        output = model(x)
+        assert max_diff(output.last_hidden_state, reference.forward_features(x)) <= TOLERANCE
+        assert max_diff(output.pooler_output, reference.forward_head(reference.forward_features(x))) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "spec,size",
+    [("vit_small_patch14_dinov2", 224), ("vit_small_patch14_reg4_dinov2", 280), ("vit_base_patch16_224.dino", 288)],
+)
+def test_self_supervised_parity_at_another_resolution(spec, size):
+    """The native model with `interpolate_pos_encoding=True` against timm's model built at `size` holding the same
+    weights, its position table resized by timm's own `resample_abs_pos_embed` (not antialiased, as vitlm)."""
+    from timm.layers import resample_abs_pos_embed
+
+    reference = random_timm_model(spec)
+    model = convert_model(reference, vitlm_config(reference, spec), spec)
+    resized = timm.create_model(spec, pretrained=False, img_size=size).eval()
+    state = reference.state_dict()
+    prefix = 0 if reference.no_embed_class else reference.num_prefix_tokens
+    state["pos_embed"] = resample_abs_pos_embed(
+        state["pos_embed"], resized.patch_embed.grid_size, num_prefix_tokens=prefix, antialias=False
+    )
+    resized.load_state_dict(state)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert max_diff(model(x, interpolate_pos_encoding=True).last_hidden_state, resized.forward_features(x)) <= (
+            TOLERANCE
+        )
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        model(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # DINOv2-giant's packed SwiGLU with layer scale, small
+        {"mlp_layer": "swiglu_packed", "act_layer": "silu", "mlp_ratio": 2.66667 * 2, "embed_dim": 96},
+        # DeiT-3: layer scale, no class position, a classifier
+        {"init_values": 1e-6, "no_embed_class": True, "num_classes": 5},
+        # registers with average pooling (they are not pooled) and a classifier
+        {"reg_tokens": 2, "no_embed_class": True, "global_pool": "avg", "fc_norm": False, "num_classes": 3},
+    ],
+)
+def test_self_supervised_variant_parity(kwargs):
+    kwargs = dict(kwargs)
+    if kwargs.get("mlp_layer") == "swiglu_packed":
+        from timm.layers import SwiGLUPacked
+
+        kwargs["mlp_layer"] = SwiGLUPacked
+    reference = random_timm_model("vit_small_patch14_dinov2", depth=2, img_size=56, **kwargs)
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+    actual = output.logits if reference.num_classes else output.pooler_output
+    assert max_diff(actual, expected) <= TOLERANCE
+
+
+def test_registers_with_positions_are_refused():
+    reference = timm.create_model("vit_tiny_patch16_224", reg_tokens=2, device="meta")
+    with pytest.raises(UnsupportedSourceError, match="register tokens with rows in the position table"):
+        vitlm_config(reference, "test")
+
+
+def test_glu_gating_with_the_second_half_is_refused():
+    from functools import partial as bind
+
+    from timm.layers import GluMlp
+
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", mlp_layer=bind(GluMlp, gate_last=True), act_layer="silu", device="meta"
+    )
+    with pytest.raises(UnsupportedSourceError, match="GluMlp gating with the second half"):
+        vitlm_config(reference, "test")
+
+
+# ---- BEiT: relative position bias (per block or shared), query and value biases, layer scale, mean + fc_norm ----
+
+
+def test_beit_parity_at_full_size(tmp_path):
+    """beit_base_patch16_224 (its ImageNet-22k-then-1k tag) with random weights: logits and pooled features."""
+    spec = "beit_base_patch16_224.in22k_ft_in22k_in1k"
+    reference = random_timm_model(spec)
+    model, processor = load(f"timm:{spec}", checkpoint=save_checkpoint(reference, tmp_path))
+    assert type(model) is VitlmViTForImageClassification
+    config = model.config
+    assert (config.relative_position_bias, config.position_embedding_type, config.key_bias) == (
+        "per_layer",
+        "none",
+        False,
+    )
+    assert config.pooling == "mean" and config.norm_after_pooling and processor.crop_size["height"] == 224
+    x = pixels(config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+        features = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        assert max_diff(output.logits, expected) <= TOLERANCE
+        assert max_diff(model.vit(x).pooler_output, features) <= TOLERANCE
+    assert torch.equal(output.logits.argmax(-1), expected.argmax(-1))
+    with pytest.raises(ValueError, match="relative position bias.*interpolate_pos_encoding=True"):
+        model(torch.randn(1, 3, 256, 256))
+
+
+@pytest.mark.parametrize(
+    "kwargs,relative",
+    [
+        ({"use_shared_rel_pos_bias": True, "use_rel_pos_bias": False, "num_classes": 0}, "shared"),
+        ({"use_abs_pos_emb": True, "use_rel_pos_bias": False, "init_values": None, "num_classes": 4}, "none"),
+        ({"qkv_bias": False, "num_classes": 3}, "per_layer"),
+    ],
+)
+def test_beit_variant_parity(kwargs, relative):
+    reference = random_timm_model("beit_base_patch16_224", depth=2, embed_dim=64, num_heads=4, **kwargs)
+    model = convert_model(reference, vitlm_config(reference, "test"), "test")
+    assert model.config.relative_position_bias == relative
+    x = pixels(model.config, 2)
+    with torch.no_grad():
+        output = model(x)
+        expected = reference(x)
+    actual = output.logits if reference.num_classes else output.pooler_output
+    assert max_diff(actual, expected) <= TOLERANCE

@@ -175,8 +175,24 @@ DUAL_VALUES = {
     "loss_type": ["softmax", "sigmoid", "triplet"],
     "prompt_templates": [None, ["a photo of a {}."], ["no placeholder"], "a {}"],
 }
+# the self-supervised checkpoints' options (DINOv2, BEiT), fuzzed with the ViT's
+SSL_VALUES = {
+    **VIT_VALUES,
+    "layerscale_value": [None, 1e-5, 1.0, 0.0, 2.0],
+    "num_register_tokens": [0, 1, 4, 2000],
+    "mlp_type": ["mlp", "swiglu", "geglu"],
+    "pooling": ["cls", "mean", "cls_mean", "max"],
+    "norm_after_pooling": [True, False],
+    "interpolate_antialias": [True, False],
+    "prefix_position_embeddings": [True, False],
+    "use_mask_token": [True, False],
+    "relative_position_bias": ["none", "per_layer", "shared", "global"],
+    "key_bias": [True, False],
+    "position_embedding_type": ["learned", "none", "rope2d", "alibi"],
+}
 FAMILIES = {
     "vitlm_vit": (VitlmViTConfig, VIT_BASE, VIT_VALUES),
+    "vitlm_vit_ssl": (VitlmViTConfig, VIT_BASE, SSL_VALUES),
     "vitlm_vit_mae": (VitlmViTMAEConfig, MAE_BASE, MAE_VALUES),
     "vitlm_hybrid": (VitlmHybridConfig, HYBRID_BASE, HYBRID_VALUES),
     "vitlm_text": (VitlmTextConfig, TEXT_BASE, TEXT_VALUES),
@@ -365,6 +381,7 @@ def generate_cases():
     rng = random.Random(SEED)
     families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
     families += ["vitlm_pit", "dual_pit", "vitlm_swin", "dual_swin"]
+    families.append("vitlm_vit_ssl")
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)
     ]

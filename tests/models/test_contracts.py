@@ -27,6 +27,21 @@ from vitlm import (
     VitlmViTModel,
 )
 
+
+def variant(model_class, name):
+    """`model_class` under a name of its own (a subclass adding nothing), so that an option set of its family gets
+    contract cases of its own."""
+    return type(f"{model_class.__name__}_{name}", (model_class,), {})
+
+
+# the ViT with the self-supervised checkpoints' options: layer scale, registers, SwiGLU, [CLS] + mean pooling
+DINOV2_MODEL, DINOV2_CLASSIFIER = variant(VitlmViTModel, "dinov2"), variant(VitlmViTForImageClassification, "dinov2")
+# and BEiT's: mean pooling with the LayerNorm after it, a mask token, positions without the [CLS] row
+BEIT_OPTIONS = dict(pooling="mean", norm_after_pooling=True, use_mask_token=True, prefix_position_embeddings=False)
+# and its relative position bias (per block, then one shared), with queries and values biased, no absolute position
+BEIT_RELATIVE = dict(position_embedding_type="none", key_bias=False, pooling="mean", norm_after_pooling=True)
+BEIT_SHARED_MODEL = variant(VitlmViTModel, "beit_shared")
+BEIT_MODEL = variant(VitlmViTModel, "beit")
 MAE_DECODER = {
     "decoder_hidden_size": 16,
     "decoder_num_hidden_layers": 1,
@@ -50,6 +65,10 @@ CONFIGS = {
     VitlmPiTForImageClassification: lambda **kw: tiny_config("pit", num_labels=3, **kw),
     VitlmSwinModel: lambda **kw: tiny_config("swin", **kw),
     VitlmSwinForImageClassification: lambda **kw: tiny_config("swin", num_labels=3, **kw),
+    DINOV2_MODEL: lambda **kw: tiny_config("dinov2", pooling="cls", **kw),
+    DINOV2_CLASSIFIER: lambda **kw: tiny_config("dinov2", num_labels=3, **kw),
+    BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
+    BEIT_SHARED_MODEL: lambda **kw: tiny_config("vit", **BEIT_RELATIVE, relative_position_bias="shared", **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [
@@ -58,6 +77,7 @@ CLASSIFIERS = [
     VitlmDualEncoderForImageClassification,
     VitlmPiTForImageClassification,
     VitlmSwinForImageClassification,
+    DINOV2_CLASSIFIER,
 ]
 
 

@@ -32,6 +32,7 @@ OTHER_TABLES = {
     "convert/__init__.py": "AUTO_CLASS_NAMES, keyed by a model class's `pipeline_tag` (the Hub's task of the model)",
     "deploy/onnx.py": "GRAPHS, keyed by a model class's `pipeline_tag`: what each kind of model exports to ONNX",
     "demo/models.py": "the demo's tabs (the class and shipped folder each tab loads), not training tasks",
+    "convert/from_transformers.py": "DEFAULT_ARCHITECTURES, keyed by transformers' model types (BEiT's is 'beit')",
 }
 
 
@@ -66,6 +67,7 @@ def test_every_task_entry_is_complete(name):
     for field in fields(TrainingTask):
         value = getattr(task, field.name)
         optional = ("dual_encoder", "needs_classes", "sized_head", "class_column", "evaluation_inputs", "model_config")
+        optional += ("training_model", "saved_models")
         if field.name not in optional:
             assert value is not None and value != "", field.name
     assert isinstance(getattr(transformers, task.auto_class), type) and task.auto_class.startswith("AutoModel")

@@ -6,10 +6,12 @@ checkpoint filtering produce the weights. The architecture is first translated o
 vitlm cannot represent exactly is refused before anything is downloaded.
 
 Supported: class-token or average pooling (the final LayerNorm before pooling), learned absolute position embeddings
-(covering the prefix tokens), `norm_pre`, any qkv / patch-projection bias, and the GELU / tanh-GELU / QuickGELU
-activations. Register tokens, layer scale, qk-norm, attention pooling, `fc_norm`, other norms, blocks or backbones
-are refused with an `UnsupportedSourceError` naming them. timm's `PoolingVisionTransformer` (`pit_*`, distilled or
-not) becomes a `VitlmPiTModel`; the same block features are refused there.
+(covering the prefix tokens, or not: `no_embed_class`, `prefix_position_embeddings=False`), register tokens
+(DINOv2-reg), layer scale (DINOv2, DeiT-3), the packed SwiGLU MLP (DINOv2-giant), `norm_pre`, any qkv /
+patch-projection bias, and the GELU / tanh-GELU / QuickGELU / SiLU activations. qk-norm, attention pooling,
+`fc_norm`, other norms, blocks or backbones are refused with an `UnsupportedSourceError` naming them. timm's
+`PoolingVisionTransformer` (`pit_*`, distilled or not) becomes a `VitlmPiTModel`; the same block features are refused
+there.
 
 Swin (`swin_*`): the original architecture, one window size for every stage. timm shifts before padding a map the
 windows do not divide and picks windows per axis; vitlm pads first and picks by the shorter side, as the original
@@ -74,6 +76,9 @@ TRANSFORMER = [  # below the classifiers
     Rule("blocks.*.norm2.", "encoder.layers.*.layer_norm2."),
     Rule("blocks.*.attn.", "encoder.layers.*.attention."),
     Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
+    Rule("blocks.*.ls1.gamma", "encoder.layers.*.layer_scale1.scale"),
+    Rule("blocks.*.ls2.gamma", "encoder.layers.*.layer_scale2.scale"),
+    Rule("reg_token", "embeddings.register_tokens"),
     Rule("norm.", "layernorm."),
 ]
 HEADS = [Rule("head.", "classifier."), Rule("head_dist.", "distillation_classifier.")]
@@ -109,6 +114,24 @@ SWIN = [  # below the classifier
     Rule("norm.", "layernorm."),
 ]
 SWIN_CLASSIFIER = [Rule("head.fc.", "classifier."), *nest(SWIN, "", "swin.")]
+BEIT = [  # below the classifier
+    Rule("cls_token", "embeddings.cls_token"),
+    Rule("pos_embed", "embeddings.position_encoding.position_embeddings"),
+    Rule("patch_embed.proj.", "embeddings.stem.projection."),
+    Rule("rel_pos_bias.relative_position_bias_table", "encoder.relative_position_bias.relative_position_bias_table"),
+    Rule("blocks.*.gamma_1", "encoder.layers.*.layer_scale1.scale"),
+    Rule("blocks.*.gamma_2", "encoder.layers.*.layer_scale2.scale"),
+    Rule("blocks.*.norm1.", "encoder.layers.*.layer_norm1."),
+    Rule("blocks.*.norm2.", "encoder.layers.*.layer_norm2."),
+    Rule(
+        "blocks.*.attn.relative_position_bias_table",
+        "encoder.layers.*.relative_position_bias.relative_position_bias_table",
+    ),
+    Rule("blocks.*.attn.", "encoder.layers.*.attention."),  # qkv.weight, q_bias, v_bias, proj
+    Rule("blocks.*.mlp.", "encoder.layers.*.mlp."),
+    Rule("norm.", "layernorm."),  # [CLS] pooling: the final norm on the tokens
+    Rule("fc_norm.", "layernorm."),  # mean pooling: the norm after pooling
+]
 WEIGHT_TABLES = {  # config class -> config -> (base model's table, classifier's table)
     VitlmViTConfig: lambda config: (TRANSFORMER, CLASSIFIER),
     VitlmHybridConfig: lambda config: (TRANSFORMER, CLASSIFIER),
@@ -151,7 +174,10 @@ def convert_model(timm_model, config: VitlmViTConfig, source: str):
     """The vitlm model of `config` (from [`vitlm_config`]) holding `timm_model`'s weights."""
     has_classifier = timm_model.num_classes > 0
     model = uninitialized(MODEL_CLASSES[type(config), has_classifier], config)
-    rules = WEIGHT_TABLES[type(config)](config)[has_classifier]
+    if type(timm_model).__name__ == "Beit":  # a ViT config, with BEiT's own weight names
+        rules = [*HEADS, *nest(BEIT, "", "vit.")] if has_classifier else BEIT
+    else:
+        rules = WEIGHT_TABLES[type(config)](config)[has_classifier]
     return load_weights(model, timm_model.state_dict(), rules, source)
 
 
@@ -171,9 +197,13 @@ def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
         return pit_config(model, source)
     if type(model).__name__ == "SwinTransformer":
         return swin_config(model, source)
+    if type(model).__name__ == "Beit":
+        return beit_config(model, source)
     problems = unsupported_features(model)
     if problems:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(problems))
+
+    from timm.layers import LayerScale, Mlp
 
     block, embed = model.blocks[0], model.patch_embed
     height, width = embed.img_size
@@ -184,7 +214,11 @@ def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
         hidden_size=model.embed_dim,
         num_hidden_layers=len(model.blocks),
         num_attention_heads=block.attn.num_heads,
-        intermediate_size=block.mlp.fc1.out_features,
+        intermediate_size=block.mlp.fc2.in_features,
+        mlp_type="mlp" if type(block.mlp) is Mlp else "swiglu",
+        layerscale_value=block.ls1.init_values if isinstance(block.ls1, LayerScale) else None,
+        num_register_tokens=model.num_reg_tokens,
+        prefix_position_embeddings=not model.no_embed_class,
         hidden_act=activation_name(block.mlp.act),
         layer_norm_eps=block.norm1.eps,
         qkv_bias=block.attn.qkv.bias is not None,
@@ -215,6 +249,71 @@ def vitlm_config(model, source: str) -> VitlmViTConfig | VitlmSwinConfig:
     if is_hybrid(model) and [blocks[-1].conv3.out_channels for blocks in stages] != config.backbone_widths:
         raise UnsupportedSourceError(f"{source}: vitlm cannot represent ResNetV2 stage widths other than 256 x 2^i")
     return config
+
+
+def beit_config(model, source: str) -> VitlmViTConfig:
+    """The vitlm config of a timm `Beit` (BEiT, BEiT v2): a ViT with layer scale, query and value biases, a relative
+    position bias per block or shared, and [CLS] or mean pooling (the LayerNorm then after pooling)."""
+    from timm.layers import Mlp
+    from timm.models.beit import Attention, Block
+
+    problems = []
+    blocks = list(model.blocks)
+    if any(type(block) is not Block or type(block.attn) is not Attention for block in blocks):
+        problems.append("blocks other than timm's BEiT blocks")
+    first = blocks[0]
+    width = model.embed_dim
+    if any(type(block.mlp) is not Mlp for block in blocks):
+        problems.append(f"{type(first.mlp).__name__} MLP")
+    elif any(block.mlp.fc1.bias is None or not isinstance(block.mlp.norm, nn.Identity) for block in blocks):
+        problems.append("an MLP without biases or with a norm inside (scale_mlp)")
+    if first.attn.qkv.weight.shape[0] != 3 * width:
+        problems.append("an attention width other than embed_dim (attn_head_dim)")
+    if (first.attn.q_bias is None) != (first.attn.v_bias is None):
+        problems.append("a query bias without a value bias")
+    if model.global_pool not in ("token", "avg"):
+        problems.append(f"global_pool={model.global_pool!r}")
+    if model.global_pool == "avg":
+        beit_norms = model.fc_norm is not None and isinstance(model.norm, nn.Identity)
+    else:
+        beit_norms = model.fc_norm is None and not isinstance(model.norm, nn.Identity)
+    if not beit_norms:
+        problems.append("a final norm other than BEiT's (the tokens' with [CLS] pooling, the mean's with average)")
+    relative, bias_window = "none", None
+    if model.rel_pos_bias is not None:
+        relative, bias_window = "shared", model.rel_pos_bias.window_size
+    if first.attn.relative_position_bias_table is not None:
+        relative, bias_window = "per_layer", first.attn.window_size
+    if bias_window is not None and tuple(bias_window) != tuple(model.patch_embed.grid_size):
+        problems.append("a relative position bias over a window other than the patch grid")
+    if activation_name(first.mlp.act) is None:
+        problems.append(f"the {type(first.mlp.act).__name__} activation")
+    if problems:
+        raise UnsupportedSourceError(f"{source}: vitlm cannot represent " + "; ".join(dict.fromkeys(problems)))
+    height, width_pixels = model.patch_embed.img_size
+    try:
+        return VitlmViTConfig(
+            image_size=height if height == width_pixels else [height, width_pixels],
+            patch_size=model.patch_embed.proj.kernel_size[0],
+            num_channels=model.patch_embed.proj.in_channels,
+            hidden_size=width,
+            num_hidden_layers=len(blocks),
+            num_attention_heads=first.attn.num_heads,
+            intermediate_size=first.mlp.fc1.out_features,
+            hidden_act=activation_name(first.mlp.act),
+            layer_norm_eps=first.norm1.eps,
+            qkv_bias=first.attn.q_bias is not None,
+            key_bias=False,
+            position_embedding_type="learned" if model.pos_embed is not None else "none",
+            relative_position_bias=relative,
+            # only the initial value, which timm does not keep: BEiT's own 0.1 (the weights hold the trained scales)
+            layerscale_value=0.1 if first.gamma_1 is not None else None,
+            pooling="mean" if model.global_pool == "avg" else "cls",
+            norm_after_pooling=model.global_pool == "avg",
+            **classifier_fields(model),
+        )
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
 
 
 def classifier_fields(model) -> dict:
@@ -400,19 +499,17 @@ def is_hybrid(model) -> bool:
 
 
 def unsupported_features(model) -> list[str]:
-    from timm.layers import Attention, HybridEmbed, Mlp, PatchEmbed
+    from timm.layers import Attention, GluMlp, HybridEmbed, Mlp, PatchEmbed
     from timm.models.vision_transformer import Block
 
     name = type(model).__name__
     if name not in ("VisionTransformer", "VisionTransformerDistilled"):
         return [f"timm's {name} (only VisionTransformer and DeiT's VisionTransformerDistilled map onto vitlm)"]
     problems = []
-    if model.reg_token is not None:
-        problems.append(f"register tokens (reg_tokens={model.num_reg_tokens})")
     if model.pos_embed is None:
         problems.append("no position embedding (pos_embed='none')")
-    if model.no_embed_class and model.num_prefix_tokens:
-        problems.append("position embeddings that skip the class token (no_embed_class=True)")
+    if model.num_reg_tokens and not model.no_embed_class:
+        problems.append("register tokens with rows in the position table (reg_tokens without no_embed_class)")
     if model.global_pool not in ("token", "avg"):
         problems.append(
             f"global_pool={model.global_pool!r} (vitlm pools the class token or averages the patch tokens)"
@@ -433,9 +530,16 @@ def unsupported_features(model) -> list[str]:
         if type(block) is Block:
             norms += [block.norm1, block.norm2]
     shapes = {
-        (b.attn.num_heads, b.mlp.fc1.out_features, b.attn.qkv.bias is not None, activation_name(b.mlp.act))
+        (
+            b.attn.num_heads,
+            b.mlp.fc1.out_features,
+            type(b.mlp),
+            type(b.ls1),
+            b.attn.qkv.bias is not None,
+            activation_name(b.mlp.act),
+        )
         for b in model.blocks
-        if type(b) is Block and type(b.attn) is Attention and type(b.mlp) is Mlp
+        if type(b) is Block and type(b.attn) is Attention and type(b.mlp) in (Mlp, GluMlp)
     }
     if len(shapes) > 1:
         problems.append("blocks of different shapes or activations")
@@ -460,14 +564,17 @@ def unsupported_features(model) -> list[str]:
 
 def block_problems(block, width: int) -> list[str]:
     """What vitlm's `VitlmBlock` cannot reproduce of a timm `Block` of `width` channels."""
-    from timm.layers import Attention, Mlp
+    from timm.layers import Attention, GluMlp, LayerScale, Mlp
     from timm.models.vision_transformer import Block
 
     if type(block) is not Block:
         return [f"{type(block).__name__} blocks"]
     problems = []
-    if not (isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)):
-        problems.append("layer scale (ls1/ls2, init_values)")
+    scales = {type(block.ls1), type(block.ls2)}
+    if scales not in ({nn.Identity}, {LayerScale}) or any(
+        getattr(ls, "inplace", False) for ls in (block.ls1, block.ls2)
+    ):
+        problems.append("layer scale other than timm's LayerScale on both branches")
     attn, mlp = block.attn, block.mlp
     if type(attn) is not Attention:
         problems.append(f"{type(attn).__name__} attention")
@@ -482,9 +589,12 @@ def block_problems(block, width: int) -> list[str]:
             problems.append("an attention width other than embed_dim (attn_head_dim)")
         if attn.proj.bias is None:
             problems.append("projections without bias (proj_bias=False)")
-    if type(mlp) is not Mlp:
+    if type(mlp) is GluMlp:
+        if mlp.gate_last or mlp.chunk_dim != -1:
+            problems.append("a GluMlp gating with the second half of fc1 (vitlm gates with the first, SwiGLUPacked)")
+    elif type(mlp) is not Mlp:
         problems.append(f"{type(mlp).__name__} MLP")
-    else:
+    if type(mlp) in (Mlp, GluMlp):
         if not isinstance(mlp.norm, nn.Identity):
             problems.append("a norm inside the MLP (scale_mlp_norm)")
         if mlp.fc1.bias is None or mlp.fc2.bias is None:
@@ -559,6 +669,8 @@ def activation_name(act) -> str | None:
 
     if type(act) is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_pytorch_tanh"}[act.approximate]
+    if type(act) is nn.SiLU:
+        return "silu"
     return {GELU: "gelu", GELUTanh: "gelu_pytorch_tanh", QuickGELU: "quick_gelu"}.get(type(act))
 
 

@@ -20,6 +20,12 @@ Converted exactly:
 - `ViTModel` -> `VitlmViTModel`, its dense + tanh pooler as the pre-logits layer (`representation_size`); a repo saved
   without pooler converts without one (vitlm's `pooler_output` is then the [CLS] state, transformers' None).
 - `ViTForImageClassification` -> `VitlmViTForImageClassification`, labels kept.
+- `Dinov2Model` / `Dinov2WithRegistersModel` -> `VitlmViTModel` with layer scale (and register tokens, and the SwiGLU
+  MLP where `use_swiglu_ffn`); `Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification` ->
+  `VitlmViTForImageClassification` pooling [CLS] and the patches' mean side by side (`pooling="cls_mean"`), as their
+  classifier reads. The mask token, used by transformers only when given `bool_masked_pos` (DINOv2's iBOT training),
+  is not carried over; transformers' DINOv2 interpolates its position table for any other input size, vitlm when
+  asked (`interpolate_pos_encoding=True`), the same bicubic way (antialiased with registers).
 - `OwlViTForObjectDetection` -> `VitlmDualEncoderForObjectDetection`: the CLIP towers as for `CLIPModel` (OWL-ViT's
   `post_layernorm` applied to every token is vitlm's final LayerNorm), the LayerNorm after merging the [CLS] token, and
   the class and box heads. transformers' OWL-ViT text tower always pools at the highest token id, so it converts like a
@@ -84,8 +90,14 @@ ARCHITECTURES = {
     "ViTForImageClassification": "vit",
     "OwlViTForObjectDetection": "owlvit",
     "ViTMAEForPreTraining": "vit_mae",
+    "Dinov2Model": "dinov2",
+    "Dinov2ForImageClassification": "dinov2",
+    "Dinov2WithRegistersModel": "dinov2_with_registers",
+    "Dinov2WithRegistersForImageClassification": "dinov2_with_registers",
     "SwinModel": "swin",
     "SwinForImageClassification": "swin",
+    "BeitModel": "beit",
+    "BeitForImageClassification": "beit",
 }
 DEFAULT_ARCHITECTURES = {
     "clip": "CLIPModel",
@@ -93,14 +105,23 @@ DEFAULT_ARCHITECTURES = {
     "vit": "ViTModel",
     "owlvit": "OwlViTForObjectDetection",
     "vit_mae": "ViTMAEForPreTraining",
+    "dinov2": "Dinov2Model",
+    "dinov2_with_registers": "Dinov2WithRegistersModel",
     "swin": "SwinModel",
+    "beit": "BeitModel",
 }
 # model types refused whatever the architecture, with the reason
 UNSUPPORTED_MODEL_TYPES = {
     "owlv2": "OWLv2's objectness head and its preprocessing (padding to a square, anti-aliased resizing) have no "
     "vitlm counterpart",
 }
-IMAGE_PROCESSORS = ("CLIPImageProcessor", "ViTImageProcessor", "OwlViTImageProcessor")
+IMAGE_PROCESSORS = (
+    "CLIPImageProcessor",
+    "ViTImageProcessor",
+    "OwlViTImageProcessor",
+    "BitImageProcessor",  # DINOv2's
+    "BeitImageProcessor",
+)
 LEGACY_CLIP_EOS_ID = 2  # transformers then pools at argmax(input_ids)
 # float32 (vitlm) against float64 (MAE, transformers) evaluation of the sin-cos tables: 4e-6 on a 64x64 grid
 SINCOS_TOLERANCE = 1e-4
@@ -157,6 +178,61 @@ VIT = [
     Rule("pooler.dense.", "pooler.0."),
 ]
 VIT_CLASSIFIER = [*nest(VIT, "vit.", "vit."), Rule("classifier.", "classifier.")]
+DINOV2_MLP = {  # under one encoder layer, by vitlm's `mlp_type`
+    "mlp": [Rule("*.mlp.", "*.mlp.")],
+    # the gate first, as vitlm's fc1 holds it
+    "swiglu": [Rule(("*.mlp.gate_proj.", "*.mlp.up_proj."), "*.mlp.fc1."), Rule("*.mlp.down_proj.", "*.mlp.fc2.")],
+}
+DINOV2_BLOCK = [  # under one encoder layer, with one of DINOV2_MLP
+    Rule(("*.attention.q_proj.", "*.attention.k_proj.", "*.attention.v_proj."), "*.attention.qkv."),
+    Rule("*.attention.o_proj.", "*.attention.proj."),
+    Rule("*.norm1.", "*.layer_norm1."),
+    Rule("*.norm2.", "*.layer_norm2."),
+    Rule("*.layer_scale1.lambda1", "*.layer_scale1.scale"),
+    Rule("*.layer_scale2.lambda1", "*.layer_scale2.scale"),
+]
+DINOV2_EMBEDDINGS = [
+    Rule("embeddings.cls_token", "embeddings.cls_token"),
+    Rule("embeddings.register_tokens", "embeddings.register_tokens"),
+    Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
+    Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
+    Rule("layernorm.", "layernorm."),
+]
+
+
+BEIT_BLOCK = [  # under one encoder layer
+    Rule(
+        ("*.attention.q_proj.weight", "*.attention.k_proj.weight", "*.attention.v_proj.weight"),
+        "*.attention.qkv.weight",
+    ),
+    Rule("*.attention.q_proj.bias", "*.attention.q_bias"),
+    Rule("*.attention.v_proj.bias", "*.attention.v_bias"),
+    Rule("*.attention.o_proj.", "*.attention.proj."),
+    Rule("*.layernorm_before.", "*.layer_norm1."),
+    Rule("*.layernorm_after.", "*.layer_norm2."),
+    Rule("*.lambda_1", "*.layer_scale1.scale"),
+    Rule("*.lambda_2", "*.layer_scale2.scale"),
+    Rule("*.relative_position_bias.", "*.relative_position_bias."),
+    Rule("*.mlp.", "*.mlp."),
+]
+BEIT = [
+    Rule("embeddings.cls_token", "embeddings.cls_token"),
+    Rule("embeddings.mask_token", "embeddings.mask_token"),
+    Rule("embeddings.position_embeddings", "embeddings.position_encoding.position_embeddings"),
+    Rule("embeddings.patch_embeddings.projection.", "embeddings.stem.projection."),
+    Rule("shared_position_bias.", "encoder.relative_position_bias."),
+    *nest(BEIT_BLOCK, "layers.", "encoder.layers."),
+    Rule("layernorm.", "layernorm."),  # [CLS] pooling: the tokens' final norm
+    Rule("pooler.layernorm.", "layernorm."),  # mean pooling: the norm after pooling
+]
+
+
+def dinov2_rules(mlp_type: str) -> list[Rule]:
+    """transformers' DINOv2 base model -> vitlm's ViT, but for the mask token (iBOT's masked-token training input, see
+    the module docstring), which the converter drops and the export adds."""
+    return [*DINOV2_EMBEDDINGS, *nest([*DINOV2_BLOCK, *DINOV2_MLP[mlp_type]], "encoder.layer.", "encoder.layers.")]
+
+
 # MAE's fixed sin-cos tables, which vitlm computes: `convert_vit_mae` checks them instead of mapping them
 MAE_SINCOS_TABLES = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
 VIT_MAE = [
@@ -227,6 +303,10 @@ def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool =
         return Converted(convert_clip_vision(load_source_model(architecture, spec, source), source), image_processor)
     if architecture == "ViTMAEForPreTraining":
         return Converted(convert_vit_mae(load_source_model(architecture, spec, source), source), image_processor)
+    if architecture.startswith("Dinov2"):
+        return Converted(convert_dinov2(load_source_model(architecture, spec, source), source), image_processor)
+    if architecture.startswith("Beit"):
+        return Converted(convert_beit(load_source_model(architecture, spec, source), source), image_processor)
     if architecture.startswith("Swin"):
         return Converted(convert_swin(load_source_model(architecture, spec, source), source), image_processor)
     return Converted(convert_vit(load_source_model(architecture, spec, source), source), image_processor)
@@ -368,6 +448,34 @@ def convert_vit(model, source: str = "transformers ViT") -> VitlmViTModel | Vitl
     return load_weights(vitlm_model, model.state_dict(), VIT_CLASSIFIER if classifier else VIT, source)
 
 
+def convert_dinov2(model, source: str = "transformers DINOv2") -> VitlmViTModel | VitlmViTForImageClassification:
+    """A transformers `Dinov2Model` / `Dinov2WithRegistersModel` or their image classifiers as vitlm ViTs."""
+    classifier = type(model).__name__.endswith("ForImageClassification")
+    config = model.config
+    intermediate_size = int(config.hidden_size * config.mlp_ratio)
+    if config.use_swiglu_ffn:  # two thirds of the MLP width, rounded up to a multiple of 8, as transformers builds it
+        intermediate_size = (int(intermediate_size * 2 / 3) + 7) // 8 * 8
+    vitlm_config = vit_config(
+        config,
+        pooler=False,
+        source=source,
+        intermediate_size=intermediate_size,
+        hidden_act="silu" if config.use_swiglu_ffn else config.hidden_act,
+        mlp_type="swiglu" if config.use_swiglu_ffn else "mlp",
+        layerscale_value=config.layerscale_value,
+        num_register_tokens=getattr(config, "num_register_tokens", 0),
+        # transformers resizes the position table of DINOv2 with registers antialiased, of DINOv2 without not
+        interpolate_antialias=config.model_type == "dinov2_with_registers",
+        drop_path_rate=config.drop_path_rate,
+        pooling="cls_mean" if classifier else "cls",
+    )
+    rules = [Rule("embeddings.mask_token", None), *dinov2_rules(vitlm_config.mlp_type)]
+    if classifier:
+        rules = [*nest(rules, model.base_model_prefix + ".", "vit."), Rule("classifier.", "classifier.")]
+    vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, vitlm_config)
+    return load_weights(vitlm_model, model.state_dict(), rules, source)
+
+
 def convert_swin(model, source: str = "transformers Swin") -> VitlmSwinModel | VitlmSwinForImageClassification:
     """A transformers `SwinModel` or `SwinForImageClassification` as its vitlm counterpart."""
     classifier = type(model).__name__ == "SwinForImageClassification"
@@ -408,6 +516,39 @@ def swin_config(config, source: str) -> VitlmSwinConfig:
         )
     except ValueError as error:
         raise UnsupportedSourceError(f"{source}: {error}") from error
+
+
+def convert_beit(model, source: str = "transformers BEiT") -> VitlmViTModel | VitlmViTForImageClassification:
+    """A transformers `BeitModel` (with its pooler) or `BeitForImageClassification` as its vitlm counterpart."""
+    classifier = type(model).__name__ == "BeitForImageClassification"
+    config = model.config
+    base = model.beit if classifier else model
+    if base.pooler is None:
+        raise UnsupportedSourceError(f"{source}: a BeitModel without its pooler (add_pooling_layer=False)")
+    if config.use_relative_position_bias and config.use_shared_relative_position_bias:
+        raise UnsupportedSourceError(f"{source}: both a shared and a per-layer relative position bias")
+    relative = "per_layer" if config.use_relative_position_bias else "none"
+    relative = "shared" if config.use_shared_relative_position_bias else relative
+    try:
+        vitlm_config = vit_config(
+            config,
+            pooler=False,
+            source=source,
+            qkv_bias=True,  # transformers' BEiT biases queries and values, never keys
+            key_bias=False,
+            position_embedding_type="learned" if config.use_absolute_position_embeddings else "none",
+            relative_position_bias=relative,
+            layerscale_value=config.layer_scale_init_value if config.layer_scale_init_value > 0 else None,
+            pooling="mean" if config.use_mean_pooling else "cls",
+            norm_after_pooling=config.use_mean_pooling,
+            use_mask_token=config.use_mask_token,
+            drop_path_rate=config.drop_path_rate,
+        )
+    except ValueError as error:
+        raise UnsupportedSourceError(f"{source}: {error}") from error
+    rules = [*nest(BEIT, "beit.", "vit."), Rule("classifier.", "classifier.")] if classifier else BEIT
+    vitlm_model = uninitialized(VitlmViTForImageClassification if classifier else VitlmViTModel, vitlm_config)
+    return load_weights(vitlm_model, model.state_dict(), rules, source)
 
 
 def clip_vision_config(config, source: str) -> VitlmViTConfig:
@@ -475,8 +616,8 @@ def vit_config(config, pooler: bool, source: str, **extra) -> VitlmViTConfig:
         id2label=config.id2label,
         label2id=config.label2id,
         problem_type=config.problem_type,
-        **_encoder_config(config, source, qkv_bias=config.qkv_bias),
-        **extra,
+        # BEiT's config has no `qkv_bias` (its converter passes the biases it has)
+        **{**_encoder_config(config, source, qkv_bias=getattr(config, "qkv_bias", True)), **extra},
     )
 
 
@@ -491,7 +632,8 @@ def _encoder_config(config, source: str, qkv_bias: bool = True) -> dict:
         "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
-        "intermediate_size": config.intermediate_size,
+        # DINOv2's configs derive it from `mlp_ratio`: its converter passes it (a None left here is refused)
+        "intermediate_size": getattr(config, "intermediate_size", None),
         "hidden_act": config.hidden_act,
         "layer_norm_eps": config.layer_norm_eps,
         "qkv_bias": qkv_bias,

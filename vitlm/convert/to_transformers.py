@@ -1,5 +1,6 @@
-"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`, Swins as
-`SwinModel` / `SwinForImageClassification`.
+"""vitlm -> transformers: dual encoders as `CLIPModel`, ViTs as `ViTModel` / `ViTForImageClassification`, ViTs with
+layer scale (DINOv2) as `Dinov2Model` / `Dinov2ForImageClassification` (`Dinov2WithRegisters*` with registers),
+Swins as `SwinModel` / `SwinForImageClassification`.
 
 The weight tables are `from_transformers`' read backwards, so a transformers model converted to vitlm and back has its
 original state dict. Whatever transformers' classes cannot represent is refused with `UnsupportedSourceError`, naming
@@ -10,6 +11,11 @@ reads as its legacy argmax pooling); for `ViTModel` a `pre_norm` or a patch proj
 layer (transformers' `ViTModel` always has its dense + tanh pooler); for `ViTForImageClassification` a pre-logits
 layer (its classifier reads the [CLS] state); for Swin non-square windows. transformers' Swin applies stochastic depth
 (`drop_path_rate`, kept) to the attention branch only, vitlm's to both branches: training differs, inference not.
+Layer scale, register tokens, a SwiGLU MLP, a LayerNorm after pooling,
+antialiased position resizing and a position table without the [CLS] row are refused for CLIP and ViT; DINOv2 takes
+layer scale, registers (with antialiased resizing, as transformers' registers model does) and SwiGLU (with `silu` and
+transformers' width rule), and pools [CLS] (its classifier [CLS] and the patches' mean, `pooling="cls_mean"`). The
+exported DINOv2 gets a zero mask token, which transformers uses only when given `bool_masked_pos`.
 
 Processors become `CLIPProcessor` / `ViTImageProcessor` with the same options. Two differences are transformers':
 its image processors floor half-pixel crop offsets where torchvision (open_clip, timm) rounds them, so a model
@@ -25,11 +31,20 @@ import os
 from pathlib import Path
 
 from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    BeitModel,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    Dinov2WithRegistersModel,
     SwinConfig,
     SwinForImageClassification,
     SwinModel,
@@ -53,8 +68,17 @@ from ..models import (
 )
 from ..models.configuration_vitlm import to_pair
 from . import Converted, UnsupportedSourceError, check_out_dir, save, uninitialized
-from .from_transformers import CLIP, LEGACY_CLIP_EOS_ID, VIT, VIT_CLASSIFIER, swin_classifier_rules, swin_rules
-from .weights import load_weights, reverse
+from .from_transformers import (
+    BEIT,
+    CLIP,
+    LEGACY_CLIP_EOS_ID,
+    VIT,
+    VIT_CLASSIFIER,
+    dinov2_rules,
+    swin_classifier_rules,
+    swin_rules,
+)
+from .weights import Rule, load_weights, nest, reverse
 
 logger = logging.get_logger(__name__)
 EXPORTABLE = (
@@ -97,6 +121,71 @@ def to_vit_model(
     return vit_model.to(model.dtype)
 
 
+def to_dinov2_model(model: VitlmViTModel | VitlmViTForImageClassification):
+    """A vitlm ViT with layer scale as transformers' DINOv2 (with registers where it has them): `Dinov2Model`
+    pooling [CLS], or an image classifier reading [CLS] and the patches' mean."""
+    import torch
+
+    config = model.config
+    classifier = isinstance(model, VitlmViTForImageClassification)
+    registers = config.num_register_tokens > 0
+    name = "Dinov2WithRegisters" if registers else "Dinov2"
+    target = f"{name}ForImageClassification" if classifier else f"{name}Model"
+    problems = [problem for problem in vision_problems(config, "DINOv2") if "pooling" not in problem]
+    if config.pooling != ("cls_mean" if classifier else "cls"):
+        problems.append(f"{config.pooling} pooling ({target} pools {'[CLS] and the mean' if classifier else '[CLS]'})")
+    if config.interpolate_antialias != registers:
+        problems.append(f"position resizing {'with' if config.interpolate_antialias else 'without'} antialiasing")
+    mlp_ratio = config.intermediate_size // config.hidden_size  # an int in transformers' DINOv2 configs
+    if config.mlp_type == "swiglu":
+        mlp_ratio = 4  # transformers derives the SwiGLU width from it: two thirds, rounded up to a multiple of 8
+        if (
+            int(config.hidden_size * 4 * 2 / 3) + 7
+        ) // 8 * 8 != config.intermediate_size or config.hidden_act != "silu":
+            problems.append("a SwiGLU MLP other than transformers' (silu, two thirds of 4 x hidden_size rounded to 8)")
+    elif config.hidden_size * mlp_ratio != config.intermediate_size:
+        problems.append(f"an MLP width {config.intermediate_size} other than an integer mlp_ratio x hidden_size")
+    refuse_if(problems, target)
+    config_class = Dinov2WithRegistersConfig if registers else Dinov2Config
+    dinov2_config = config_class(
+        image_size=to_pair(config.image_size)[0],
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        mlp_ratio=mlp_ratio,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        drop_path_rate=config.drop_path_rate,
+        qkv_bias=config.qkv_bias,
+        layerscale_value=config.layerscale_value,
+        use_swiglu_ffn=config.mlp_type == "swiglu",
+        initializer_range=config.initializer_range,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        **({"num_register_tokens": config.num_register_tokens} if registers else {}),
+    )
+    classes = {
+        (False, False): Dinov2Model,
+        (False, True): Dinov2ForImageClassification,
+        (True, False): Dinov2WithRegistersModel,
+        (True, True): Dinov2WithRegistersForImageClassification,
+    }
+    dinov2 = uninitialized(classes[registers, classifier], dinov2_config)
+    state = model.state_dict()
+    prefix = "vit." if classifier else ""
+    state[f"{prefix}embeddings.mask_token"] = torch.zeros(1, config.hidden_size, dtype=model.dtype)
+    # the mask token has no vitlm counterpart: a zero one is handed to the table
+    rules = [Rule("embeddings.mask_token", "embeddings.mask_token"), *reverse(dinov2_rules(config.mlp_type))]
+    if classifier:
+        rules = [*nest(rules, "vit.", dinov2.base_model_prefix + "."), Rule("classifier.", "classifier.")]
+    return load_weights(dinov2, state, rules, target).to(model.dtype)
+
+
 def to_swin_model(
     model: VitlmSwinModel | VitlmSwinForImageClassification,
 ) -> SwinModel | SwinForImageClassification:
@@ -135,6 +224,69 @@ def swin_config(config: VitlmSwinConfig) -> SwinConfig:
     return SwinConfig(**{name: getattr(config, name) for name in names})
 
 
+def to_beit_model(model: VitlmViTModel | VitlmViTForImageClassification) -> BeitModel | BeitForImageClassification:
+    """A vitlm ViT with BEiT's attention (query and value biases, no key bias) as transformers' `BeitModel` (with its
+    pooler: the patches' mean and a LayerNorm, or the [CLS] state) or `BeitForImageClassification`."""
+    config = model.config
+    classifier = isinstance(model, VitlmViTForImageClassification)
+    target = "BeitForImageClassification" if classifier else "BeitModel"
+    problems = [
+        problem
+        for problem in vision_problems(config, "BEiT")
+        if not problem.startswith(
+            (
+                "a relative position bias",
+                "none position",
+                "a mask token",
+                "mean pooling",
+                "attention without a key",
+                "the final LayerNorm after pooling",
+            )
+        )
+    ]
+    if config.num_register_tokens or config.mlp_type != "mlp":
+        problems.append("register tokens or a SwiGLU MLP")
+    if not (config.qkv_bias and not config.key_bias):
+        problems.append("attention other than BEiT's (query and value biases, no key bias)")
+    if config.position_embedding_type not in ("learned", "none"):
+        problems.append(f"{config.position_embedding_type} position embeddings")
+    if (config.pooling, config.norm_after_pooling) not in (("mean", True), ("cls", False)):
+        problems.append(
+            f"{config.pooling} pooling with the LayerNorm {'after' if config.norm_after_pooling else 'before'}"
+        )
+    if config.interpolate_antialias:
+        problems.append("antialiased position resizing (interpolate_antialias)")
+    refuse_if(problems, target)
+    height, width = to_pair(config.image_size)
+    beit_config = BeitConfig(
+        image_size=height if height == width else [height, width],
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        drop_path_rate=config.drop_path_rate,
+        use_mask_token=config.use_mask_token,
+        use_absolute_position_embeddings=config.position_embedding_type == "learned",
+        use_relative_position_bias=config.relative_position_bias == "per_layer",
+        use_shared_relative_position_bias=config.relative_position_bias == "shared",
+        layer_scale_init_value=config.layerscale_value or 0.0,
+        use_mean_pooling=config.pooling == "mean",
+        initializer_range=config.initializer_range,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        **_encoder_config(config),
+    )
+    # the final LayerNorm is the pooler's with mean pooling, the tokens' with [CLS] pooling
+    pooled_norm = "pooler.layernorm." if config.pooling == "mean" else "layernorm."
+    table = [rule for rule in BEIT if rule.target != "layernorm." or rule.source == pooled_norm]
+    rules = reverse(table)
+    if classifier:
+        rules = [*nest(rules, "vit.", "beit."), Rule("classifier.", "classifier.")]
+    beit = uninitialized(BeitForImageClassification if classifier else BeitModel, beit_config)
+    return load_weights(beit, model.state_dict(), rules, target).to(model.dtype)
+
+
 def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
     """What of a vision tower transformers' CLIP or ViT (`family`) cannot represent."""
     if not isinstance(config, VitlmViTConfig):  # a hierarchical tower (PiT): none of the fields below applies
@@ -148,6 +300,30 @@ def vision_problems(config: VitlmViTConfig, family: str) -> list[str]:
         problems.append(f"{config.pooling} pooling")
     if config.use_distillation_token:
         problems.append("a distillation token")
+    if not config.prefix_position_embeddings:
+        problems.append("no position for [CLS] (prefix_position_embeddings=False)")
+    if config.use_mask_token:
+        problems.append("a mask token (use_mask_token)")
+    if config.relative_position_bias != "none":
+        problems.append(f"a relative position bias ({config.relative_position_bias})")
+    if config.qkv_bias and not config.key_bias:
+        problems.append("attention without a key bias (key_bias=False)")
+    if config.norm_after_pooling:
+        problems.append("the final LayerNorm after pooling (norm_after_pooling)")
+    if family in ("DINOv2", "BEiT"):  # their converters check the options they take
+        if config.pre_norm:
+            problems.append("a LayerNorm before the encoder (pre_norm)")
+        if not config.patch_bias or config.representation_size:
+            problems.append("a patch projection without bias or a pre-logits layer")
+        return problems
+    if config.layerscale_value:
+        problems.append("layer scale (layerscale_value)")
+    if config.num_register_tokens:
+        problems.append("register tokens")
+    if config.mlp_type != "mlp":
+        problems.append(f"a {config.mlp_type} MLP")
+    if config.interpolate_antialias:
+        problems.append("antialiased position resizing (interpolate_antialias)")
     if config.drop_path_rate:
         problems.append("stochastic depth (drop_path_rate)")
     if family == "ViT":
@@ -307,11 +483,16 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         converted = Converted(to_clip_model(model_or_folder), to_clip_processor(processor))
     else:
         image_processor = to_image_processor(getattr(processor, "image_processor", processor), ViTImageProcessor)
-        to_model = (
-            to_swin_model
-            if isinstance(model_or_folder, (VitlmSwinModel, VitlmSwinForImageClassification))
-            else to_vit_model
-        )
+        if isinstance(model_or_folder, (VitlmSwinModel, VitlmSwinForImageClassification)):
+            to_model = to_swin_model
+        elif getattr(model_or_folder.config, "relative_position_bias", "none") != "none" or not getattr(
+            model_or_folder.config, "key_bias", True
+        ):
+            to_model = to_beit_model
+        elif getattr(model_or_folder.config, "layerscale_value", None):
+            to_model = to_dinov2_model
+        else:
+            to_model = to_vit_model
         converted = Converted(to_model(model_or_folder), image_processor)
     return save(converted, out_dir, overwrite=overwrite)
 
@@ -341,6 +522,8 @@ __all__ = [
     "export",
     "to_clip_model",
     "to_vit_model",
+    "to_dinov2_model",
+    "to_beit_model",
     "to_swin_model",
     "to_clip_processor",
     "to_image_processor",

@@ -22,8 +22,13 @@ from contextlib import contextmanager
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d")
-POOLING_TYPES = ("cls", "mean")
+# "none": no absolute position (BEiT, where a relative position bias in attention places the tokens)
+POSITION_EMBEDDING_TYPES = ("learned", "sincos2d", "rope2d", "none")
+# a learned relative position bias over the patch grid: none, one table per block, or one for every block (BEiT)
+RELATIVE_POSITION_BIAS_TYPES = ("none", "per_layer", "shared")
+# "cls_mean": the [CLS] state and the patches' mean side by side (DINOv2's classifier input)
+POOLING_TYPES = ("cls", "mean", "cls_mean")
+MLP_TYPES = ("mlp", "swiglu")
 LOSS_TYPES = ("softmax", "sigmoid")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)
@@ -100,8 +105,10 @@ def _depths(name, value):
     return list(value)
 
 
-def _real_in(low: float, high: float, low_open: bool, high_open: bool):
+def _real_in(low: float, high: float, low_open: bool, high_open: bool, optional: bool = False):
     def rule(name, value):
+        if value is None and optional:
+            return value
         if (
             _is_real(value)
             and (low < value if low_open else low <= value)
@@ -109,7 +116,7 @@ def _real_in(low: float, high: float, low_open: bool, high_open: bool):
         ):
             return float(value)
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}")
+        raise ValueError(f"`{name}` must be a number in {interval}{' or None' if optional else ''}, got {value!r}")
 
     return rule
 
@@ -241,8 +248,27 @@ FIELD_RULES = {
     "logit_scale_init_value": _real,
     "logit_bias_init_value": _real,
     **dict.fromkeys(
-        ("qkv_bias", "patch_bias", "use_cls_token", "use_distillation_token", "pre_norm", "norm_pix_loss"), _flag
+        (
+            "qkv_bias",
+            "patch_bias",
+            "use_cls_token",
+            "use_distillation_token",
+            "pre_norm",
+            "norm_pix_loss",
+            "norm_after_pooling",
+            "interpolate_antialias",
+            "prefix_position_embeddings",
+            "use_mask_token",
+            "key_bias",
+        ),
+        _flag,
     ),
+    # the initial layer scale (None: none); DINOv2 starts at 1e-5, CaiT at 1e-6, no model above 1
+    "layerscale_value": _real_in(0.0, 1.0, low_open=True, high_open=False, optional=True),
+    # each is a learned token: a bound keeps a stray value from exhausting memory (DINOv2-reg uses 4)
+    "num_register_tokens": _int_at_least(0, maximum=1024),
+    "mlp_type": _choice(MLP_TYPES),
+    "relative_position_bias": _choice(RELATIVE_POSITION_BIAS_TYPES),
     "hidden_act": _activation,
     "position_embedding_type": _choice(POSITION_EMBEDDING_TYPES),
     "pooling": _choice(POOLING_TYPES),
@@ -391,8 +417,28 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         rope_theta (`float`): base period of the rotary frequencies.
         use_cls_token (`bool`): prepend a learnable [CLS] token.
         use_distillation_token (`bool`): prepend a DeiT distillation token after [CLS].
-        pooling (`str`): `"cls"` (the [CLS] state) or `"mean"` (average of the patch states).
+        pooling (`str`): `"cls"` (the [CLS] state), `"mean"` (average of the patch states) or `"cls_mean"` (both,
+            concatenated: DINOv2's classifier input, twice `hidden_size` wide).
+        norm_after_pooling (`bool`): apply the final LayerNorm to the pooled output instead of the tokens (BEiT's
+            mean pooling; `last_hidden_state` is then the encoder's un-normalized output).
         pre_norm (`bool`): LayerNorm before the encoder, as in CLIP's vision tower.
+        layerscale_value (`float`, *optional*): layer scale's initial value (DINOv2, CaiT): each block's attention
+            and MLP outputs are multiplied by a learned per-channel scale; `None` for none.
+        num_register_tokens (`int`): DINOv2-reg's register tokens, learned prefix tokens after [CLS] (and the
+            distillation token) that get no position encoding and are never pooled.
+        prefix_position_embeddings (`bool`): the learned position table has rows for [CLS] and the distillation
+            token; `False`: for the patches only, the prefix tokens getting no position (timm's `no_embed_class`,
+            DeiT-3 and timm's DINOv2-reg).
+        relative_position_bias (`str`): `"none"`, `"per_layer"` (a learned bias over the (dy, dx) offsets of the
+            patch grid, and the prefix tokens' three entries, per head, in every block: BEiT) or `"shared"` (one table
+            for every block); bilinearly resized at other resolutions with `interpolate_pos_encoding=True`.
+        key_bias (`bool`): with `qkv_bias`, a bias on the keys too; BEiT's attention has query and value biases only.
+        use_mask_token (`bool`): a learned mask token that replaces the patch embeddings `bool_masked_pos` marks
+            (BEiT's masked image modelling, as transformers' `ViTModel(use_mask_token=True)`).
+        interpolate_antialias (`bool`): resize the learned position table with antialiasing
+            (`interpolate_pos_encoding=True`), as DINOv2 with registers does; bicubic either way.
+        mlp_type (`str`): `"mlp"` (fc1, activation, fc2) or `"swiglu"` (a gated unit: fc1 makes a gate and a value
+            of `intermediate_size` each, `hidden_act` on the gate, as DINOv2-giant with `hidden_act="silu"`).
         representation_size (`int`, *optional*): size of the ViT paper's pre-logits layer (linear + tanh on the
             pooled output; transformers' `ViTModel` pooler); `None` for none.
         initializer_range (`float`): std of the truncated-normal initialisation.
@@ -427,6 +473,15 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         pre_norm=False,
         representation_size=None,
         initializer_range=0.02,
+        layerscale_value=None,
+        num_register_tokens=0,
+        mlp_type="mlp",
+        norm_after_pooling=False,
+        interpolate_antialias=False,
+        prefix_position_embeddings=True,
+        use_mask_token=False,
+        relative_position_bias="none",
+        key_bias=True,
         **kwargs,
     ):
         self.image_size = image_size
@@ -451,12 +506,22 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
         self.pre_norm = pre_norm
         self.representation_size = representation_size
         self.initializer_range = initializer_range
+        self.layerscale_value = layerscale_value
+        self.num_register_tokens = num_register_tokens
+        self.mlp_type = mlp_type
+        self.norm_after_pooling = norm_after_pooling
+        self.interpolate_antialias = interpolate_antialias
+        self.prefix_position_embeddings = prefix_position_embeddings
+        self.use_mask_token = use_mask_token
+        self.relative_position_bias = relative_position_bias
+        self.key_bias = key_bias
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.use_cls_token) + int(self.use_distillation_token)
+        """The tokens before the patches: [CLS], the distillation token, the registers."""
+        return int(self.use_cls_token) + int(self.use_distillation_token) + self.num_register_tokens
 
     @property
     def stem_stride(self) -> int:
@@ -481,8 +546,15 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
                     f"`image_size` ({self.image_size}) must be divisible by the stem's stride ({self.stem_stride} "
                     f"pixels per patch)"
                 )
-        if self.pooling == "cls" and not self.use_cls_token:
-            raise ValueError("`pooling='cls'` needs `use_cls_token=True`; use `pooling='mean'` without a [CLS] token")
+        if self.pooling in ("cls", "cls_mean") and not self.use_cls_token:
+            raise ValueError(
+                f"`pooling={self.pooling!r}` needs `use_cls_token=True`; use `pooling='mean'` without a [CLS] token"
+            )
+        if self.pooling == "cls_mean" and (self.representation_size or self.norm_after_pooling):
+            raise ValueError(
+                "`pooling='cls_mean'` (a pooled output twice `hidden_size` wide) goes with neither "
+                "`representation_size` nor `norm_after_pooling`"
+            )
         if self.use_distillation_token and not self.use_cls_token:
             raise ValueError("`use_distillation_token=True` needs `use_cls_token=True` (DeiT uses both)")
         head_dim = self.hidden_size // self.num_attention_heads
@@ -624,6 +696,11 @@ class VitlmViTMAEConfig(VitlmViTConfig):
             raise ValueError(
                 f"`decoder_hidden_size` ({self.decoder_hidden_size}) must be divisible by "
                 f"`decoder_num_attention_heads` ({self.decoder_num_attention_heads}) and by 4 (its sin-cos table)"
+            )
+        if self.relative_position_bias != "none":
+            raise ValueError(
+                "`relative_position_bias` is a bias over the whole patch grid, which MAE's encoder (reading the "
+                "visible patches only) cannot apply: use absolute positions"
             )
         num_patches = self.grid_size[0] * self.grid_size[1]
         if not self.use_cls_token and int(num_patches * (1 - self.mask_ratio)) == 0:

@@ -58,14 +58,23 @@ class VitlmAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = is_causal
-        self.qkv = nn.Linear(width, 3 * width, bias=config.qkv_bias)
+        # BEiT's attention biases queries and values only (`key_bias=False`): the key's third stays zero
+        split_bias = config.qkv_bias and not getattr(config, "key_bias", True)
+        self.qkv = nn.Linear(width, 3 * width, bias=config.qkv_bias and not split_bias)
+        self.q_bias = nn.Parameter(torch.zeros(width)) if split_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(width)) if split_bias else None
         self.proj = nn.Linear(width, width)
 
     def forward(
         self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
     ):
         batch_size, length, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
+        if self.q_bias is None:
+            qkv = self.qkv(hidden_states)
+        else:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            qkv = nn.functional.linear(hidden_states, self.qkv.weight, bias)
+        qkv = qkv.view(batch_size, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rotary_embeddings is not None:
             cos, sin = rotary_embeddings
@@ -97,15 +106,36 @@ class VitlmAttention(nn.Module):
 
 
 class VitlmMLP(nn.Module):
+    """fc2(act(fc1(x))), or with `config.mlp_type == "swiglu"` the gated unit of DINOv2-giant: fc1 makes a gate and a
+    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT, Swin) are plain.
+    Its shape is the config's unless `width` and `intermediate_size` say otherwise (a hierarchical tower's stage)."""
+
     def __init__(self, config, width: int | None = None, intermediate_size: int | None = None):
         super().__init__()
         width, intermediate_size = width or config.hidden_size, intermediate_size or config.intermediate_size
-        self.fc1 = nn.Linear(width, intermediate_size)
+        self.gated = getattr(config, "mlp_type", "mlp") == "swiglu"
+        self.fc1 = nn.Linear(width, intermediate_size * (2 if self.gated else 1))
         self.act = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(intermediate_size, width)
 
     def forward(self, hidden_states):
-        return self.fc2(self.act(self.fc1(hidden_states)))
+        hidden_states = self.fc1(hidden_states)
+        if self.gated:
+            gate, hidden_states = hidden_states.chunk(2, dim=-1)
+            return self.fc2(self.act(gate) * hidden_states)
+        return self.fc2(self.act(hidden_states))
+
+
+class VitlmLayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DINOv2's layer scale), starting at `value`."""
+
+    def __init__(self, width: int, value: float):
+        super().__init__()
+        self.value = value
+        self.scale = nn.Parameter(torch.full((width,), value))
+
+    def forward(self, hidden_states):
+        return hidden_states * self.scale
 
 
 class VitlmDropPath(nn.Module):
@@ -128,8 +158,9 @@ class VitlmDropPath(nn.Module):
 
 
 class VitlmBlock(GradientCheckpointingLayer):
-    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)). Its shape is the config's unless `width`,
-    `num_heads` and `intermediate_size` say otherwise (a stage of a hierarchical tower)."""
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)); with `config.layerscale_value` each branch is
+    scaled per channel first. Its shape is the config's unless `width`, `num_heads` and `intermediate_size` say
+    otherwise (a stage of a hierarchical tower)."""
 
     def __init__(
         self,
@@ -148,14 +179,33 @@ class VitlmBlock(GradientCheckpointingLayer):
         self.mlp = VitlmMLP(config, width, intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
+        layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; other towers have none
+        self.layer_scale1 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
+        self.layer_scale2 = VitlmLayerScale(width, layerscale_value) if layerscale_value else nn.Identity()
+        self.relative_position_bias = (
+            VitlmRelativePositionBias(config.grid_size, config.num_attention_heads, config.num_prefix_tokens)
+            if getattr(config, "relative_position_bias", "none") == "per_layer"  # a ViT option (BEiT)
+            else None
+        )
 
     def forward(
-        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+        self,
+        hidden_states,
+        attention_mask=None,
+        rotary_embeddings=None,
+        grid_size=None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        """`grid_size`: the input's patch grid, which a block's relative position bias spans (resized to it)."""
+        if self.relative_position_bias is not None:
+            attention_mask = add_bias(
+                attention_mask, self.relative_position_bias(grid_size, resize=True), hidden_states
+            )
         attn_output, _ = self.attention(self.layer_norm1(hidden_states), attention_mask, rotary_embeddings, **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.dropout(attn_output))
+        hidden_states = hidden_states + self.drop_path(self.dropout(self.layer_scale1(attn_output)))
         del attn_output  # not alive through the MLP, where memory peaks
-        return hidden_states + self.drop_path(self.dropout(self.mlp(self.layer_norm2(hidden_states))))
+        mlp_output = self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states + self.drop_path(self.dropout(self.layer_scale2(mlp_output)))
 
 
 class VitlmEncoder(nn.Module):
@@ -168,16 +218,37 @@ class VitlmEncoder(nn.Module):
         # plain Python: models may be built under a meta-device context, where tensors hold no values
         rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
         self.layers = nn.ModuleList(VitlmBlock(config, rate, is_causal) for rate in rates)
+        self.relative_position_bias = (
+            VitlmRelativePositionBias(config.grid_size, config.num_attention_heads, config.num_prefix_tokens)
+            if getattr(config, "relative_position_bias", "none") == "shared"  # a ViT option (BEiT's shared table)
+            else None
+        )
 
     def forward(
-        self, hidden_states, attention_mask=None, rotary_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+        self,
+        hidden_states,
+        attention_mask=None,
+        rotary_embeddings=None,
+        grid_size=None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """Returns only the last hidden state: the models' output capturing records the first block's input and every
         block's output (`hidden_states`) and every attention's weights (`attentions`). The blocks take
         `hidden_states` positionally, where the capturing hook reads the first block's input."""
+        if self.relative_position_bias is not None:
+            attention_mask = add_bias(
+                attention_mask, self.relative_position_bias(grid_size, resize=True), hidden_states
+            )
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, rotary_embeddings, **kwargs)
+            hidden_states = layer(hidden_states, attention_mask, rotary_embeddings, grid_size, **kwargs)
         return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+def add_bias(attention_mask, bias: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    """An additive (heads, tokens, tokens) bias joined to an attention mask, one (broadcast) copy per sample: flex
+    attention indexes the mask by batch."""
+    bias = bias.to(hidden_states.dtype)[None].expand(hidden_states.shape[0], -1, -1, -1)
+    return bias if attention_mask is None else attention_mask + bias
 
 
 class VitlmRelativePositionBias(nn.Module):
@@ -197,28 +268,51 @@ class VitlmRelativePositionBias(nn.Module):
         extra = 3 if num_prefix_tokens else 0
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_offsets + extra, num_heads))
 
-    def index(self, window_size, device) -> torch.Tensor:
-        """(tokens, tokens) rows of the table: Swin's and BEiT's `relative_position_index` for `window_size`."""
+    def index(self, window_size, device, table_window=None) -> torch.Tensor:
+        """(tokens, tokens) rows of the table: Swin's and BEiT's `relative_position_index` for `window_size`, into a
+        table of `table_window`'s offsets (the module's own by default; a resized one's)."""
         height, width = window_size
+        table_height, table_width = table_window or self.window_size
         ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
         coords = torch.stack([ys.flatten(), xs.flatten()])
         offsets = coords[:, :, None] - coords[:, None, :]
-        index = (offsets[0] + self.window_size[0] - 1) * (2 * self.window_size[1] - 1) + offsets[1]
-        index = index + self.window_size[1] - 1
+        index = (offsets[0] + table_height - 1) * (2 * table_width - 1) + offsets[1]
+        index = index + table_width - 1
         if not self.num_prefix_tokens:
             return index
+        num_offsets, prefix = (2 * table_height - 1) * (2 * table_width - 1), self.num_prefix_tokens
+        index = nn.functional.pad(index, (prefix, 0, prefix, 0), value=num_offsets)  # prefix -> patches
+        index[prefix:, :prefix] = num_offsets + 1  # patches -> prefix
+        index[:prefix, :prefix] = num_offsets + 2  # prefix -> prefix
+        return index
         num_offsets, prefix = self.relative_position_bias_table.shape[0] - 3, self.num_prefix_tokens
         index = nn.functional.pad(index, (prefix, 0, prefix, 0), value=num_offsets)  # prefix -> patches
         index[prefix:, :prefix] = num_offsets + 1  # patches -> prefix
         index[:prefix, :prefix] = num_offsets + 2  # prefix -> prefix
         return index
 
-    def forward(self, window_size=None) -> torch.Tensor:
+    def forward(self, window_size=None, resize: bool = False) -> torch.Tensor:
+        """With `resize` (BEiT at another resolution), a window other than the table's gets the table bilinearly
+        resized to its offsets, as transformers' BEiT does; without, a smaller window reads the offsets it spans."""
         window_size = tuple(window_size or self.window_size)
+        table = self.relative_position_bias_table
+        if resize and window_size != self.window_size:
+            return self.resized(window_size)
         if window_size[0] > self.window_size[0] or window_size[1] > self.window_size[1]:
             raise ValueError(f"a {window_size} window is larger than the bias table's {self.window_size}")
-        index = self.index(window_size, self.relative_position_bias_table.device)
-        return self.relative_position_bias_table[index].permute(2, 0, 1)
+        index = self.index(window_size, table.device)
+        return table[index].permute(2, 0, 1)
+
+    def resized(self, window_size) -> torch.Tensor:
+        table = self.relative_position_bias_table
+        extra = 3 if self.num_prefix_tokens else 0
+        offsets, prefix_entries = table[: table.shape[0] - extra], table[table.shape[0] - extra :]
+        old = (2 * self.window_size[0] - 1, 2 * self.window_size[1] - 1)
+        new = (2 * window_size[0] - 1, 2 * window_size[1] - 1)
+        grid = offsets.reshape(1, *old, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid.float(), size=new, mode="bilinear", align_corners=False).to(table.dtype)
+        resized = torch.cat([grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], -1), prefix_entries])
+        return resized[self.index(window_size, table.device, table_window=window_size)].permute(2, 0, 1)
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
@@ -382,10 +476,12 @@ class VitlmPositionEncoding(nn.Module):
     The one position-encoding module, its kind chosen by `config.position_embedding_type`:
 
     - `learned`: a learnable table over prefix tokens and the configured patch grid, bicubically resized when
-      `interpolate_pos_encoding=True`;
+      `interpolate_pos_encoding=True` (antialiased with `interpolate_antialias`); register tokens (DINOv2-reg) have
+      no row and get nothing added, nor do [CLS] and the distillation token without `prefix_position_embeddings`;
     - `sincos2d`: a fixed 2D sin-cos table added to the patch tokens (prefix tokens get zeros, as in MAE);
     - `rope2d`: no additive term; returns (cos, sin) rotating queries and keys by their patch's row and column
-      (prefix tokens are not rotated), so attention sees relative positions.
+      (prefix tokens are not rotated), so attention sees relative positions;
+    - `none`: nothing (BEiT, whose relative position bias in attention places the tokens).
 
     The fixed kinds work at any resolution; with `interpolate_pos_encoding=True` their positions are stretched to
     span the configured grid instead of extending it.
@@ -395,18 +491,33 @@ class VitlmPositionEncoding(nn.Module):
         super().__init__()
         self.type = config.position_embedding_type
         self.num_prefix_tokens = config.num_prefix_tokens
+        # the prefix tokens with a row in the learned table: [CLS] and the distillation token, not the registers
+        self.num_positioned_prefix_tokens = config.num_prefix_tokens - getattr(config, "num_register_tokens", 0)
+        if not getattr(config, "prefix_position_embeddings", True):  # ViT options; PiT has neither
+            self.num_positioned_prefix_tokens = 0
         self.grid_size = config.grid_size
         self.hidden_size = config.hidden_size
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.rope_theta = config.rope_theta
+        self.antialias = getattr(config, "interpolate_antialias", False)  # a ViT option; PiT has none
         if self.type == "learned":
-            num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+            num_positions = self.num_positioned_prefix_tokens + self.grid_size[0] * self.grid_size[1]
             self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
 
     def forward(self, embeddings, grid_size, interpolate_pos_encoding=False):
         """Returns the embeddings with any absolute encoding added, and the rotary (cos, sin) or None."""
+        if self.type == "none":
+            return embeddings, None
         if self.type == "learned":
-            return embeddings + self.resized_position_embeddings(grid_size, interpolate_pos_encoding), None
+            positions = self.resized_position_embeddings(grid_size, interpolate_pos_encoding)
+            split, unpositioned = (
+                self.num_positioned_prefix_tokens,
+                self.num_prefix_tokens - self.num_positioned_prefix_tokens,
+            )
+            if unpositioned:  # zeros for the prefix tokens without a row, which follow those with one
+                zeros = positions.new_zeros(1, unpositioned, positions.shape[-1])
+                positions = torch.cat([positions[:, :split], zeros, positions[:, split:]], dim=1)
+            return embeddings + positions, None
         reference = self.grid_size if interpolate_pos_encoding else (None, None)
         ys = grid_positions(grid_size[0], reference[0], embeddings.device)
         xs = grid_positions(grid_size[1], reference[1], embeddings.device)
@@ -428,17 +539,18 @@ class VitlmPositionEncoding(nn.Module):
                 f"{self.grid_size[0]}x{self.grid_size[1]} (learned position embeddings); pass "
                 "`interpolate_pos_encoding=True` to resize them"
             )
-        prefix = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = self.position_embeddings[:, self.num_prefix_tokens :]
+        prefix = self.position_embeddings[:, : self.num_positioned_prefix_tokens]
+        patches = self.position_embeddings[:, self.num_positioned_prefix_tokens :]
         patches = patches.reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
         patches = nn.functional.interpolate(
-            patches.float(), size=tuple(grid_size), mode="bicubic", align_corners=False
+            patches.float(), size=tuple(grid_size), mode="bicubic", align_corners=False, antialias=self.antialias
         ).to(prefix.dtype)
         return torch.cat([prefix, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
 
 class VitlmVisionEmbeddings(nn.Module):
-    """Stem tokens, prefixed by [CLS] (and DeiT's distillation token), with their position encoding."""
+    """Stem tokens, prefixed by [CLS] (and DeiT's distillation token, and DINOv2's register tokens), with their
+    position encoding."""
 
     def __init__(self, config, stem: nn.Module):
         super().__init__()
@@ -447,23 +559,45 @@ class VitlmVisionEmbeddings(nn.Module):
         self.distillation_token = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
         )
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+            if config.num_register_tokens
+            else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_mask_token else None
         self.position_encoding = VitlmPositionEncoding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None):
+    def forward(self, pixel_values, interpolate_pos_encoding=False, keep_indices=None, bool_masked_pos=None):
         """`keep_indices` (batch, kept) selects patch tokens after position encoding, as MAE's encoder sees only the
-        visible patches; prefix tokens are always kept."""
+        visible patches; prefix tokens are always kept. `bool_masked_pos` (batch, patches) replaces the patch
+        embeddings it marks by the mask token before position encoding (BEiT)."""
         patch_embeddings = self.stem(pixel_values)
         batch_size, grid_size = patch_embeddings.shape[0], tuple(patch_embeddings.shape[2:])
-        prefix = [t.expand(batch_size, -1, -1) for t in (self.cls_token, self.distillation_token) if t is not None]
+        patches = patch_embeddings.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("`bool_masked_pos` needs a model with a mask token (`use_mask_token=True`)")
+            if tuple(bool_masked_pos.shape) != tuple(patches.shape[:2]):
+                raise ValueError(
+                    f"`bool_masked_pos` must have shape {tuple(patches.shape[:2])} (batch, patches), got "
+                    f"{tuple(bool_masked_pos.shape)}"
+                )
+            patches = torch.where(bool_masked_pos[..., None], self.mask_token.to(patches.dtype), patches)
+        prefix = [
+            t.expand(batch_size, -1, -1)
+            for t in (self.cls_token, self.distillation_token, self.register_tokens)
+            if t is not None
+        ]
         # a view until the concatenation: one copy of the tokens, not two
-        embeddings = torch.cat([*prefix, patch_embeddings.flatten(2).transpose(1, 2)], dim=1)
+        embeddings = torch.cat([*prefix, patches], dim=1)
         embeddings, rotary_embeddings = self.position_encoding(embeddings, grid_size, interpolate_pos_encoding)
         if keep_indices is not None:
+            num_prefix = embeddings.shape[1] - grid_size[0] * grid_size[1]
             token_indices = torch.cat(
                 [
-                    torch.arange(len(prefix), device=keep_indices.device).expand(batch_size, -1),
-                    keep_indices + len(prefix),
+                    torch.arange(num_prefix, device=keep_indices.device).expand(batch_size, -1),
+                    keep_indices + num_prefix,
                 ],
                 dim=1,
             )
@@ -512,6 +646,7 @@ __all__ = [
     "VitlmAttention",
     "VitlmBlock",
     "VitlmEncoder",
+    "VitlmLayerScale",
     "VitlmPatchEmbeddings",
     "VitlmPatchMerging",
     "VitlmPositionEncoding",

@@ -17,6 +17,7 @@ from .layers import (
     VitlmAttention,
     VitlmBlock,
     VitlmEncoder,
+    VitlmLayerScale,
     VitlmPatchEmbeddings,
     VitlmPositionEncoding,
     VitlmRelativePositionBias,
@@ -58,9 +59,14 @@ class VitlmPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, VitlmVisionEmbeddings):
-            for token in (module.cls_token, module.distillation_token):
+            for token in (module.cls_token, module.distillation_token, module.register_tokens, module.mask_token):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
+        elif isinstance(module, VitlmAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+        elif isinstance(module, VitlmLayerScale):
+            init.constant_(module.scale, module.value)
         elif isinstance(module, VitlmPositionEncoding) and module.type == "learned":
             init.trunc_normal_(module.position_embeddings, std=std)
         elif isinstance(module, VitlmRelativePositionBias):
@@ -204,7 +210,8 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
 
     @property
     def pooled_size(self) -> int:
-        return self.config.representation_size or self.config.hidden_size
+        width = self.config.hidden_size * (2 if self.config.pooling == "cls_mean" else 1)
+        return self.config.representation_size or width
 
     @staticmethod
     def build_stem(config) -> nn.Module:
@@ -220,6 +227,7 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         keep_indices: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
@@ -227,20 +235,45 @@ class VitlmViTModel(VitlmViTPreTrainedModel):
             resolution other than `config.image_size`.
         keep_indices (`torch.LongTensor` of shape `(batch_size, num_kept)`, *optional*): encode only these patches
             (row-major grid indices), as MAE's encoder does; prefix tokens are always kept.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*): patches whose
+            embedding the mask token replaces (needs `config.use_mask_token`), as in BEiT's pretraining.
         """
         pixel_values = pixel_values.to(self.dtype) if torch.is_tensor(pixel_values) else pixel_values
-        hidden_states, rotary_embeddings = self.embeddings(pixel_values, interpolate_pos_encoding, keep_indices)
+        hidden_states, rotary_embeddings = self.embeddings(
+            pixel_values, interpolate_pos_encoding, keep_indices, bool_masked_pos
+        )
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
-        hidden_states = self.encoder(hidden_states, rotary_embeddings=rotary_embeddings, **kwargs).last_hidden_state
-        last_hidden_state = self.layernorm(hidden_states)
-        if self.config.pooling == "cls":
-            pooled_output = last_hidden_state[:, 0]
+        grid_size = tuple(side // self.config.stem_stride for side in pixel_values.shape[-2:])
+        if (
+            self.config.relative_position_bias != "none"
+            and grid_size != tuple(self.config.grid_size)
+            and not interpolate_pos_encoding
+        ):
+            raise ValueError(
+                f"the input's patch grid {grid_size[0]}x{grid_size[1]} differs from the model's "
+                f"{self.config.grid_size[0]}x{self.config.grid_size[1]} (relative position bias); pass "
+                "`interpolate_pos_encoding=True` to resize it"
+            )
+        hidden_states = self.encoder(
+            hidden_states, rotary_embeddings=rotary_embeddings, grid_size=grid_size, **kwargs
+        ).last_hidden_state
+        if self.config.norm_after_pooling:
+            last_hidden_state = hidden_states
+            pooled_output = self.layernorm(self.pool(hidden_states))
         else:
-            pooled_output = last_hidden_state[:, self.config.num_prefix_tokens :].mean(dim=1)
+            last_hidden_state = self.layernorm(hidden_states)
+            pooled_output = self.pool(last_hidden_state)
         if self.pooler is not None:
             pooled_output = self.pooler(pooled_output)
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image's representation from its tokens, by `config.pooling` (registers are never pooled)."""
+        if self.config.pooling == "cls":
+            return tokens[:, 0]
+        patches_mean = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        return patches_mean if self.config.pooling == "mean" else torch.cat([tokens[:, 0], patches_mean], dim=-1)
 
 
 @dataclass

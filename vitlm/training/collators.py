@@ -1,6 +1,7 @@
 """Batch collators for the four tasks. They read the columns the transforms in `vitlm.training.transforms` produce
 and return keyword arguments of the matching model's `forward`."""
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -228,3 +229,52 @@ __all__ = [
     "soft_target_cross_entropy",
     "twin_contrastive_loss",
 ]
+
+
+class MultiCropCollator:
+    """DINO's views: `global_crops` (batch, 2, C, H, W) and, in training, `local_crops` (batch, N, C, h, w)."""
+
+    def __call__(self, examples):
+        batch = {"global_crops": torch.stack([example["global_crops"] for example in examples])}
+        if "local_crops" in examples[0]:
+            batch["local_crops"] = torch.stack([example["local_crops"] for example in examples])
+        return batch
+
+
+@dataclass
+class BlockMaskingCollator:
+    """`pixel_values` and BEiT's blockwise `bool_masked_pos`: rectangles of random area (at least 16 patches or a
+    tenth of the grid, whichever is smaller) and aspect ratio (0.3 to 1/0.3) are masked until at least `mask_ratio`
+    of the patches are. Each image's draws are keyed by its example index, the seed and the epoch: the same mask
+    whichever process and batch the image lands in."""
+
+    grid_size: tuple[int, int]
+    mask_ratio: float = 0.4
+    epoch_seed: EpochSeed = field(init=False, default_factory=EpochSeed)
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
+    def __call__(self, examples):
+        pixel_values = torch.stack([example["pixel_values"] for example in examples])
+        masks = []
+        for example in examples:
+            with self.epoch_seed.rng("blocks", example.get(INDEX_COLUMN)):
+                masks.append(self.block_mask())
+        masks = torch.stack(masks)
+        return {"pixel_values": pixel_values, "bool_masked_pos": masks.flatten(1)}
+
+    def block_mask(self) -> torch.Tensor:
+        height, width = self.grid_size
+        target = max(1, round(self.mask_ratio * height * width))
+        mask = torch.zeros(height, width, dtype=torch.bool)
+        min_area = min(16, max(1, height * width // 10))
+        while int(mask.sum()) < target:
+            area = float(torch.empty(()).uniform_(min_area, max(min_area, target - int(mask.sum()))))
+            aspect = math.exp(float(torch.empty(()).uniform_(math.log(0.3), math.log(1 / 0.3))))
+            block_height = min(height, max(1, round(math.sqrt(area * aspect))))
+            block_width = min(width, max(1, round(math.sqrt(area / aspect))))
+            top = int(torch.randint(height - block_height + 1, ()))
+            left = int(torch.randint(width - block_width + 1, ()))
+            mask[top : top + block_height, left : left + block_width] = True
+        return mask

@@ -160,7 +160,8 @@ def with_transforms(task, train, eval_dataset, image_processor, augment=True, **
     """The task's transforms on both sets (`TrainingTask.transform`; columns found in the training set).
     `augment=False` trains on the evaluation transform (for data whose labels crops and colour jitter would falsify,
     such as the shapes world's captions); `options` are the task's own (`bbox_format`, `caption_weights`, `twins`:
-    the training images' twins, columns `twins` and `twin_captions`, in contrastive batches)."""
+    the training images' twins, columns `twins` and `twin_captions`, in contrastive batches; `patch_size`: the
+    model's stem stride, which DINO's local crops are a multiple of)."""
     spec = get_task(task)
 
     def make(is_train):
@@ -246,6 +247,10 @@ def train(
         transforms.caption_weights_tensor(caption_weights)
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
+    if lora_rank and spec.training_model is not None:
+        raise ValueError(
+            f"LoRA adapts the model a task trains directly; {spec.name!r} trains a module built around it"
+        )
     if lora_rank and push_to_hub and not merge_lora and Path(model_name).exists():
         raise ValueError(
             "pushed LoRA adapters name their base model, here a local folder others cannot load: push the base model "
@@ -272,6 +277,7 @@ def train(
         model = with_lora(model, model_name, lora_rank, lora_targets)
     image_processor = getattr(processor, "image_processor", processor)
     evaluation_inputs = spec.evaluation_inputs(train_set, eval_set, class_names) if spec.evaluation_inputs else {}
+    raw_train_set = train_set
     train_set, eval_set = with_transforms(
         spec,
         train_set,
@@ -281,7 +287,10 @@ def train(
         bbox_format=bbox_format,
         caption_weights=caption_weights,
         twins=twins,
+        patch_size=getattr(model.config, "vision_config", model.config).stem_stride,
     )
+    if spec.training_model is not None:
+        model = spec.training_model(model, raw_train_set, image_processor)
 
     args = training_arguments(
         output_dir, **schedule, eval_strategy="steps" if eval_steps else "epoch", **training_kwargs
@@ -311,7 +320,12 @@ def train(
         trainer.model = trainer.model.merge_and_unload()
     if save_dtype:
         trainer.model.to(DTYPES[save_dtype])
-    trainer.save_model(output_dir)  # model (or adapters) + processor; every process calls it, Trainer writes once
+    if spec.saved_models is None:
+        trainer.save_model(output_dir)  # model (or adapters) + processor; every process calls it, Trainer writes once
+    elif trainer.is_world_process_zero():
+        for subfolder, saved in spec.saved_models(trainer.model).items():
+            saved.save_pretrained(output_dir / subfolder)
+        processor.save_pretrained(output_dir)
     if lora_rank and not merge_lora and trainer.is_world_process_zero():
         # the trained model's config, for `load_lora`: its class (not the checkpoint's, which may lack the head) and a
         # head resized for the new classes

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TaskParts:
     """What a task hands Trainer: the evaluation collator, the training one (None: the same), `compute_metrics`
-    (None: loss only), `compute_loss_func` (None: the model's loss), and TrainingArguments fields the task needs."""
+    (None: loss only), `compute_loss_func` (None: the model's loss), TrainingArguments fields the task needs, and
+    callbacks of its own (DINO's teacher update)."""
 
     collator: object
     train_collator: object = None
     compute_metrics: Callable | None = None
     compute_loss_func: Callable | None = None
     arguments: tuple[tuple[str, object], ...] = ()
+    callbacks: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class TrainingTask:
         parts: `(model, processor, class_names=..., templates=..., **keywords) -> TaskParts`.
         model_config: `(config) -> config` the task's model is built from, given the preset's or checkpoint's
             (the masked-image-modeling head extends a plain ViT encoder's config with its own); None: as it is.
+        training_model: `(model, train_set, image_processor) -> module` Trainer trains, built around the loaded model
+            (DINO's student and teacher; BEiT's head and the visual tokenizer it fits on the raw training set); None:
+            the model itself.
+        saved_models: `(trained module) -> {subfolder: model}` written to the output folder ("" the folder itself;
+            DINO: the teacher's backbone, an ordinary vitlm model; BEiT: the backbone, and its tokenizer in
+            `visual_tokenizer/`); None: the trained model itself.
     """
 
     name: str
@@ -70,6 +78,8 @@ class TrainingTask:
     parts: Callable
     evaluation_inputs: Callable | None = None
     model_config: Callable | None = None
+    training_model: Callable | None = None
+    saved_models: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -245,6 +255,70 @@ def _masked_image_parts(model, processor, block_masking=False, **_):
     )
 
 
+# ---- self-distillation (DINO): the image tower learns without labels; the teacher's tower is the result
+
+
+def _dino_transform(image_processor, train, dataset, augment=True, patch_size=16, **_):
+    from .self_supervised import DinoSettings
+    from .transforms import multi_crop_transform
+
+    # the crops are the method: `augment=False` is not DINO
+    crops = DinoSettings().num_local_crops
+    return multi_crop_transform(image_processor, train, image_column(dataset), patch_size, num_local_crops=crops)
+
+
+def _dino_parts(model, processor, **_):
+    from .collators import MultiCropCollator
+    from .self_supervised import TeacherMomentum
+
+    # the global crops are what the loss compares: naming them the labels makes evaluation compute it
+    return TaskParts(
+        MultiCropCollator(), arguments=(("label_names", ["global_crops"]),), callbacks=(TeacherMomentum(),)
+    )
+
+
+def _dino_model(model, train_set, image_processor):
+    from .self_supervised import dino_model
+
+    return dino_model(model, train_set, image_processor)
+
+
+def _dino_saved_models(model):
+    from .self_supervised import dino_saved_models
+
+    return dino_saved_models(model)
+
+
+# ---- masked visual-token prediction (BEiT): the tower learns without labels from a k-means visual tokenizer
+
+
+def _beit_model_config(config):
+    if not hasattr(config, "use_mask_token"):  # the mask token replaces single-scale patch embeddings
+        raise ValueError(f"BEiT pretraining needs a ViT or hybrid image tower, got a {config.model_type} model")
+    return config if config.use_mask_token else type(config)(**{**config.to_dict(), "use_mask_token": True})
+
+
+def _beit_parts(model, processor, **_):
+    from .collators import BlockMaskingCollator
+    from .self_supervised import BeitSettings
+
+    # the images are what the loss reads: naming them the labels makes evaluation compute it
+    collator = BlockMaskingCollator(model.config.grid_size, BeitSettings().mask_ratio)
+    return TaskParts(collator, arguments=(("label_names", ["pixel_values"]),))
+
+
+def _beit_model(model, train_set, image_processor):
+    from .self_supervised import beit_model
+
+    return beit_model(model, train_set, image_processor)
+
+
+def _beit_saved_models(model):
+    from .self_supervised import beit_saved_models
+
+    return beit_saved_models(model)
+
+
 TASKS: dict[str, TrainingTask] = {
     task.name: task
     for task in (
@@ -328,6 +402,43 @@ TASKS: dict[str, TrainingTask] = {
             transform=_masked_image_transform,
             parts=_masked_image_parts,
             model_config=_masked_image_model_config,
+        ),
+        TrainingTask(
+            name="self-distillation",
+            alias="dino",
+            title="self-distillation (DINO)",
+            description="an image tower pretrained without labels by DINO's self-distillation (the teacher's tower)",
+            auto_class="AutoModel",
+            dual_encoder=False,
+            class_column=None,
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset(),
+            ignored_outputs=("teacher_entropy",),
+            transform=_dino_transform,
+            parts=_dino_parts,
+            training_model=_dino_model,
+            saved_models=_dino_saved_models,
+        ),
+        TrainingTask(
+            name="masked-token-prediction",
+            alias="beit",
+            title="masked visual-token prediction (BEiT)",
+            description="an image tower pretrained without labels by BEiT's masked visual-token prediction",
+            auto_class="AutoModel",
+            dual_encoder=False,
+            class_column=None,
+            needs_classes=False,
+            sized_head=False,
+            shapes_eval_split="test",
+            options=frozenset(),
+            ignored_outputs=("accuracy",),
+            transform=_masked_image_transform,
+            parts=_beit_parts,
+            model_config=_beit_model_config,
+            training_model=_beit_model,
+            saved_models=_beit_saved_models,
         ),
     )
 }

@@ -271,7 +271,7 @@ def build_trainer(
         processing_class=processor,
         compute_metrics=parts.compute_metrics,
         optimizers=optimizers,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *parts.callbacks],
         ignored_outputs=list(spec.ignored_outputs),
         twin_weight=twin_weight,
         compute_loss_func=parts.compute_loss_func,

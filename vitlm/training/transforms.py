@@ -283,3 +283,52 @@ __all__ = [
     "inpainting_transform",
     "with_example_index",
 ]
+
+
+def local_crop_size(image_processor, patch_size: int) -> int:
+    """DINO's local crop side: 96 / 224 of the global crop's, a whole number of patches (at least one)."""
+    side = crop_size(image_processor)[0]
+    return max(patch_size, round(side * 96 / 224 / patch_size) * patch_size)
+
+
+def multi_crop_transform(
+    image_processor, train: bool, image_column="image", patch_size: int = 16, num_local_crops: int = 4
+):
+    """DINO's multi-crop views of each image: two global crops at the processor's size (scale 0.4-1 of the image)
+    and `num_local_crops` local ones (scale 0.05-0.4, `local_crop_size`), each flipped and colour-jittered on its own
+    (`global_crops` (2, C, H, W) and `local_crops` (N, C, h, w) per example). Evaluation takes the processor's view as
+    both global crops and no local crop: the loss then measures how far the student's answer on an image is from the
+    teacher's."""
+    if not train:
+
+        def evaluation(examples):
+            views = pixel_values(examples[image_column], image_processor)
+            return {"global_crops": [torch.stack([view, view]) for view in views]}
+
+        return evaluation
+    global_view = augmentation(image_processor, scale=(0.4, 1.0), jitter=0.4)
+    local_side = local_crop_size(image_processor, patch_size)
+    local_view = v2.Compose(
+        [
+            v2.RandomResizedCrop(local_side, scale=(0.05, 0.4), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+        ]
+    )
+
+    def normalize(images):
+        return image_processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+
+    def transform(examples, rngs=None):
+        images = [image.convert("RGB") for image in examples[image_column]]
+        outputs = {"global_crops": [], "local_crops": []}
+        for image, rng in zip(images, rngs or [nullcontext()] * len(images)):
+            with rng:
+                global_crops = [global_view(image) for _ in range(2)]
+                local_crops = [local_view(image) for _ in range(num_local_crops)]
+            outputs["global_crops"].append(normalize(global_crops))
+            if num_local_crops:
+                outputs["local_crops"].append(normalize(local_crops))
+        return {name: value for name, value in outputs.items() if value}
+
+    return TrainTransform(transform)

@@ -1,0 +1,225 @@
+"""Self-supervised pretraining on the shapes world: how much shape and colour a linear probe reads from a frozen tower
+after the same number of pretraining steps of DINO, BEiT and MAE, and from the same tower at random initialization.
+
+The tower (every recipe's): a ViT of width 64, 4 blocks of 4 heads, MLP 128, 8x8 patches of 32x32 images (a 4x4
+grid), [CLS] pooling for DINO's head and the probe, learned positions; `vit-tiny-test` widened by config overrides.
+Every recipe runs through `vitlm.training.run.train` (the `vitlm train` path) on the same generated training images
+(one object each, `--shapes-max-objects 1`), for `--max-steps` steps at batch `--batch-size`, AdamW at lr 1e-3 with
+the recipes' own augmentations: DINO's multi-crop (2 global 32x32 + 4 local 16x16 crops), BEiT's blockwise masking
+of 40% of the patches with a 64-word k-means visual tokenizer, MAE's 75% random masking with a 2-block decoder of
+width 64. Random init is the tower as built from the same seed, untrained.
+
+The probe (`vitlm.training.probe.linear_probe`): frozen features (`pooler_output`, the [CLS] state) of
+`--probe-train` training-split images, a multinomial logistic regression fitted by L-BFGS, scored on `--probe-test`
+images of the "test" split, whose object is always one of the 8 held-out shape x colour pairs never drawn in
+training: shape (6-way) and colour (8-way) are each read from an object of a combination the tower never saw.
+
+    OMP_NUM_THREADS=1 python benchmarks/self_supervised.py [--seeds 0 1 2] [--max-steps 500]
+
+CPU budget: <= 45 minutes on two cores. A 20-step run at batch 32 measured (busy machine, one thread) ~0.25 s a
+step for DINO (six views an image), ~0.1 s for BEiT and MAE; at batch 64 the defaults (3 seeds x 3 recipes x 500
+steps, 2048 training images, probes on 2048 / 512 images) come to about 25-30 minutes, most of it DINO.
+`--max-steps` scales the pretraining part linearly; the measured times go into the JSON (`wall_s`, per run).
+
+Prints a markdown table, writes benchmarks/results/self_supervised.json and benchmarks/results/self_supervised.png.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PRESET = "vit-tiny-test"
+TOWER = "hidden_size=64,num_hidden_layers=4,num_attention_heads=4,intermediate_size=128"
+MAE_DECODER = "decoder_hidden_size=64,decoder_num_hidden_layers=2,decoder_num_attention_heads=4"
+MAE_DECODER += ",decoder_intermediate_size=128"
+RECIPES = {"dino": "dino", "beit": "beit", "mae": "inpaint"}  # row name -> `vitlm train` task
+ATTRIBUTES = {"shape": lambda label: label // 8, "colour": lambda label: label % 8}  # CATEGORIES is shape-major
+
+
+def pretrained_tower(recipe: str, seed: int, max_steps: int, batch_size: int, lr: float, train_size: int, work: Path):
+    """The frozen image tower a recipe leaves after `max_steps` steps (random init: none), and its processor."""
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForMaskedImageModeling
+
+    import vitlm  # noqa: F401  (registers the Auto classes)
+    from vitlm.presets import load_preset_config, preset_path
+    from vitlm.training.run import apply_overrides, parse_overrides, train
+
+    if recipe == "random init":
+        torch.manual_seed(seed)
+        config = load_preset_config(PRESET)
+        apply_overrides(config, parse_overrides(TOWER))
+        return AutoModel.from_config(config), AutoImageProcessor.from_pretrained(preset_path(PRESET))
+    overrides = TOWER + ("," + MAE_DECODER if recipe == "mae" else "")
+    folder = work / f"{recipe}-{seed}"
+    train(
+        RECIPES[recipe],
+        PRESET,
+        "shapes",
+        folder,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        shapes_train=train_size,
+        shapes_test=64,
+        shapes_size=32,
+        shapes_max_objects=1,
+        config_overrides=overrides,
+        logging_steps=max(max_steps // 10, 1),
+        save_checkpoints=False,
+    )
+    if recipe == "mae":  # the encoder of the masked image model
+        tower = AutoModelForMaskedImageModeling.from_pretrained(folder).vit
+    else:
+        tower = AutoModel.from_pretrained(folder)
+    return tower, AutoImageProcessor.from_pretrained(folder)
+
+
+def probe_sets(seed: int, train_size: int, test_size: int):
+    """Training-split images and held-out-pair test images, one object each, with a column per attribute."""
+    from vitlm.data.shapes import generate
+
+    def with_attributes(dataset):
+        return dataset.map(lambda row: {name: read(row["label"]) for name, read in ATTRIBUTES.items()})
+
+    train_set = generate(train_size, seed=1000 + seed, split="train", image_size=32, max_objects=1)
+    test_set = generate(test_size, seed=2000 + seed, split="test", image_size=32, max_objects=1)
+    return with_attributes(train_set), with_attributes(test_set)
+
+
+def run_experiment(
+    seeds=(0, 1, 2),
+    max_steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    train_size: int = 2048,
+    probe_train: int = 2048,
+    probe_test: int = 512,
+    progress: bool = True,
+) -> dict:
+    from vitlm.training.probe import linear_probe
+
+    recipes = [*RECIPES, "random init"]
+    runs = []
+    with tempfile.TemporaryDirectory() as work:
+        for seed in tqdm(seeds, desc="seeds", disable=not progress):
+            train_set, test_set = probe_sets(seed, probe_train, probe_test)
+            for recipe in recipes:
+                start = time.perf_counter()
+                tower, processor = pretrained_tower(recipe, seed, max_steps, batch_size, lr, train_size, Path(work))
+                pretraining_s = time.perf_counter() - start
+                scores = {
+                    name: linear_probe(tower, processor, train_set, test_set, label_column=name).accuracy
+                    for name in ATTRIBUTES
+                }
+                runs.append(
+                    {
+                        "recipe": recipe,
+                        "seed": seed,
+                        **scores,
+                        "pretraining_s": round(pretraining_s, 1),
+                        "wall_s": round(time.perf_counter() - start, 1),
+                    }
+                )
+    rows = []
+    for recipe in recipes:
+        mine = [run for run in runs if run["recipe"] == recipe]
+        row = {"recipe": recipe, "seeds": [run["seed"] for run in mine]}
+        for name in ATTRIBUTES:
+            values = [run[name] for run in mine]
+            row[name] = values
+            row[f"{name}_mean"] = statistics.fmean(values)
+            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    setup = dict(
+        preset=PRESET,
+        tower=TOWER,
+        seeds=list(seeds),
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        train_size=train_size,
+        probe_train=probe_train,
+        probe_test=probe_test,
+    )
+    return {"setup": setup, "rows": rows, "runs": runs}
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| recipe | shape (6-way) | colour (8-way) |",
+        "| --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        cells = [f"{row[f'{name}_mean']:.3f} ± {row[f'{name}_std']:.3f}" for name in ATTRIBUTES]
+        lines.append(f"| {row['recipe']} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    from matplotlib import pyplot as plt
+
+    rows = results["rows"]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    for offset, name in enumerate(ATTRIBUTES):
+        positions = [index + (offset - 0.5) * width for index in range(len(rows))]
+        means = [row[f"{name}_mean"] for row in rows]
+        spreads = [row[f"{name}_std"] for row in rows]
+        axes.bar(positions, means, width, yerr=spreads, capsize=3, label=name)
+    axes.axhline(1 / 6, color="gray", linestyle=":", linewidth=1)
+    axes.axhline(1 / 8, color="gray", linestyle="--", linewidth=1)
+    axes.set_xticks(range(len(rows)), [row["recipe"] for row in rows])
+    axes.set_ylabel("linear-probe accuracy, held-out pairs")
+    setup = results["setup"]
+    axes.set_title(f"shapes world, {setup['max_steps']} steps, {len(setup['seeds'])} seeds", fontsize=10)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--probe-train", type=int, default=2048)
+    parser.add_argument("--probe-test", type=int, default=512)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    results = run_experiment(
+        seeds=args.seeds,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        train_size=args.train_size,
+        probe_train=args.probe_train,
+        probe_test=args.probe_test,
+    )
+    results["setup"].update(
+        date=str(date.today()),
+        machine=platform.processor() or platform.machine(),
+        torch_threads=torch.get_num_threads(),
+        wall_s=round(time.perf_counter() - start, 1),
+    )
+    print(markdown(results))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "self_supervised.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, RESULTS / "self_supervised.png")
+
+
+if __name__ == "__main__":
+    main()
