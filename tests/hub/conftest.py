@@ -28,7 +28,7 @@ MODEL_FILES = {
     "layers.py",
 }
 VIT_FILES = MODEL_FILES | {"modeling_vit.py"}
-DUAL_FILES = VIT_FILES | {"modeling_hybrid.py", "modeling_dual_encoder.py"}
+DUAL_FILES = VIT_FILES | {"modeling_hybrid.py", "modeling_pit.py", "modeling_swin.py", "modeling_dual_encoder.py"}
 IMAGE_PROCESSOR_FILES = {
     "preprocessor_config.json",
     "image_processing_vitlm.py",
