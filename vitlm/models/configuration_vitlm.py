@@ -771,7 +771,54 @@ class VitlmHybridConfig(VitlmViTConfig):
         super().check_values()
 
 
-class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
+class VitlmStageConfig:
+    """One stage of a hierarchical tower seen as a plain transformer config: the stage's own fields (`hidden_size`,
+    `num_attention_heads`, ...) over every other field of the model's config. The model's config is read live, so
+    that switching the model's attention implementation reaches every stage's blocks."""
+
+    def __init__(self, config, **stage_fields):
+        self.__dict__.update(stage_fields, _config=config)
+
+    def __getattr__(self, name):
+        config = self.__dict__.get("_config")
+        if config is None:  # copy / pickle probe attributes before the state is restored
+            raise AttributeError(name)
+        return getattr(config, name)
+
+
+class VitlmHierarchicalConfigMixin:
+    """What a tower of several stages (Swin, PiT) adds to its config: each stage's width (`stage_widths`), heads
+    (`num_heads`) and MLP, and token grid. Every stage after the first halves the stem's grid (`stem_grid`), rounding
+    up."""
+
+    @property
+    def intermediate_sizes(self) -> list[int]:
+        """Each stage's MLP width, rounded down as timm's `Mlp` does."""
+        return [int(width * self.mlp_ratio) for width in self.stage_widths]
+
+    def stage_config(self, index: int, **fields) -> VitlmStageConfig:
+        """Stage `index` as the plain transformer config its blocks are built from (`fields` override more)."""
+        return VitlmStageConfig(
+            self,
+            hidden_size=self.stage_widths[index],
+            num_attention_heads=self.num_heads[index],
+            intermediate_size=self.intermediate_sizes[index],
+            **fields,
+        )
+
+    def stage_grids(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Each stage's token grid for a `height` x `width` input."""
+        grids = [self.stem_grid(height, width)]
+        for _ in self.depths[1:]:
+            grids.append(tuple(-(-side // 2) for side in grids[-1]))
+        return grids
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The last stage's token grid for a `height` x `width` input."""
+        return self.stage_grids(height, width)[-1]
+
+
+class VitlmPiTConfig(VitlmHierarchicalConfigMixin, VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a Pooling-based Vision Transformer (PiT, timm's `pit_*`): an overlapping conv patch embedding,
     a learned position embedding on its patch grid, then stages of the ViT's pre-LN blocks, each stage after the
@@ -882,9 +929,8 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
         return sum(self.depths)
 
     @property
-    def intermediate_sizes(self) -> list[int]:
-        """Each stage's MLP width, rounded down as timm's `Mlp` does."""
-        return [int(width * self.mlp_ratio) for width in self.hidden_sizes]
+    def stage_widths(self) -> list[int]:
+        return list(self.hidden_sizes)
 
     @property
     def intermediate_size(self) -> int:
@@ -898,18 +944,11 @@ class VitlmPiTConfig(VitlmConfigMixin, PretrainedConfig):
     @property
     def grid_size(self) -> tuple[int, int]:
         """The patch embedding's grid at the configured resolution."""
-        return tuple((side - self.patch_size) // self.stride + 1 for side in to_pair(self.image_size))
+        return self.stem_grid(*to_pair(self.image_size))
 
-    def stage_grids(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Each stage's patch grid for a `height` x `width` input: each token pooling halves it, rounding up."""
-        grids = [tuple((side - self.patch_size) // self.stride + 1 for side in (height, width))]
-        for _ in self.depths[1:]:
-            grids.append(tuple(-(-side // 2) for side in grids[-1]))
-        return grids
-
-    def output_grid(self, height: int, width: int) -> tuple[int, int]:
-        """The last stage's patch grid for a `height` x `width` input."""
-        return self.stage_grids(height, width)[-1]
+    def stem_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The overlapping patch embedding's grid (unpadded) for a `height` x `width` input."""
+        return tuple((side - self.patch_size) // self.stride + 1 for side in (height, width))
 
     def check_values(self):
         lengths = {name: len(getattr(self, name)) for name in ("depths", "hidden_sizes", "num_heads")}
@@ -1004,7 +1043,7 @@ class VitlmTextConfig(VitlmConfigMixin, PretrainedConfig):
                 raise ValueError(f"`{name}` ({token_id}) must be a token id below `vocab_size` ({self.vocab_size})")
 
 
-class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
+class VitlmSwinConfig(VitlmHierarchicalConfigMixin, VitlmConfigMixin, PretrainedConfig):
     r"""
     Configuration of a Swin Transformer: a patch stem with LayerNorm, then stages of pre-LN blocks attending within
     (alternately shifted) windows with a learned relative position bias, each stage after the first starting with a
@@ -1072,12 +1111,12 @@ class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
         super().__init__(**kwargs)
 
     @property
-    def widths(self) -> list[int]:
+    def stage_widths(self) -> list[int]:
         return [self.embed_dim * 2**index for index in range(len(self.depths))]
 
     @property
     def hidden_size(self) -> int:
-        return self.widths[-1]
+        return self.stage_widths[-1]
 
     @property
     def num_hidden_layers(self) -> int:
@@ -1096,16 +1135,9 @@ class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
     def stem_stride(self) -> int:
         return self.patch_size
 
-    def stage_grids(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Each stage's feature map for a `height` x `width` input: patch merging halves it, rounding up."""
-        grids = [(height // self.patch_size, width // self.patch_size)]
-        for _ in self.depths[1:]:
-            grids.append((-(-grids[-1][0] // 2), -(-grids[-1][1] // 2)))
-        return grids
-
-    def output_grid(self, height: int, width: int) -> tuple[int, int]:
-        """The last stage's token grid for a `height` x `width` input."""
-        return self.stage_grids(height, width)[-1]
+    def stem_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The patch embedding's grid for a `height` x `width` input."""
+        return (height // self.patch_size, width // self.patch_size)
 
     def check_values(self):
         if len(self.num_heads) != len(self.depths):
@@ -1113,11 +1145,11 @@ class VitlmSwinConfig(VitlmConfigMixin, PretrainedConfig):
                 f"`num_heads` ({self.num_heads}) must give the heads of each of the {len(self.depths)} stages of "
                 f"`depths` ({self.depths})"
             )
-        for width, heads in zip(self.widths, self.num_heads):
+        for width, heads in zip(self.stage_widths, self.num_heads):
             if width % heads:
                 raise ValueError(
-                    f"each stage's width (`embed_dim` * 2**stage: {self.widths}) must be divisible by its `num_heads` "
-                    f"({self.num_heads})"
+                    f"each stage's width (`embed_dim` * 2**stage: {self.stage_widths}) must be divisible by its "
+                    f"`num_heads` ({self.num_heads})"
                 )
         for side in to_pair(self.image_size):
             if side % self.patch_size:

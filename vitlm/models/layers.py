@@ -45,15 +45,15 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
 class VitlmAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection, dispatched through transformers' attention interface.
 
-    `width` and `num_heads` default to the config's `hidden_size` and `num_attention_heads`; hierarchical towers
-    (Swin) pass each stage's own. An additive `attention_mask` (a relative position bias, a shifted-window mask)
+    Its shape is the config's `hidden_size` and `num_attention_heads` (a hierarchical tower passes each stage's
+    [`VitlmStageConfig`]). An additive `attention_mask` (a relative position bias, a shifted-window mask)
     reaches every back-end the same way."""
 
-    def __init__(self, config, is_causal: bool = False, width: int | None = None, num_heads: int | None = None):
+    def __init__(self, config, is_causal: bool = False):
         super().__init__()
-        width = width or config.hidden_size
+        width = config.hidden_size
         self.config = config
-        self.num_heads = num_heads or config.num_attention_heads
+        self.num_heads = config.num_attention_heads
         self.head_dim = width // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
@@ -107,12 +107,11 @@ class VitlmAttention(nn.Module):
 
 class VitlmMLP(nn.Module):
     """fc2(act(fc1(x))), or with `config.mlp_type == "swiglu"` the gated unit of DINOv2-giant: fc1 makes a gate and a
-    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT, Swin) are plain.
-    Its shape is the config's unless `width` and `intermediate_size` say otherwise (a hierarchical tower's stage)."""
+    value of `intermediate_size` each, fc2(act(gate) * value). Towers without the field (text, PiT, Swin) are plain."""
 
-    def __init__(self, config, width: int | None = None, intermediate_size: int | None = None):
+    def __init__(self, config):
         super().__init__()
-        width, intermediate_size = width or config.hidden_size, intermediate_size or config.intermediate_size
+        width, intermediate_size = config.hidden_size, config.intermediate_size
         self.gated = getattr(config, "mlp_type", "mlp") == "swiglu"
         self.fc1 = nn.Linear(width, intermediate_size * (2 if self.gated else 1))
         self.act = ACT2FN[config.hidden_act]
@@ -159,24 +158,15 @@ class VitlmDropPath(nn.Module):
 
 class VitlmBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)); with `config.layerscale_value` each branch is
-    scaled per channel first. Its shape is the config's unless `width`, `num_heads` and `intermediate_size` say
-    otherwise (a stage of a hierarchical tower)."""
+    scaled per channel first. A stage of a hierarchical tower passes its [`VitlmStageConfig`]."""
 
-    def __init__(
-        self,
-        config,
-        drop_path_rate: float = 0.0,
-        is_causal: bool = False,
-        width: int | None = None,
-        num_heads: int | None = None,
-        intermediate_size: int | None = None,
-    ):
+    def __init__(self, config, drop_path_rate: float = 0.0, is_causal: bool = False):
         super().__init__()
-        width = width or config.hidden_size
+        width = config.hidden_size
         self.layer_norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = VitlmAttention(config, is_causal, width, num_heads)
+        self.attention = VitlmAttention(config, is_causal)
         self.layer_norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.mlp = VitlmMLP(config, width, intermediate_size)
+        self.mlp = VitlmMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = VitlmDropPath(drop_path_rate)
         layerscale_value = getattr(config, "layerscale_value", None)  # a ViT option; other towers have none
@@ -355,11 +345,9 @@ class VitlmWindowBlock(VitlmBlock):
     the original Swin, the map is padded (with zeros after the LayerNorm) to a multiple of the window before the shift,
     and the attention mask joins the relative position bias and the shifted-window mask."""
 
-    def __init__(self, config, width: int, num_heads: int, window_size, drop_path_rate: float = 0.0):
-        super().__init__(
-            config, drop_path_rate, width=width, num_heads=num_heads, intermediate_size=int(width * config.mlp_ratio)
-        )
-        self.relative_position_bias = VitlmRelativePositionBias(window_size, num_heads)
+    def __init__(self, stage_config, window_size, drop_path_rate: float = 0.0):
+        super().__init__(stage_config, drop_path_rate)
+        self.relative_position_bias = VitlmRelativePositionBias(window_size, stage_config.num_attention_heads)
 
     def forward(
         self,
@@ -412,19 +400,19 @@ class VitlmPatchMerging(nn.Module):
 
 
 class VitlmPatchEmbeddings(nn.Module):
-    """Cuts an image into non-overlapping patches and projects each to `width` (default `hidden_size`) with one
-    strided conv.
+    """Cuts an image into non-overlapping patches and projects each to `hidden_size` (a hierarchical tower passes its
+    first stage's [`VitlmStageConfig`]) with one strided conv.
 
     Like every stem, returns the patch embeddings on their grid, channels first: (batch, hidden_size, grid_height,
     grid_width)."""
 
-    def __init__(self, config, width: int | None = None):
+    def __init__(self, config):
         super().__init__()
         self.num_channels = config.num_channels
         self.patch_size = config.patch_size
         self.projection = nn.Conv2d(
             config.num_channels,
-            width or config.hidden_size,
+            config.hidden_size,
             kernel_size=config.patch_size,
             stride=config.patch_size,
             bias=getattr(config, "patch_bias", True),  # Swin's config has no such option: its stem has a bias
@@ -607,21 +595,6 @@ class VitlmVisionEmbeddings(nn.Module):
         return self.dropout(embeddings), rotary_embeddings
 
 
-class VitlmStageConfig:
-    """One stage of a hierarchical tower seen as a plain transformer config: the stage's own fields (`hidden_size`,
-    `num_attention_heads`, ...) over every other field of the model's config. The model's config is read live, so
-    that switching the model's attention implementation reaches every stage's blocks."""
-
-    def __init__(self, config, **stage_fields):
-        self.__dict__.update(stage_fields, _config=config)
-
-    def __getattr__(self, name):
-        config = self.__dict__.get("_config")
-        if config is None:  # copy / pickle probe attributes before the state is restored
-            raise AttributeError(name)
-        return getattr(config, name)
-
-
 class VitlmTokenPooling(nn.Module):
     """PiT's token reducer between stages: the patch tokens, on their grid, go through a depthwise
     (stride + 1)-square conv of that stride (each channel widened to `out_size / in_size` channels), the prefix tokens
@@ -652,7 +625,6 @@ __all__ = [
     "VitlmPositionEncoding",
     "VitlmRelativePositionBias",
     "VitlmVisionEmbeddings",
-    "VitlmStageConfig",
     "VitlmTokenPooling",
     "VitlmWindowBlock",
     "check_pixel_values",

@@ -20,22 +20,10 @@ from .layers import (
     VitlmAttention,
     VitlmBlock,
     VitlmPositionEncoding,
-    VitlmStageConfig,
     VitlmTokenPooling,
     check_pixel_values,
 )
 from .modeling_vit import VitlmPreTrainedModel, VitlmViTForImageClassification
-
-
-def stage_config(config: VitlmPiTConfig, index: int, **fields) -> VitlmStageConfig:
-    """Stage `index` of `config` as the plain transformer config its blocks are built from."""
-    return VitlmStageConfig(
-        config,
-        hidden_size=config.hidden_sizes[index],
-        num_attention_heads=config.num_heads[index],
-        intermediate_size=config.intermediate_sizes[index],
-        **fields,
-    )
 
 
 class VitlmPiTEmbeddings(nn.Module):
@@ -51,8 +39,8 @@ class VitlmPiTEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, width)) if config.use_distillation_token else None
         # the patch grid's table alone; a learned table has no rotary part (`rope_theta` unused)
-        position_config = stage_config(
-            config, 0, num_prefix_tokens=0, position_embedding_type="learned", rope_theta=None
+        position_config = config.stage_config(
+            0, num_prefix_tokens=0, position_embedding_type="learned", rope_theta=None
         )
         self.position_encoding = VitlmPositionEncoding(position_config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -79,7 +67,7 @@ class VitlmPiTStage(nn.Module):
 
     def __init__(self, config: VitlmPiTConfig, index: int, drop_path_rates: list[float]):
         super().__init__()
-        stage = stage_config(config, index)
+        stage = config.stage_config(index)
         self.pooling = (
             VitlmTokenPooling(config.hidden_sizes[index - 1], stage.hidden_size, config.num_prefix_tokens)
             if index

@@ -40,13 +40,12 @@ class VitlmSwinStage(nn.Module):
 
     def __init__(self, config: VitlmSwinConfig, index: int, drop_path_rates: list[float]):
         super().__init__()
-        width = config.widths[index]
+        stage = config.stage_config(index)
         self.window_size = to_pair(config.window_size)
-        self.downsample = VitlmPatchMerging(config, config.widths[index - 1], width) if index > 0 else None
-        self.blocks = nn.ModuleList(
-            VitlmWindowBlock(config, width, config.num_heads[index], self.window_size, rate)
-            for rate in drop_path_rates
+        self.downsample = (
+            VitlmPatchMerging(config, config.stage_widths[index - 1], stage.hidden_size) if index > 0 else None
         )
+        self.blocks = nn.ModuleList(VitlmWindowBlock(stage, self.window_size, rate) for rate in drop_path_rates)
 
     def forward(self, hidden_states, grid_size: tuple[int, int], **kwargs: Unpack[TransformersKwargs]):
         hidden_states = hidden_states.unflatten(1, tuple(grid_size))
@@ -97,7 +96,7 @@ class VitlmSwinModel(VitlmSwinPreTrainedModel):
 
     def __init__(self, config: VitlmSwinConfig):
         super().__init__(config)
-        self.patch_embeddings = VitlmPatchEmbeddings(config, width=config.embed_dim)
+        self.patch_embeddings = VitlmPatchEmbeddings(config.stage_config(0))
         self.embedding_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         total = sum(config.depths)
