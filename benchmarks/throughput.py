@@ -122,6 +122,9 @@ def variant_calls(row: str, runs: dict, inputs: dict, variants) -> dict:
     """The calls `build_row`'s `variants` add (see there)."""
     calls = {}
     if "compiled" in variants:
+        # every row's forwards share their code objects, so dynamo would take the next row's new input size for a
+        # dynamic dimension and recompile everything symbolically (the hybrid @384 after ViT-B @224: > 25 min)
+        torch._dynamo.reset()
         for name, (module, forward) in runs.items():
             calls[f"{name} compiled"] = torch.compile(partial(forward, module), fullgraph=name == "vitlm")
     vitlm_model, vitlm_forward = runs["vitlm"]
