@@ -273,6 +273,9 @@ def main():
         default=None,
         help="vitlm's deployment paths to time too (default: all three on a CPU, compiled on a GPU; none: --variants)",
     )
+    parser.add_argument(
+        "--output", default="throughput.json", help="the JSON file's name under benchmarks/results/ (a partial run's)"
+    )
     parser.add_argument("--memory-worker", nargs=2, metavar=("ROW", "CONTENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variants is None:
@@ -315,7 +318,7 @@ def main():
     print(header)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "throughput.json").write_text(
+    (RESULTS / args.output).write_text(
         json.dumps({"setup": header, "batch_size": batch_size, "device": args.device, "rows": results}, indent=2)
     )
 
