@@ -259,23 +259,27 @@ class VitlmImageProcessor(BaseImageProcessor):
         return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
 
     def prepare_inpainting(self, image, mask, config) -> BatchFeature:
-        """The inputs of a masked image model (`VitlmViTForMaskedImageModeling`) that fills the pixels where `mask` is
-        set: `pixel_values`, the whole image resized to the model's resolution, and `bool_masked_pos`, every patch the
-        resized mask touches (widened by the reach of the resampling kernel, see `pixels_to_fill`).
+        """The inputs of a masked image model (`VitlmViTForMaskedImageModeling`, `VitlmViTForInpaintingSynthesis`) that
+        fills the pixels where `mask` is set: `pixel_values`, the whole image resized to the model's resolution, and
+        `bool_masked_pos`, every patch the resized mask touches (widened by the reach of the resampling kernel, see
+        `pixels_to_fill`). An image of another size or shape is resized (not cropped) to the model's resolution, and
+        the prediction resized back; only masked pixels take it (`post_process_inpainting`).
 
         Args:
-            image (`PIL.Image.Image` or `np.ndarray` of shape `(height, width, 3)`, uint8): the image, at any size.
-            mask (`PIL.Image.Image` or `np.ndarray` of shape `(height, width)`): nonzero where to inpaint.
-            config (`VitlmViTMAEConfig`): the model's config (its resolution and patch size; a model trained with
-                `norm_pix_loss=True` is refused, since it predicts per-patch normalized pixels, whose mean and
-                variance are unknown for masked patches).
+            image: the image, at any size: any image this processor accepts (a PIL image of any mode, an array or
+                tensor, a file path), made 8-bit RGB as for `pixel_values` (transparency composited on white).
+            mask (`PIL.Image.Image` or array of shape `(height, width)`): binary, the image's size: zero where the
+                image is kept, one other value (1, 255, True) where it is inpainted; neither empty nor full.
+            config (`VitlmViTMAEConfig` or `VitlmViTSynthesisConfig`): the model's config (its resolution and patch
+                size; an MAE model trained with `norm_pix_loss=True` is refused, since it predicts per-patch
+                normalized pixels, whose mean and variance are unknown for masked patches).
 
         Returns:
             A `BatchFeature` for one image, to pass to the model (`model(**inputs)`, after
             `inputs.to(model.device, model.dtype)`) and then, with the model's output, to `post_process_inpainting`.
         """
         self._check_inpainting_processor()
-        if config.norm_pix_loss:
+        if getattr(config, "norm_pix_loss", False):
             raise ValueError(
                 "this model predicts per-patch normalized pixels (norm_pix_loss=True), whose mean and variance are "
                 "unknown for masked patches; inpainting needs a model trained with norm_pix_loss=False"
@@ -346,13 +350,29 @@ class VitlmImageProcessor(BaseImageProcessor):
 
 
 def _inpainting_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """(height, width, 3) uint8 RGB pixels and the (height, width) bool mask, checked to match."""
-    original = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
-    mask = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask) != 0
-    if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
-        raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
-    if mask.shape != original.shape[:2]:
-        raise ValueError(f"`mask` has size {mask.shape}, the image {original.shape[:2]}: they must match")
+    """(height, width, 3) uint8 RGB pixels (the processor's conversion of any image) and the (height, width) bool
+    mask, checked: the image's size, binary, neither empty nor full."""
+    original = np.asarray(as_rgb(as_pil_image(image)))
+    values = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
+    if values.ndim != 2:
+        raise ValueError(f"`mask` must be 2-D (height, width), got shape {values.shape}")
+    if values.shape != original.shape[:2]:
+        raise ValueError(
+            f"`mask` has size {values.shape[1]}x{values.shape[0]} (width x height), the image "
+            f"{original.shape[1]}x{original.shape[0]}: they must match"
+        )
+    levels = np.unique(values)
+    if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
+        shown = ", ".join(f"{level:g}" for level in levels[:4]) + (", ..." if len(levels) > 4 else "")
+        raise ValueError(
+            f"`mask` must be binary (0 where the image is kept, one other value where it is inpainted), got "
+            f"{len(levels)} values: {shown}"
+        )
+    mask = values != 0
+    if not mask.any():
+        raise ValueError("`mask` covers no pixel: there is nothing to inpaint")
+    if mask.all():
+        raise ValueError("`mask` covers every pixel: inpainting continues the visible pixels, and none are left")
     return original, mask
 
 
