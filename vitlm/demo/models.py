@@ -33,6 +33,7 @@ from ..models import (
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmImageProcessor,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
 )
 
@@ -42,7 +43,7 @@ DEFAULT_MODELS = Path(__file__).resolve().parent / "default_models"
 
 class Task(NamedTuple):
     folder: str  # under DEFAULT_MODELS
-    model_class: type
+    model_class: type | tuple[type, ...]
     needs: str  # what the tab needs, in words, for messages
 
 
@@ -56,7 +57,9 @@ TASKS = {
         "an open-vocabulary detector (VitlmDualEncoderForObjectDetection, e.g. an OWL-ViT)",
     ),
     "masked-image-modeling": Task(
-        "inpainting", VitlmViTForMaskedImageModeling, "a masked-image model (VitlmViTForMaskedImageModeling, e.g. MAE)"
+        "inpainting-synthesis",
+        (VitlmViTForInpaintingSynthesis, VitlmViTForMaskedImageModeling),
+        "a masked-image model (VitlmViTForInpaintingSynthesis, or VitlmViTForMaskedImageModeling, e.g. MAE)",
     ),
 }
 VITLM_CLASSES = {name: getattr(vitlm_models, name) for name in vitlm_models.__all__}
