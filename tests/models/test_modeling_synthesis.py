@@ -29,7 +29,7 @@ def model(seed=0, **overrides):
 
 
 def processor():
-    return VitlmImageProcessor.from_pretrained(preset_path("vit-synthesis-tiny-test"))
+    return VitlmImageProcessor.from_pretrained(preset_path("synthesis-tiny-test"))
 
 
 def picture(width=32, height=32, seed=0):

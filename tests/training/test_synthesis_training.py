@@ -72,7 +72,7 @@ def test_masks_follow_the_cosine_schedule_and_replay():
 
 def test_the_codebook_is_fitted_by_k_means_on_the_training_squares_once():
     data = generate(24, seed=3, image_size=32)
-    processor = AutoImageProcessor.from_pretrained(preset_path("vit-synthesis-tiny-test"))
+    processor = AutoImageProcessor.from_pretrained(preset_path("synthesis-tiny-test"))
     model = VitlmViTForInpaintingSynthesis(tiny_config("vit_synthesis"))
     squares = model.pixel_squares(torch.stack(pixel_values(data["image"], processor))).flatten(0, 2)
     random_codewords = squares[torch.randperm(len(squares), generator=torch.Generator().manual_seed(0))[:16]]
