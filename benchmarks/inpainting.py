@@ -7,7 +7,8 @@ widened by a margin, the cut placed so that the mask hides 30-70% of the object'
 and background pixels both hidden). Three fills are compared on the same images and masks:
 
 - synthesis: the synthesis inpainting head (`VitlmViTForInpaintingSynthesis.inpaint`, the default model's sampling
-  settings), `--samples` completions per image, each with its own seed; its figures are the mean over them;
+  settings), `--samples` completions per image (one call, seeded by the image's index); its figures are the mean
+  over them;
 - MAE: the masked-autoencoder head (the demo's earlier default model), blended as `post_process_inpainting` does;
 - harmonic: no model, the smoothest surface through the pixels around the mask (`poisson_fill` without a guide).
 
@@ -102,13 +103,21 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(synthesis_folder: Path, mae_folder: Path, num_images: int, num_samples: int, steps=None) -> dict:
+def evaluate(
+    synthesis_folder: Path,
+    mae_folder: Path,
+    num_images: int,
+    num_samples: int,
+    steps=None,
+    temperature=None,
+    seed: int = SEED,
+) -> dict:
     synthesis = AutoModelForMaskedImageModeling.from_pretrained(synthesis_folder).float().eval()
     synthesis_processor = AutoImageProcessor.from_pretrained(synthesis_folder)
     mae = AutoModelForMaskedImageModeling.from_pretrained(mae_folder).float().eval()
     mae_processor = AutoImageProcessor.from_pretrained(mae_folder)
-    data = generate(num_images, seed=SEED, split="test")
-    rng = np.random.default_rng(SEED)
+    data = generate(num_images, seed=seed, split="test")
+    rng = np.random.default_rng(seed)
     scores = {name: {"psnr": [], "iou": []} for name in ("synthesis", "mae", "harmonic")}
     differences, changed_outside, hidden_shares = [], 0, []
     for index, example in enumerate(tqdm(data, desc="inpainting")):
@@ -120,7 +129,9 @@ def evaluate(synthesis_folder: Path, mae_folder: Path, num_images: int, num_samp
             mask = occluding_mask(rng, object_mask)
         hidden_shares.append((mask & object_mask).sum() / object_mask.sum())
 
-        samples = synthesis.inpaint(image, mask, synthesis_processor, num_samples=num_samples, seed=index, steps=steps)
+        samples = synthesis.inpaint(
+            image, mask, synthesis_processor, num_samples, seed=index, steps=steps, temperature=temperature
+        )
         samples = [np.asarray(sample) for sample in samples]
         inputs = mae_processor.prepare_inpainting(image, mask, mae.config)
         mae_fill = mae_processor.post_process_inpainting(mae(**inputs), inputs["pixel_values"], image, mask)
@@ -227,9 +238,13 @@ def main():
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--samples", type=int, default=4, help="synthesis completions per image (seeds)")
     parser.add_argument("--steps", type=int, help="synthesis decoding rounds (default: the model's)")
+    parser.add_argument("--temperature", type=float, help="synthesis sampling temperature (default: the model's)")
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help="of the images and masks (another one to tune sampling settings on)"
+    )
     parser.add_argument("--update-cards", action="store_true", help="write the table into the synthesis card")
     args = parser.parse_args()
-    results = evaluate(args.synthesis, args.mae, args.images, args.samples, args.steps)
+    results = evaluate(args.synthesis, args.mae, args.images, args.samples, args.steps, args.temperature, args.seed)
     rows = table_rows(results)
     print("| measure | value (95% interval) | target |\n| --- | --- | --- |")
     for measure, value, target in rows:
@@ -240,7 +255,8 @@ def main():
         "images": args.images,
         "samples": args.samples,
         "steps": args.steps,
-        "seed": SEED,
+        "temperature": args.temperature,
+        "seed": args.seed,
         "machine": platform.processor(),
     }
     (RESULTS / "inpainting.json").write_text(json.dumps({"setup": setup, **results}, indent=2))

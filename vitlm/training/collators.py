@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..models.modeling_dual_encoder import contrastive_loss, scaled_similarity
+from ..models.modeling_synthesis import masking_ratio
 from .transforms import INDEX_COLUMN, EpochSeed
 
 
@@ -204,7 +205,7 @@ class SynthesisMaskingCollator:
 
     def mask(self) -> torch.Tensor:
         num_patches = self.grid_size[0] * self.grid_size[1]
-        ratio = math.cos(math.pi / 2 * float(torch.rand(())))
+        ratio = float(masking_ratio(torch.rand(())))
         count = min(num_patches, max(1, math.ceil(ratio * num_patches)))
         rank = self.noise.blob_noise(1)[0].argsort(descending=True).argsort()
         return rank < count
