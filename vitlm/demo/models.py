@@ -43,8 +43,9 @@ DEFAULT_MODELS = Path(__file__).resolve().parent / "default_models"
 
 class Task(NamedTuple):
     folder: str  # under DEFAULT_MODELS
-    model_class: type | tuple[type, ...]
+    model_class: type  # the default model's
     needs: str  # what the tab needs, in words, for messages
+    also: tuple[type, ...] = ()  # other model classes the tab runs
 
 
 TASKS = {
@@ -58,8 +59,9 @@ TASKS = {
     ),
     "masked-image-modeling": Task(
         "inpainting-synthesis",
-        (VitlmViTForInpaintingSynthesis, VitlmViTForMaskedImageModeling),
+        VitlmViTForInpaintingSynthesis,
         "a masked-image model (VitlmViTForInpaintingSynthesis, or VitlmViTForMaskedImageModeling, e.g. MAE)",
+        also=(VitlmViTForMaskedImageModeling,),
     ),
 }
 VITLM_CLASSES = {name: getattr(vitlm_models, name) for name in vitlm_models.__all__}
@@ -189,7 +191,7 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 while len(self._loaded) > self.max_loaded:
                     self._loaded.popitem(last=False)
-        if not isinstance(loaded.model, spec.model_class):
+        if not isinstance(loaded.model, (spec.model_class, *spec.also)):
             raise ModelLoadError(
                 f"{source!r} is a {type(loaded.model).__name__}; the {task} tab needs {spec.needs}. "
                 f"Pick another model."
