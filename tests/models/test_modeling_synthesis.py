@@ -166,7 +166,7 @@ def test_unmasked_pixels_are_kept_bit_for_bit_at_odd_sizes_in_every_mode(mode):
     [
         (np.zeros((32, 32), dtype=bool), "covers no pixel"),
         (np.ones((32, 32), dtype=np.uint8), "covers every pixel"),
-        (np.ones((16, 32), dtype=bool), "has size 32x16 \\(width x height\\), the image 32x32"),
+        (blob(32, 16), "has size 32x16 \\(width x height\\), the image 32x32"),
         (np.tile(np.array([0, 128, 255], dtype=np.uint8), (32, 11))[:, :32], "must be binary.*3 values: 0, 128, 255"),
         (np.zeros((32, 32, 3), dtype=np.uint8), "must be 2-D"),
     ],

@@ -266,10 +266,10 @@ class VitlmImageProcessor(BaseImageProcessor):
         the prediction resized back; only masked pixels take it (`post_process_inpainting`).
 
         Args:
-            image: the image, at any size: any image this processor accepts (a PIL image of any mode, an array or
-                tensor, a file path), made 8-bit RGB as for `pixel_values` (transparency composited on white).
-            mask (`PIL.Image.Image` or array of shape `(height, width)`): binary, the image's size: zero where the
-                image is kept, one other value (1, 255, True) where it is inpainted; neither empty nor full.
+            image (`PIL.Image.Image` of any mode, made 8-bit RGB as for `pixel_values`, transparency composited on
+                white; or a `(height, width, 3)` uint8 array): the image, at any size.
+            mask (`PIL.Image.Image` or array of shape `(height, width)`): the image's size, nonzero where to inpaint
+                (a generative model also needs it binary, neither empty nor full: `check_generative_mask`).
             config (`VitlmViTMAEConfig` or `VitlmViTSynthesisConfig`): the model's config (its resolution and patch
                 size; an MAE model trained with `norm_pix_loss=True` is refused, since it predicts per-patch
                 normalized pixels, whose mean and variance are unknown for masked patches).
@@ -342,6 +342,25 @@ class VitlmImageProcessor(BaseImageProcessor):
         filled = np.asarray(filled.resize((original.shape[1], original.shape[0]), resample=self.resample))
         return PIL.Image.fromarray(np.where(mask[..., None], filled, original))
 
+    @staticmethod
+    def check_generative_mask(mask) -> None:
+        """Refuse, with one message each, a mask a generative inpainting model cannot take: not 2-D, not binary (0
+        where the image is kept, one other value where it is inpainted), empty (nothing to generate) or full (nothing
+        to continue). An MAE reconstruction takes any of them (an empty mask returns the image, a full one predicts
+        every pixel)."""
+        values = mask_values(mask)
+        levels = np.unique(values)
+        if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
+            shown = ", ".join(f"{level:g}" for level in levels[:4]) + (", ..." if len(levels) > 4 else "")
+            raise ValueError(
+                f"`mask` must be binary (0 where the image is kept, one other value where it is inpainted), got "
+                f"{len(levels)} values: {shown}"
+            )
+        if not (values != 0).any():
+            raise ValueError("`mask` covers no pixel: there is nothing to inpaint")
+        if (values != 0).all():
+            raise ValueError("`mask` covers every pixel: inpainting continues the visible pixels, and none are left")
+
     def _check_inpainting_processor(self):
         if not (self.do_rescale and self.do_normalize):
             raise ValueError(
@@ -350,30 +369,29 @@ class VitlmImageProcessor(BaseImageProcessor):
 
 
 def _inpainting_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """(height, width, 3) uint8 RGB pixels (the processor's conversion of any image) and the (height, width) bool
-    mask, checked: the image's size, binary, neither empty nor full."""
-    original = np.asarray(as_rgb(as_pil_image(image)))
-    values = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
-    if values.ndim != 2:
-        raise ValueError(f"`mask` must be 2-D (height, width), got shape {values.shape}")
+    """(height, width, 3) uint8 RGB pixels (a PIL image of any mode converted as for `pixel_values`) and the (height,
+    width) bool mask (nonzero values), checked to match."""
+    if isinstance(image, PIL.Image.Image):
+        original = np.asarray(as_rgb(as_pil_image(image)))
+    else:
+        original = np.asarray(image)
+        if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
+            raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
+    values = mask_values(mask)
     if values.shape != original.shape[:2]:
         raise ValueError(
             f"`mask` has size {values.shape[1]}x{values.shape[0]} (width x height), the image "
             f"{original.shape[1]}x{original.shape[0]}: they must match"
         )
-    levels = np.unique(values)
-    if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
-        shown = ", ".join(f"{level:g}" for level in levels[:4]) + (", ..." if len(levels) > 4 else "")
-        raise ValueError(
-            f"`mask` must be binary (0 where the image is kept, one other value where it is inpainted), got "
-            f"{len(levels)} values: {shown}"
-        )
-    mask = values != 0
-    if not mask.any():
-        raise ValueError("`mask` covers no pixel: there is nothing to inpaint")
-    if mask.all():
-        raise ValueError("`mask` covers every pixel: inpainting continues the visible pixels, and none are left")
-    return original, mask
+    return original, values != 0
+
+
+def mask_values(mask) -> np.ndarray:
+    """A mask's (height, width) values: a PIL image's as 8-bit gray levels, an array's as they are."""
+    values = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
+    if values.ndim != 2:
+        raise ValueError(f"`mask` must be 2-D (height, width), got shape {values.shape}")
+    return values
 
 
 def drop_auto_map(*owners) -> None:

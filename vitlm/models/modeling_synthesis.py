@@ -261,9 +261,11 @@ class VitlmViTForInpaintingSynthesis(VitlmViTPreTrainedModel):
         """`num_samples` completions of `image` where `mask` is set, as RGB PIL images of the image's size whose
         unmasked pixels are the image's, bit for bit (see `VitlmImageProcessor.prepare_inpainting` for the images
         and masks accepted, and how other sizes are handled). Deterministic for a `seed`; other seeds give other
-        completions where the hidden content is uncertain. `steps` and `temperature`: see `sample_patches`."""
+        completions where the hidden content is uncertain. `steps` and `temperature`: see `sample_patches`. The mask
+        must be binary, neither empty nor full (`VitlmImageProcessor.check_generative_mask`)."""
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+        image_processor.check_generative_mask(mask)
         inputs = image_processor.prepare_inpainting(image, mask, self.config)
         generator = torch.Generator().manual_seed(seed)
         samples = self.sample_patches(
