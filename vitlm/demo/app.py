@@ -344,7 +344,12 @@ def inpaint(
     painted `layers` (any pixel with alpha > 0 is masked). Returns the original and the completions, each equal to
     the original outside the mask, with a caption: `samples` of them, drawn from `seed` on, for a synthesis model
     (the default); one for a masked autoencoder, whose fill has nothing to draw."""
-    if isinstance(samples, bool) or not isinstance(samples, (int, float)) or not 1 <= samples <= MAX_SAMPLES:
+    if (
+        isinstance(samples, bool)
+        or not isinstance(samples, (int, float))
+        or samples != int(samples)
+        or not 1 <= samples <= MAX_SAMPLES
+    ):
         raise refusal(f"The number of samples must be from 1 to {MAX_SAMPLES}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed) or not 0 <= seed < 2**31:
         raise refusal(f"The seed must be a whole number from 0 to {2**31 - 1}.")
