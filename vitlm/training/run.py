@@ -56,15 +56,15 @@ def apply_overrides(config, overrides: dict):
     config.update(overrides)
 
 
-def load_model(task, name: str, class_names=None, config_overrides=None, work_dir=None):
-    """(model, processor) for `task` (a name, an alias or a `TrainingTask`) from a preset (random weights), a converter
-    source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the classes (classification) gets a
-    new head when `class_names` differ from the checkpoint's."""
+def load_model(task, name: str, class_names=None, config_overrides=None, work_dir=None, head=None):
+    """(model, processor) for `task` (a name, an alias or a `TrainingTask`; `head` one of its heads) from a preset
+    (random weights), a converter source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the
+    classes (classification) gets a new head when `class_names` differ from the checkpoint's."""
     from ..convert import SOURCES, load, save
     from ..models import VitlmCLIPTokenizer, VitlmDualEncoderProcessor
     from ..presets import preset_names, preset_path
 
-    spec = get_task(task)
+    spec = get_task(task, head)
     overrides = dict(config_overrides or {})
     if class_names is not None and spec.sized_head:
         overrides.update(
@@ -276,7 +276,7 @@ def train(
     )
     class_names = class_names_of(spec, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
-    model, processor = load_model(spec, model_name, class_names, parse_overrides(config_overrides), output_dir)
+    model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir, head)
     if lora_rank:
         model = with_lora(model, model_name, lora_rank, lora_targets)
     image_processor = getattr(processor, "image_processor", processor)
