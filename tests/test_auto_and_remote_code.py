@@ -31,6 +31,7 @@ from vitlm import (
     VitlmSwinForImageClassification,
     VitlmSwinModel,
     VitlmViTForImageClassification,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
     VitlmViTModel,
@@ -52,6 +53,7 @@ CASES = [
     ("dinov2", VitlmViTModel, AutoModel),
     ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
     ("beit", VitlmViTForImageClassification, AutoModelForImageClassification),
+    ("vit_synthesis", VitlmViTForInpaintingSynthesis, AutoModelForMaskedImageModeling),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

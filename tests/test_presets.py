@@ -30,6 +30,8 @@ FAMILIES = {
     "clip-": "vitlm_dual_encoder",
     "shapes-clip-": "vitlm_dual_encoder",  # the demo's default models, trained on the shapes world
     "shapes-mae-": "vitlm_vit_mae",
+    "shapes-synthesis-": "vitlm_vit_synthesis",
+    "synthesis-": "vitlm_vit_synthesis",  # the synthesis inpainting head's tiny test preset
     "pit-": "vitlm_pit",
     "dino": "vitlm_vit",  # DINO and DINOv2 (self-supervised ViTs)
     "beit-": "vitlm_vit",

@@ -45,10 +45,12 @@ from .models import (
     VitlmTextModel,
     VitlmViTConfig,
     VitlmViTForImageClassification,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEConfig,
     VitlmViTMAEModel,
     VitlmViTModel,
+    VitlmViTSynthesisConfig,
 )
 
 __version__ = "0.1.0"
@@ -69,6 +71,7 @@ _AUTO_MODELS = [
     (AutoModelForZeroShotObjectDetection, VitlmDualEncoderConfig, VitlmDualEncoderForObjectDetection),
     (AutoModel, VitlmPiTConfig, VitlmPiTModel),
     (AutoModelForImageClassification, VitlmPiTConfig, VitlmPiTForImageClassification),
+    (AutoModelForMaskedImageModeling, VitlmViTSynthesisConfig, VitlmViTForInpaintingSynthesis),
 ]
 
 

@@ -148,6 +148,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
         help="masked-image-modeling: half the images masked in blobs, not scattered patches",
     )
     parser.add_argument(
+        "--head",
+        help="masked-image-modeling: the head, 'mae' (reconstruction, the default) or 'synthesis' (generative "
+        "inpainting, MaskGIT-style sampling)",
+    )
+    parser.add_argument(
         "--bbox-format",
         choices=["xyxy", "xywh"],
         default="xyxy",
@@ -204,6 +209,7 @@ def _run_train(args) -> int:
         mixup_alpha=args.mixup,
         cutmix_alpha=args.cutmix,
         block_masking=args.block_masking,
+        head=args.head,
         caption_weights=args.caption_weights,
         bbox_format=args.bbox_format,
     )

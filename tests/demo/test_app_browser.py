@@ -125,14 +125,17 @@ def test_inpainting_what_the_user_paints(page):
         page.mouse.move(x - 60 + 30 * step, y - 40 + 20 * step)
     page.mouse.up()
     page.locator("#inpainting-button").click()
-    result = page.locator("#inpainting-result img")
-    result.wait_for()
+    results = page.locator("#inpainting-result img")
+    results.first.wait_for()
     page.screenshot(path=ARTIFACTS / "demo-inpainting.png", full_page=True)
+    assert results.count() == 4  # the samples slider's default, side by side
     original = np.asarray(PIL.Image.open(image).convert("RGB"))
-    filled = fetch_image(page, result.get_attribute("src"))
-    assert filled.shape == original.shape
-    changed = (filled != original).any(axis=-1)
-    assert 0 < changed.mean() < 0.5  # the stroke, not the whole image
+    samples = [fetch_image(page, results.nth(index).get_attribute("src")) for index in range(4)]
+    for filled in samples:
+        assert filled.shape == original.shape
+        changed = (filled != original).any(axis=-1)
+        assert 0 < changed.mean() < 0.5  # the stroke, not the whole image
+    assert not (samples[0] == samples[1]).all()  # each sample its own completion
 
 
 def test_search_by_text(page, store):

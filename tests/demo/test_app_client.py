@@ -90,11 +90,20 @@ def test_inpaint(client):
         "composite": handle_file(example["composite"]),
         "id": None,
     }
-    original, filled = client.predict(editor, "default", api_name="/inpaint")
+    original, completions = client.predict(editor, "default", api_name="/inpaint")
     mask = np.asarray(PIL.Image.open(example["layers"][0]))[..., 3] > 0
-    before, after = np.asarray(PIL.Image.open(original)), np.asarray(PIL.Image.open(filled))
+    before = np.asarray(PIL.Image.open(original))
     assert (before == np.asarray(PIL.Image.open(example["background"]).convert("RGB"))).all()
-    assert (after[~mask] == before[~mask]).all() and (after[mask] != before[mask]).any()
+    assert len(completions) == 4  # the samples slider's default
+    for completion in completions:
+        after = np.asarray(PIL.Image.open(completion["image"]))
+        assert (after[~mask] == before[~mask]).all() and (after[mask] != before[mask]).any()
+    # the slider and the seed reach the model: two samples, the same for the same seed
+    _, two = client.predict(editor, "default", 2, 7, api_name="/inpaint")
+    _, again = client.predict(editor, "default", 2, 7, api_name="/inpaint")
+    assert [item["caption"] for item in two] == ["seed 7, sample 1", "seed 7, sample 2"]
+    pixels = [[np.asarray(PIL.Image.open(item["image"])) for item in result] for result in (two, again)]
+    assert all((a == b).all() for a, b in zip(*pixels)) and not (pixels[0][0] == pixels[0][1]).all()
 
 
 def test_model_status(client):

@@ -231,20 +231,35 @@ def test_the_default_models_load_before_serving_saying_so(tmp_path, caplog, monk
 def test_inpaint_changes_only_the_masked_pixels(store):
     image = PIL.Image.open(INPAINTING_EXAMPLES[0]["background"]).convert("RGB")
     layer = painted_mask(image.size, (10, 12, 40, 30))
-    original, filled = inpaint({"background": image, "layers": [layer], "composite": None}, store=store)
+    editor = {"background": image, "layers": [layer], "composite": None}
+    original, completions = inpaint(editor, samples=3, seed=5, store=store)
     mask = np.asarray(layer)[..., 3] > 0
-    before, after = np.asarray(original), np.asarray(filled)
-    assert original.size == filled.size == image.size and filled.mode == "RGB"
-    assert (before == np.asarray(image)).all()
-    assert (after[~mask] == before[~mask]).all()
-    assert (after[mask] != before[mask]).any()
+    before = np.asarray(original)
+    assert (before == np.asarray(image)).all() and len(completions) == 3
+    for (filled, caption), number in zip(completions, (1, 2, 3)):
+        after = np.asarray(filled)
+        assert filled.size == image.size and filled.mode == "RGB" and caption == f"seed 5, sample {number}"
+        assert (after[~mask] == before[~mask]).all()
+        assert (after[mask] != before[mask]).any()
+    # the samples differ where the mask hides the image, and a seed gives the same ones again
+    assert not (np.asarray(completions[0][0]) == np.asarray(completions[1][0])).all()
+    _, again = inpaint(editor, samples=3, seed=5, store=store)
+    assert all((np.asarray(a) == np.asarray(b)).all() for (a, _), (b, _) in zip(completions, again))
+
+
+def test_inpaint_with_a_masked_autoencoder_gives_its_one_reconstruction(store):
+    editor = {**INPAINTING_EXAMPLES[0], "composite": None}
+    original, completions = inpaint(editor, str(DEFAULT_MODELS / "inpainting"), samples=4, store=store)
+    assert len(completions) == 1 and completions[0][0].size == original.size
+    assert completions[0][1].startswith("reconstruction")
 
 
 def test_inpaint_example_runs(store):
     example = INPAINTING_EXAMPLES[0]
     editor = {"background": example["background"], "layers": example["layers"], "composite": None}
-    original, filled = inpaint(editor, store=store)
-    assert original.size == filled.size
+    original, completions = inpaint(editor, store=store)
+    assert len(completions) == app.DEFAULT_SAMPLES
+    assert all(filled.size == original.size for filled, _ in completions)
 
 
 @pytest.mark.parametrize(
@@ -340,6 +355,15 @@ def test_inpaint_validation_messages(store):
     blank = PIL.Image.new("RGBA", image.size, (255, 0, 255, 0))
     with pytest.raises(gr.Error, match="mask is empty"):
         inpaint({"background": image, "layers": [blank], "composite": None}, store=store)
+    everything = PIL.Image.new("RGBA", image.size, (255, 0, 255, 255))
+    with pytest.raises(gr.Error, match="covers every pixel"):
+        inpaint({"background": image, "layers": [everything], "composite": None}, store=store)
+    for samples in (0, 9, 2.5):
+        with pytest.raises(gr.Error, match="number of samples must be from 1 to 8"):
+            inpaint(INPAINTING_EXAMPLES[0], samples=samples, store=store)
+    for seed in (-1, 0.5, 2**31):
+        with pytest.raises(gr.Error, match="seed must be a whole number"):
+            inpaint(INPAINTING_EXAMPLES[0], seed=seed, store=store)
 
 
 def test_a_failing_source_errors_in_its_tab_only(store):
@@ -349,7 +373,7 @@ def test_a_failing_source_errors_in_its_tab_only(store):
     assert status.startswith("**Model not loaded.**") and templates == []
     (_, _), rows = detect(shapes_image(), LABELS, 0.0, store=store)  # the other tabs keep working
     assert rows
-    assert inpaint(INPAINTING_EXAMPLES[0], store=store)[1].size == shapes_image().size
+    assert inpaint(INPAINTING_EXAMPLES[0], store=store)[1][0][0].size == shapes_image().size
 
 
 def test_a_model_of_the_wrong_kind_is_named(store):

@@ -19,6 +19,7 @@ from vitlm import (
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTMAEConfig,
+    VitlmViTSynthesisConfig,
 )
 from vitlm.models import (
     VitlmDualEncoderForObjectDetection,
@@ -28,6 +29,7 @@ from vitlm.models import (
     VitlmSwinForImageClassification,
     VitlmTextModel,
     VitlmViTForImageClassification,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
 )
 from vitlm.models.configuration_vitlm import FIELD_RULES
@@ -54,6 +56,7 @@ MAE_BASE = dict(
     decoder_num_attention_heads=2,
     decoder_intermediate_size=32,
 )
+SYNTHESIS_BASE = dict(VIT_BASE, use_cls_token=False, codebook_size=8, code_patch_size=4)
 HYBRID_BASE = {
     **VIT_BASE,
     "image_size": 16,
@@ -102,6 +105,14 @@ MAE_VALUES = {
     "decoder_intermediate_size": [8, 16],
     "mask_ratio": [0.0, 0.5, 0.75, 0.9, 0.99],
     "norm_pix_loss": [True, False],
+}
+SYNTHESIS_VALUES = {
+    **VIT_VALUES,
+    "codebook_size": [2, 8, 16, 1, 10**6],
+    "code_patch_size": [1, 2, 4, 3, 8, 16],
+    "sampling_steps": [1, 4, 8, 0],
+    "sampling_temperature": [0.0, 0.5, 1.0, 200.0, -1.0],
+    "use_mask_token": [True, False],
 }
 HYBRID_VALUES = {
     **VIT_VALUES,
@@ -194,6 +205,7 @@ FAMILIES = {
     "vitlm_vit": (VitlmViTConfig, VIT_BASE, VIT_VALUES),
     "vitlm_vit_ssl": (VitlmViTConfig, VIT_BASE, SSL_VALUES),
     "vitlm_vit_mae": (VitlmViTMAEConfig, MAE_BASE, MAE_VALUES),
+    "vitlm_vit_synthesis": (VitlmViTSynthesisConfig, SYNTHESIS_BASE, SYNTHESIS_VALUES),
     "vitlm_hybrid": (VitlmHybridConfig, HYBRID_BASE, HYBRID_VALUES),
     "vitlm_text": (VitlmTextConfig, TEXT_BASE, TEXT_VALUES),
     "vitlm_pit": (VitlmPiTConfig, PIT_BASE, PIT_VALUES),
@@ -351,6 +363,10 @@ def run_models(config, seed, train):
         grid = config.grid_size
         noise = torch.rand(2, grid[0] * grid[1], generator=generator)
         runs = [(VitlmViTForMaskedImageModeling(config), dict(pixel_values=pixels(config, generator), noise=noise))]
+    elif isinstance(config, VitlmViTSynthesisConfig):
+        grid = config.grid_size
+        noise = torch.rand(2, grid[0] * grid[1], generator=generator)
+        runs = [(VitlmViTForInpaintingSynthesis(config), dict(pixel_values=pixels(config, generator), noise=noise))]
     else:
         classifier_class = {
             VitlmHybridConfig: VitlmHybridForImageClassification,
@@ -382,6 +398,7 @@ def generate_cases():
     families = ["vitlm_vit", "vitlm_vit_mae", "vitlm_hybrid", "vitlm_text", "dual_vit", "dual_hybrid"]
     families += ["vitlm_pit", "dual_pit", "vitlm_swin", "dual_swin"]
     families.append("vitlm_vit_ssl")
+    families.append("vitlm_vit_synthesis")
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)
     ]

@@ -22,6 +22,7 @@ from vitlm import (
     VitlmSwinModel,
     VitlmTextModel,
     VitlmViTForImageClassification,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
     VitlmViTMAEModel,
     VitlmViTModel,
@@ -69,6 +70,7 @@ CONFIGS = {
     DINOV2_CLASSIFIER: lambda **kw: tiny_config("dinov2", num_labels=3, **kw),
     BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
     BEIT_SHARED_MODEL: lambda **kw: tiny_config("vit", **BEIT_RELATIVE, relative_position_bias="shared", **kw),
+    VitlmViTForInpaintingSynthesis: lambda **kw: tiny_config("vit_synthesis", **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [

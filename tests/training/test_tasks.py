@@ -67,7 +67,7 @@ def test_every_task_entry_is_complete(name):
     for field in fields(TrainingTask):
         value = getattr(task, field.name)
         optional = ("dual_encoder", "needs_classes", "sized_head", "class_column", "evaluation_inputs", "model_config")
-        optional += ("training_model", "saved_models")
+        optional += ("training_model", "saved_models", "default_head")
         if field.name not in optional:
             assert value is not None and value != "", field.name
     assert isinstance(getattr(transformers, task.auto_class), type) and task.auto_class.startswith("AutoModel")

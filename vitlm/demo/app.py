@@ -6,7 +6,7 @@ Each tab calls one plain function, usable without a browser (the tests call them
 
 - `classify(image, labels, templates, source)` -> ({label: probability}, attention overlay)
 - `detect(image, queries, threshold, template, source, nms_threshold)` -> ((image, [(box, "query score")]), table rows)
-- `inpaint(editor, source)` -> (original, inpainted)
+- `inpaint(editor, source, samples, seed)` -> (original, [(completion, caption)])
 - `search(text, image, collection, k, source)` -> ([(thumbnail, "score · name")], ranking rows)
 - `model_status(task, source)` -> (markdown status, the model's prompt templates)
 
@@ -46,7 +46,7 @@ from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
 
 from ..attention_maps import attention_map
-from ..models import VitlmDualEncoderForImageClassification
+from ..models import VitlmDualEncoderForImageClassification, VitlmViTForInpaintingSynthesis
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
 from ..models.modeling_dual_encoder import default_templates
 from ..retrieval import FolderSource, MemorySource, embed_source, query_embedding
@@ -70,6 +70,8 @@ DEFAULT_THRESHOLD = 0.2
 # can put a second box on one object, shifted (the second example's pink cross: IoU 0.36) or nearly the same (its red
 # circle: 0.9)
 DEFAULT_NMS_THRESHOLD = 0.3
+MAX_SAMPLES = 8  # inpainting completions per request
+DEFAULT_SAMPLES = 4
 
 # small images (the shapes world is 64 pixels wide) are shown enlarged, inpainting results pixel by pixel
 CSS = """
@@ -331,11 +333,26 @@ def detect(
 
 @torch.no_grad()
 def inpaint(
-    editor, source=DEFAULT_SOURCE, progress=PROGRESS, store: ModelStore | None = None
-) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    editor,
+    source=DEFAULT_SOURCE,
+    samples=DEFAULT_SAMPLES,
+    seed=0,
+    progress=PROGRESS,
+    store: ModelStore | None = None,
+) -> tuple[PIL.Image.Image, list[tuple[PIL.Image.Image, str]]]:
     """Fill what the user painted: `editor` is `gr.ImageEditor`'s value, a dict with the `background` image and the
-    painted `layers` (any pixel with alpha > 0 is masked). Returns the original and the inpainted image, which equals
-    the original outside the mask."""
+    painted `layers` (any pixel with alpha > 0 is masked). Returns the original and the completions, each equal to
+    the original outside the mask, with a caption: `samples` of them, drawn from `seed` on, for a synthesis model
+    (the default); one for a masked autoencoder, whose fill has nothing to draw."""
+    if (
+        isinstance(samples, bool)
+        or not isinstance(samples, (int, float))
+        or samples != int(samples)
+        or not 1 <= samples <= MAX_SAMPLES
+    ):
+        raise refusal(f"The number of samples must be from 1 to {MAX_SAMPLES}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed) or not 0 <= seed < 2**31:
+        raise refusal(f"The seed must be a whole number from 0 to {2**31 - 1}.")
     editor = editor or {}
     picture = load_image(editor.get("background"))
     mask = np.zeros((picture.height, picture.width), dtype=bool)
@@ -348,10 +365,16 @@ def inpaint(
         raise refusal("The mask is empty: paint over the area to fill with the brush first.")
     loaded = get_model("masked-image-modeling", source, store, progress)
     try:
+        if isinstance(loaded.model, VitlmViTForInpaintingSynthesis):
+            completions = loaded.model.inpaint(
+                picture, mask, loaded.processor, num_samples=int(samples), seed=int(seed)
+            )
+            return picture, [(image, f"seed {int(seed)}, sample {i + 1}") for i, image in enumerate(completions)]
         inputs = loaded.processor.prepare_inpainting(picture, mask, loaded.model.config)
         inputs = inputs.to(loaded.model.device, loaded.model.dtype)
         outputs = loaded.model(**inputs)
-        return picture, loaded.processor.post_process_inpainting(outputs, inputs["pixel_values"], picture, mask)
+        filled = loaded.processor.post_process_inpainting(outputs, inputs["pixel_values"], picture, mask)
+        return picture, [(filled, "reconstruction (a masked autoencoder draws no samples)")]
     except ValueError as error:  # e.g. a model that predicts normalized pixels
         raise refusal(_escaped(error)) from error
 
@@ -701,15 +724,24 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
                     )
                 )
                 with gr.Column():
+                    original = image_output(label="Original", elem_id="inpainting-original")
+                    filled = gallery_output(
+                        label="Completions (one per sample)", columns=4, height=300, elem_id="inpainting-result"
+                    )
                     with gr.Row():
-                        original = image_output(label="Original", elem_id="inpainting-original")
-                        filled = image_output(label="Inpainted", elem_id="inpainting-result")
+                        samples = gr.Slider(
+                            1, MAX_SAMPLES, DEFAULT_SAMPLES, step=1, label="Samples", elem_id="inpainting-samples"
+                        )
+                        seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="inpainting-seed")
                     source = model_selector("masked-image-modeling", ["hf:facebook/vit-mae-base"], store)
                     status = gr.Markdown(label="Model status", elem_id="inpainting-status")
                     button = gr.Button("Inpaint", variant="primary", elem_id="inpainting-button")
             gr.Examples([[example] for example in INPAINTING_EXAMPLES], [editor])
             button.click(
-                functools.partial(inpaint, store=store), [editor, source], [original, filled], api_name="inpaint"
+                functools.partial(inpaint, store=store),
+                [editor, source, samples, seed],
+                [original, filled],
+                api_name="inpaint",
             )
             selectors.append(("masked-image-modeling", source, [status], None))
 

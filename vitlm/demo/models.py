@@ -33,6 +33,7 @@ from ..models import (
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmImageProcessor,
+    VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
 )
 
@@ -42,8 +43,9 @@ DEFAULT_MODELS = Path(__file__).resolve().parent / "default_models"
 
 class Task(NamedTuple):
     folder: str  # under DEFAULT_MODELS
-    model_class: type
+    model_class: type  # the default model's
     needs: str  # what the tab needs, in words, for messages
+    also: tuple[type, ...] = ()  # other model classes the tab runs
 
 
 TASKS = {
@@ -56,7 +58,10 @@ TASKS = {
         "an open-vocabulary detector (VitlmDualEncoderForObjectDetection, e.g. an OWL-ViT)",
     ),
     "masked-image-modeling": Task(
-        "inpainting", VitlmViTForMaskedImageModeling, "a masked-image model (VitlmViTForMaskedImageModeling, e.g. MAE)"
+        "inpainting-synthesis",
+        VitlmViTForInpaintingSynthesis,
+        "a masked-image model (VitlmViTForInpaintingSynthesis, or VitlmViTForMaskedImageModeling, e.g. MAE)",
+        also=(VitlmViTForMaskedImageModeling,),
     ),
 }
 VITLM_CLASSES = {name: getattr(vitlm_models, name) for name in vitlm_models.__all__}
@@ -186,7 +191,7 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 while len(self._loaded) > self.max_loaded:
                     self._loaded.popitem(last=False)
-        if not isinstance(loaded.model, spec.model_class):
+        if not isinstance(loaded.model, (spec.model_class, *spec.also)):
             raise ModelLoadError(
                 f"{source!r} is a {type(loaded.model).__name__}; the {task} tab needs {spec.needs}. "
                 f"Pick another model."

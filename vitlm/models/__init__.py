@@ -12,6 +12,7 @@ from .configuration_vitlm import (
     VitlmTextConfig,
     VitlmViTConfig,
     VitlmViTMAEConfig,
+    VitlmViTSynthesisConfig,
 )
 from .image_processing_vitlm import VitlmImageProcessor
 from .modeling_detection import VitlmDualEncoderForObjectDetection
@@ -20,6 +21,7 @@ from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
 from .modeling_pit import VitlmPiTForImageClassification, VitlmPiTModel
 from .modeling_swin import VitlmSwinForImageClassification, VitlmSwinModel
+from .modeling_synthesis import VitlmViTForInpaintingSynthesis
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
 from .processing_vitlm import VitlmDualEncoderProcessor
 from .tokenization_vitlm import VitlmCLIPTokenizer
@@ -49,4 +51,6 @@ __all__ = [
     "VitlmPiTConfig",
     "VitlmPiTModel",
     "VitlmPiTForImageClassification",
+    "VitlmViTSynthesisConfig",
+    "VitlmViTForInpaintingSynthesis",
 ]

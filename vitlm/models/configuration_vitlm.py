@@ -46,6 +46,8 @@ MASKED_IMAGE_MODELING_FIELDS = (
     "norm_pix_loss",
 )
 MASKED_IMAGE_MODELING_ARCHITECTURE = "VitlmViTForMaskedImageModeling"
+# The synthesis inpainting head's own fields: they live in `VitlmViTSynthesisConfig` only.
+SYNTHESIS_FIELDS = ("codebook_size", "code_patch_size", "sampling_steps", "sampling_temperature")
 BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 
 
@@ -218,9 +220,15 @@ FIELD_RULES = {
             "max_position_embeddings",
             "projection_dim",
             "embed_dim",
+            "code_patch_size",
+            "sampling_steps",
         ),
         _positive,
     ),
+    # a code per pixel square: at least two to choose from, and a bound that keeps a stray value from exhausting memory
+    "codebook_size": _int_at_least(2, maximum=65_536),
+    # 0 samples greedily (the most likely code); far above 1 every code becomes equally likely
+    "sampling_temperature": _real_in(0.0, 100.0, low_open=False, high_open=False),
     "image_size": _size,
     "window_size": _size,
     # hierarchical towers (Swin, PiT) give one entry per stage
@@ -292,10 +300,11 @@ class VitlmConfigMixin:
         super().__post_init__(**kwargs)
 
     def __setattr__(self, name, value):
-        if name in MASKED_IMAGE_MODELING_FIELDS and not isinstance(self, VitlmViTMAEConfig):
+        owner = head_config_owning(name)
+        if owner is not None and not isinstance(self, owner):
             raise ValueError(
-                f"`{name}` is a field of the masked-image-modeling head, which a {self.model_type} config does not "
-                f"have: use VitlmViTMAEConfig (model_type '{VitlmViTMAEConfig.model_type}')"
+                f"`{name}` is a field of the {owner.head_title} head, which a {self.model_type} config does not "
+                f"have: use {owner.__name__} (model_type '{owner.model_type}')"
             )
         rule = FIELD_RULES.get(name)
         if rule is not None:
@@ -580,7 +589,7 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        if not issubclass(cls, VitlmViTMAEConfig):
+        if not issubclass(cls, (VitlmViTMAEConfig, VitlmViTSynthesisConfig)):
             if cls is VitlmViTConfig and is_legacy_masked_image_modeling(config_dict):
                 # `AutoConfig` maps the model type "vitlm_vit" here; the folder holds an MAE model
                 config_dict = {**config_dict, "model_type": VitlmViTMAEConfig.model_type}
@@ -590,8 +599,17 @@ class VitlmViTConfig(VitlmConfigMixin, PretrainedConfig):
 
 
 def encoder_model_type(model_type: str) -> str:
-    """The model type of the encoder a config of `model_type` describes: an MAE config's encoder is a plain ViT."""
-    return VitlmViTConfig.model_type if model_type == VitlmViTMAEConfig.model_type else model_type
+    """The model type of the encoder a config of `model_type` describes: a head config's (MAE, synthesis) encoder is
+    a plain ViT."""
+    heads = (VitlmViTMAEConfig.model_type, VitlmViTSynthesisConfig.model_type)
+    return VitlmViTConfig.model_type if model_type in heads else model_type
+
+
+def head_config_owning(name: str):
+    """The head config class whose own field `name` is (`VitlmViTMAEConfig`, `VitlmViTSynthesisConfig`), or None."""
+    if name in MASKED_IMAGE_MODELING_FIELDS:
+        return VitlmViTMAEConfig
+    return VitlmViTSynthesisConfig if name in SYNTHESIS_FIELDS else None
 
 
 def is_legacy_masked_image_modeling(config_dict: dict) -> bool:
@@ -608,6 +626,8 @@ def without_masked_image_modeling_fields(config_dict: dict) -> dict:
     carry nothing for it, i.e. in an MAE config (its encoder loads alone, e.g. to fine-tune a classifier) and in a
     config saved by vitlm before `VitlmViTMAEConfig`, which wrote all of them into every ViT config. Any other dict
     keeps them, and the config refuses them."""
+    if config_dict.get("model_type") == VitlmViTSynthesisConfig.model_type:
+        return {key: value for key, value in config_dict.items() if key not in SYNTHESIS_FIELDS}
     present = [name for name in MASKED_IMAGE_MODELING_FIELDS if name in config_dict]
     if config_dict.get("model_type") == VitlmViTMAEConfig.model_type or len(present) == len(
         MASKED_IMAGE_MODELING_FIELDS
@@ -635,6 +655,7 @@ class VitlmViTMAEConfig(VitlmViTConfig):
     """
 
     model_type = "vitlm_vit_mae"
+    head_title = "masked-image-modeling"
 
     def __init__(
         self,
@@ -707,6 +728,68 @@ class VitlmViTMAEConfig(VitlmViTConfig):
             raise ValueError(
                 f"`mask_ratio` ({self.mask_ratio}) masks all {num_patches} patches, leaving the inpainting encoder "
                 "nothing to read without a [CLS] token: lower it, or set `use_cls_token=True`"
+            )
+
+
+class VitlmViTSynthesisConfig(VitlmViTConfig):
+    r"""
+    Configuration of a ViT with the synthesis inpainting head (`VitlmViTForInpaintingSynthesis`): MaskGIT-style
+    iterative decoding of discrete patch codes. The encoder of [`VitlmViTConfig`] reads every patch, a learned mask
+    token standing in for the masked ones (`use_mask_token`, always set), and a linear head predicts, per patch, the
+    code of each of its `code_patch_size` x `code_patch_size` pixel squares among `codebook_size` codewords (the
+    pixels of a k-means codebook the model holds).
+
+    Args:
+        codebook_size (`int`): codewords of the patch tokenizer.
+        code_patch_size (`int`): side, in pixels, of the squares one code stands for; divides `patch_size`.
+        sampling_steps (`int`): decoding rounds an inpainting call takes unless told otherwise.
+        sampling_temperature (`float`): the sampling temperature of the codes (0: always the most likely one).
+        All other arguments are those of [`VitlmViTConfig`].
+    """
+
+    model_type = "vitlm_vit_synthesis"
+    head_title = "synthesis inpainting"
+
+    def __init__(
+        self,
+        codebook_size=512,
+        code_patch_size=4,
+        sampling_steps=8,
+        sampling_temperature=1.0,
+        use_mask_token=True,
+        **kwargs,
+    ):
+        self.codebook_size = codebook_size
+        self.code_patch_size = code_patch_size
+        self.sampling_steps = sampling_steps
+        self.sampling_temperature = sampling_temperature
+        super().__init__(use_mask_token=use_mask_token, **kwargs)
+
+    @classmethod
+    def from_encoder_config(cls, encoder_config: VitlmViTConfig, **kwargs) -> "VitlmViTSynthesisConfig":
+        """A synthesis config over `encoder_config`'s encoder (a plain ViT's), with the head's fields in `kwargs`."""
+        if type(encoder_config) not in (VitlmViTConfig, cls):
+            raise ValueError(
+                "synthesis inpainting needs a plain ViT encoder (it predicts the codes of pixel patches), got a "
+                f"{encoder_config.model_type} config"
+            )
+        values = {k: v for k, v in encoder_config.to_dict().items() if k not in ("model_type", "transformers_version")}
+        return cls(**{**values, "use_mask_token": True, **kwargs})
+
+    @property
+    def codes_per_patch(self) -> int:
+        return (self.patch_size // self.code_patch_size) ** 2
+
+    def check_values(self):
+        super().check_values()
+        if self.patch_size % self.code_patch_size:
+            raise ValueError(
+                f"`code_patch_size` ({self.code_patch_size}) must divide `patch_size` ({self.patch_size}): each patch "
+                "is cut into squares of codes"
+            )
+        if not self.use_mask_token:
+            raise ValueError(
+                "synthesis inpainting needs `use_mask_token=True`: the mask token stands for the hidden patches"
             )
 
 
@@ -1250,6 +1333,7 @@ class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
 __all__ = [
     "VitlmViTConfig",
     "VitlmViTMAEConfig",
+    "VitlmViTSynthesisConfig",
     "VitlmHybridConfig",
     "VitlmPiTConfig",
     "VitlmSwinConfig",

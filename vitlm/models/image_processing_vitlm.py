@@ -259,23 +259,27 @@ class VitlmImageProcessor(BaseImageProcessor):
         return torch.minimum(((boxes * scale + offset) * ratio).clamp(min=0), upper)
 
     def prepare_inpainting(self, image, mask, config) -> BatchFeature:
-        """The inputs of a masked image model (`VitlmViTForMaskedImageModeling`) that fills the pixels where `mask` is
-        set: `pixel_values`, the whole image resized to the model's resolution, and `bool_masked_pos`, every patch the
-        resized mask touches (widened by the reach of the resampling kernel, see `pixels_to_fill`).
+        """The inputs of a masked image model (`VitlmViTForMaskedImageModeling`, `VitlmViTForInpaintingSynthesis`) that
+        fills the pixels where `mask` is set: `pixel_values`, the whole image resized to the model's resolution, and
+        `bool_masked_pos`, every patch the resized mask touches (widened by the reach of the resampling kernel, see
+        `pixels_to_fill`). An image of another size or shape is resized (not cropped) to the model's resolution, and
+        the prediction resized back; only masked pixels take it (`post_process_inpainting`).
 
         Args:
-            image (`PIL.Image.Image` or `np.ndarray` of shape `(height, width, 3)`, uint8): the image, at any size.
-            mask (`PIL.Image.Image` or `np.ndarray` of shape `(height, width)`): nonzero where to inpaint.
-            config (`VitlmViTMAEConfig`): the model's config (its resolution and patch size; a model trained with
-                `norm_pix_loss=True` is refused, since it predicts per-patch normalized pixels, whose mean and
-                variance are unknown for masked patches).
+            image (`PIL.Image.Image` of any mode, made 8-bit RGB as for `pixel_values`, transparency composited on
+                white; or a `(height, width, 3)` uint8 array): the image, at any size.
+            mask (`PIL.Image.Image` or array of shape `(height, width)`): the image's size, nonzero where to inpaint
+                (a generative model also needs it binary, neither empty nor full: `check_generative_mask`).
+            config (`VitlmViTMAEConfig` or `VitlmViTSynthesisConfig`): the model's config (its resolution and patch
+                size; an MAE model trained with `norm_pix_loss=True` is refused, since it predicts per-patch
+                normalized pixels, whose mean and variance are unknown for masked patches).
 
         Returns:
             A `BatchFeature` for one image, to pass to the model (`model(**inputs)`, after
             `inputs.to(model.device, model.dtype)`) and then, with the model's output, to `post_process_inpainting`.
         """
         self._check_inpainting_processor()
-        if config.norm_pix_loss:
+        if getattr(config, "norm_pix_loss", False):
             raise ValueError(
                 "this model predicts per-patch normalized pixels (norm_pix_loss=True), whose mean and variance are "
                 "unknown for masked patches; inpainting needs a model trained with norm_pix_loss=False"
@@ -338,6 +342,25 @@ class VitlmImageProcessor(BaseImageProcessor):
         filled = np.asarray(filled.resize((original.shape[1], original.shape[0]), resample=self.resample))
         return PIL.Image.fromarray(np.where(mask[..., None], filled, original))
 
+    @staticmethod
+    def check_generative_mask(mask) -> None:
+        """Refuse, with one message each, a mask a generative inpainting model cannot take: not 2-D, not binary (0
+        where the image is kept, one other value where it is inpainted), empty (nothing to generate) or full (nothing
+        to continue). An MAE reconstruction takes any of them (an empty mask returns the image, a full one predicts
+        every pixel)."""
+        values = mask_values(mask)
+        levels = np.unique(values)
+        if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
+            shown = ", ".join(f"{level:g}" for level in levels[:4]) + (", ..." if len(levels) > 4 else "")
+            raise ValueError(
+                f"`mask` must be binary (0 where the image is kept, one other value where it is inpainted), got "
+                f"{len(levels)} values: {shown}"
+            )
+        if not (values != 0).any():
+            raise ValueError("`mask` covers no pixel: there is nothing to inpaint")
+        if (values != 0).all():
+            raise ValueError("`mask` covers every pixel: inpainting continues the visible pixels, and none are left")
+
     def _check_inpainting_processor(self):
         if not (self.do_rescale and self.do_normalize):
             raise ValueError(
@@ -346,14 +369,29 @@ class VitlmImageProcessor(BaseImageProcessor):
 
 
 def _inpainting_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """(height, width, 3) uint8 RGB pixels and the (height, width) bool mask, checked to match."""
-    original = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
-    mask = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask) != 0
-    if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
-        raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
-    if mask.shape != original.shape[:2]:
-        raise ValueError(f"`mask` has size {mask.shape}, the image {original.shape[:2]}: they must match")
-    return original, mask
+    """(height, width, 3) uint8 RGB pixels (a PIL image of any mode converted as for `pixel_values`) and the (height,
+    width) bool mask (nonzero values), checked to match."""
+    if isinstance(image, PIL.Image.Image):
+        original = np.asarray(as_rgb(as_pil_image(image)))
+    else:
+        original = np.asarray(image)
+        if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
+            raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
+    values = mask_values(mask)
+    if values.shape != original.shape[:2]:
+        raise ValueError(
+            f"`mask` has size {values.shape[1]}x{values.shape[0]} (width x height), the image "
+            f"{original.shape[1]}x{original.shape[0]}: they must match"
+        )
+    return original, values != 0
+
+
+def mask_values(mask) -> np.ndarray:
+    """A mask's (height, width) values: a PIL image's as 8-bit gray levels, an array's as they are."""
+    values = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
+    if values.ndim != 2:
+        raise ValueError(f"`mask` must be 2-D (height, width), got shape {values.shape}")
+    return values
 
 
 def drop_auto_map(*owners) -> None:

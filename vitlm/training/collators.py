@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..models.modeling_dual_encoder import contrastive_loss, scaled_similarity
+from ..models.modeling_synthesis import masking_ratio
 from .transforms import INDEX_COLUMN, EpochSeed
 
 
@@ -175,6 +176,41 @@ class InpaintingCollator:
         return noise.flatten(1)
 
 
+@dataclass
+class SynthesisMaskingCollator:
+    """`pixel_values` and `bool_masked_pos` for the synthesis inpainting head, as MaskGIT trains: each image masks a
+    share of its patches drawn from the cosine schedule (`cos(pi/2 * u)`, u uniform: from a single patch to all of
+    them, more often many), ordered by `InpaintingCollator`'s noise, so that half the masks are blobs (holes that hide
+    parts of objects, as inpainting does) and half scattered patches. Each image's draws are keyed by its example
+    index, the seed and the epoch, as `BlockMaskingCollator`'s."""
+
+    grid_size: tuple[int, int]
+    epoch_seed: EpochSeed = field(init=False, default_factory=EpochSeed)
+
+    def __post_init__(self):
+        self.noise = InpaintingCollator(self.grid_size, block_masking=True)
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
+    def __call__(self, examples):
+        masks = []
+        for example in examples:
+            with self.epoch_seed.rng("synthesis", example.get(INDEX_COLUMN)):
+                masks.append(self.mask())
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "bool_masked_pos": torch.stack(masks),
+        }
+
+    def mask(self) -> torch.Tensor:
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        ratio = float(masking_ratio(torch.rand(())))
+        count = min(num_patches, max(1, math.ceil(ratio * num_patches)))
+        rank = self.noise.blob_noise(1)[0].argsort(descending=True).argsort()
+        return rank < count
+
+
 def soft_target_cross_entropy(outputs, labels, num_items_in_batch=None):
     """Cross-entropy against class indices or soft targets (mixup / cutmix), for Trainer's `compute_loss_func`."""
     logits = outputs["logits"]
@@ -225,6 +261,7 @@ __all__ = [
     "ContrastiveCollator",
     "DetectionCollator",
     "InpaintingCollator",
+    "SynthesisMaskingCollator",
     "check_twins",
     "soft_target_cross_entropy",
     "twin_contrastive_loss",

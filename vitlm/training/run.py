@@ -56,15 +56,15 @@ def apply_overrides(config, overrides: dict):
     config.update(overrides)
 
 
-def load_model(task, name: str, class_names=None, config_overrides=None, work_dir=None):
-    """(model, processor) for `task` (a name, an alias or a `TrainingTask`) from a preset (random weights), a converter
-    source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the classes (classification) gets a
-    new head when `class_names` differ from the checkpoint's."""
+def load_model(task, name: str, class_names=None, config_overrides=None, work_dir=None, head=None):
+    """(model, processor) for `task` (a name, an alias or a `TrainingTask`; `head` one of its heads) from a preset
+    (random weights), a converter source (`timm:...`, ...), a folder or a Hub id. A task with a head sized to the
+    classes (classification) gets a new head when `class_names` differ from the checkpoint's."""
     from ..convert import SOURCES, load, save
     from ..models import VitlmCLIPTokenizer, VitlmDualEncoderProcessor
     from ..presets import preset_names, preset_path
 
-    spec = get_task(task)
+    spec = get_task(task, head)
     overrides = dict(config_overrides or {})
     if class_names is not None and spec.sized_head:
         overrides.update(
@@ -196,6 +196,7 @@ def train(
     logging_steps: int = 10,
     augment: bool = True,
     block_masking: bool = False,
+    head: str | None = None,
     caption_weights: list[float] | None = None,
     twin_weight: float = 0.0,
     save_checkpoints: bool = True,
@@ -211,7 +212,8 @@ def train(
     `state.log_history` holds the losses and metrics).
     `save_checkpoints=False` keeps no checkpoint folders (no resuming); `save_dtype` ("float16", "bfloat16") casts
     the final weights; `twin_weight` > 0 adds the twin consistency loss to contrastive training (data with twins:
-    `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates). `lora_rank` trains
+    `vitlm.data.shapes.generate(twins=True)`, which `dataset_name="shapes"` then generates); `head` picks one of the
+    task's other heads (masked-image-modeling: "synthesis"). `lora_rank` trains
     rank-r LoRA adapters (PEFT) on the towers' `lora_targets` layers (default: qkv, fc1, fc2) and the head whole,
     everything else frozen, and saves the adapters alone (`vitlm.training.lora.load_lora` reloads them), or with
     `merge_lora` the model with the adapters merged into its weights."""
@@ -220,6 +222,7 @@ def train(
         mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha,
         block_masking=block_masking,
+        head=head,
         caption_weights=caption_weights,
         bbox_format=bbox_format,
     )
@@ -243,6 +246,7 @@ def train(
         merge_lora=merge_lora,
         **task_options,
     )
+    spec = get_task(task, head)  # checked above: a head of this task
     if caption_weights is not None:
         transforms.caption_weights_tensor(caption_weights)
     if save_dtype is not None and save_dtype not in DTYPES:
@@ -272,7 +276,7 @@ def train(
     )
     class_names = class_names_of(spec, train_set)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
-    model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir)
+    model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir, head)
     if lora_rank:
         model = with_lora(model, model_name, lora_rank, lora_targets)
     image_processor = getattr(processor, "image_processor", processor)

@@ -188,21 +188,27 @@ class KMeansVisualTokenizer(nn.Module, PyTorchModelHubMixin):
         from a generator of their own, so the codebook is a function of the images and `seed`."""
         generator = torch.Generator().manual_seed(seed)
         patches = normalized_patches(pixel_values.float(), self.patch_size).flatten(0, 1)
-        patches = patches[torch.randperm(len(patches), generator=generator)[:max_patches]]
-        size = self.codebook.shape[0]
-        centers = [patches[torch.randint(len(patches), (), generator=generator)]]
-        distances = (patches - centers[0]).square().sum(-1)
-        for _ in range(1, size):
-            centers.append(patches[torch.multinomial(distances + 1e-12, 1, generator=generator)[0]])
-            distances = torch.minimum(distances, (patches - centers[-1]).square().sum(-1))
-        centers = torch.stack(centers)
-        for _ in range(iterations):
-            assignment = torch.cdist(patches, centers).argmin(-1)
-            sums = torch.zeros_like(centers).index_add_(0, assignment, patches)
-            counts = torch.bincount(assignment, minlength=size)[:, None]
-            centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)  # an empty cluster keeps its center
-        self.codebook.copy_(centers)
+        self.codebook.copy_(kmeans(patches, self.codebook.shape[0], iterations, max_patches, generator))
         return self
+
+
+@torch.no_grad()
+def kmeans(points: torch.Tensor, size: int, iterations: int, max_points: int, generator: torch.Generator):
+    """`size` centers of up to `max_points` of the (count, dim) `points` drawn at random: k-means++ seeding, then
+    Lloyd's iterations, every draw from `generator`."""
+    points = points[torch.randperm(len(points), generator=generator)[:max_points]]
+    centers = [points[torch.randint(len(points), (), generator=generator)]]
+    distances = (points - centers[0]).square().sum(-1)
+    for _ in range(1, size):
+        centers.append(points[torch.multinomial(distances + 1e-12, 1, generator=generator)[0]])
+        distances = torch.minimum(distances, (points - centers[-1]).square().sum(-1))
+    centers = torch.stack(centers)
+    for _ in range(iterations):
+        assignment = torch.cdist(points, centers).argmin(-1)
+        sums = torch.zeros_like(centers).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=size)[:, None]
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)  # an empty cluster keeps its center
+    return centers
 
 
 @dataclass
@@ -253,6 +259,37 @@ def beit_model(backbone, train_set, image_processor, settings: BeitSettings | No
     return BeitPretraining(backbone, tokenizer)
 
 
+# ---- synthesis inpainting: the model's codebook of pixel squares
+
+
+@dataclass
+class SynthesisSettings:
+    """The k-means fit of a synthesis inpainting model's codebook: iterations, and pixel squares sampled from the
+    training images."""
+
+    kmeans_iterations: int = 20
+    max_squares: int = 50_000
+
+
+def synthesis_model(model, train_set, image_processor, settings: SynthesisSettings | None = None):
+    """`model` (a `VitlmViTForInpaintingSynthesis`) with its codebook fitted by k-means on the pixel squares of
+    `train_set`'s images (the processor's evaluation view), in its normalized pixel space, unless it already holds one
+    (a trained checkpoint, which fine-tuning keeps). The fit has a seed of its own, so that a resumed run fits the
+    same codebook before loading its checkpoint."""
+    from .tasks import image_column
+    from .transforms import pixel_values
+
+    settings = settings or SynthesisSettings()
+    if model.codebook.any():
+        return model
+    images = torch.stack(pixel_values(train_set[image_column(train_set)], image_processor))
+    squares = model.pixel_squares(images).flatten(0, 2)
+    generator = torch.Generator().manual_seed(0)
+    centers = kmeans(squares, model.config.codebook_size, settings.kmeans_iterations, settings.max_squares, generator)
+    model.codebook.copy_(centers)
+    return model
+
+
 def beit_saved_models(model: BeitPretraining) -> dict:
     """What BEiT leaves behind: the backbone in the output folder, its visual tokenizer in `visual_tokenizer/`."""
     return {"": model.backbone, "visual_tokenizer": model.tokenizer}
@@ -266,7 +303,10 @@ __all__ = [
     "DinoPretraining",
     "DinoSettings",
     "KMeansVisualTokenizer",
+    "SynthesisSettings",
     "TeacherMomentum",
     "beit_model",
+    "kmeans",
+    "synthesis_model",
     "dino_model",
 ]

@@ -12,7 +12,7 @@ collators and metrics when they are called.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class TrainingTask:
         saved_models: `(trained module) -> {subfolder: model}` written to the output folder ("" the folder itself;
             DINO: the teacher's backbone, an ordinary vitlm model; BEiT: the backbone, and its tokenizer in
             `visual_tokenizer/`); None: the trained model itself.
+        heads: the other heads `--head` picks for this task, each as the fields of this entry it changes (the
+            masked-image-modeling task's "synthesis" head: its own config, collator and codebook fit); the entry's
+            own fields are the default head, named by `default_head`.
     """
 
     name: str
@@ -80,6 +83,8 @@ class TrainingTask:
     model_config: Callable | None = None
     training_model: Callable | None = None
     saved_models: Callable | None = None
+    default_head: str | None = None
+    heads: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -90,6 +95,7 @@ TASK_OPTIONS = {
     "caption_weights": ("caption weights apply", None),
     "twin_weight": ("the twin consistency loss applies", 0.0),
     "bbox_format": ("the box format (--bbox-format) applies", "xyxy"),
+    "head": ("the head choice (--head) applies", None),
 }
 
 
@@ -255,6 +261,41 @@ def _masked_image_parts(model, processor, block_masking=False, **_):
     )
 
 
+# ---- synthesis inpainting (MaskGIT over a k-means codebook of pixel squares; `--head synthesis`)
+
+
+def _synthesis_model_config(config):
+    from ..models import VitlmViTSynthesisConfig
+
+    # a plain ViT (preset or checkpoint) is the encoder: the synthesis head's config extends it with its defaults
+    return (
+        config if isinstance(config, VitlmViTSynthesisConfig) else VitlmViTSynthesisConfig.from_encoder_config(config)
+    )
+
+
+def _synthesis_parts(model, processor, **_):
+    from .collators import SynthesisMaskingCollator
+
+    # the images are what the loss reads: naming them the labels makes evaluation compute it
+    return TaskParts(SynthesisMaskingCollator(model.config.grid_size), arguments=(("label_names", ["pixel_values"]),))
+
+
+def _synthesis_model(model, train_set, image_processor):
+    from .self_supervised import synthesis_model
+
+    return synthesis_model(model, train_set, image_processor)
+
+
+SYNTHESIS_HEAD = (
+    ("description", "a synthesis inpainting model (MaskGIT-style sampling of k-means patch codes)"),
+    ("options", frozenset({"head"})),
+    ("ignored_outputs", ("logits", "mask", "hidden_states", "attentions")),
+    ("parts", _synthesis_parts),
+    ("model_config", _synthesis_model_config),
+    ("training_model", _synthesis_model),
+)
+
+
 # ---- self-distillation (DINO): the image tower learns without labels; the teacher's tower is the result
 
 
@@ -397,11 +438,13 @@ TASKS: dict[str, TrainingTask] = {
             needs_classes=False,
             sized_head=False,
             shapes_eval_split="test",
-            options=frozenset({"block_masking"}),
+            options=frozenset({"block_masking", "head"}),
             ignored_outputs=("ids_restore", "hidden_states", "attentions"),
             transform=_masked_image_transform,
             parts=_masked_image_parts,
             model_config=_masked_image_model_config,
+            default_head="mae",
+            heads=(("synthesis", SYNTHESIS_HEAD),),
         ),
         TrainingTask(
             name="self-distillation",
@@ -445,22 +488,35 @@ TASKS: dict[str, TrainingTask] = {
 ALIASES = {task.alias: task.name for task in TASKS.values()}
 
 
-def get_task(task) -> TrainingTask:
-    """The `TrainingTask` named `task` (a name or an alias; a `TrainingTask` is returned as it is)."""
+def get_task(task, head: str | None = None) -> TrainingTask:
+    """The `TrainingTask` named `task` (a name or an alias; a `TrainingTask` is returned as it is), with `head` (one
+    of its `heads`, or its `default_head`; None: the default) in place of its default head."""
     if isinstance(task, TrainingTask):
-        return task
-    name = ALIASES.get(task, task)
-    if name not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)} (or their aliases {sorted(ALIASES)}), got {task!r}")
-    return TASKS[name]
+        spec = task
+    else:
+        name = ALIASES.get(task, task)
+        if name not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)} (or their aliases {sorted(ALIASES)}), got {task!r}")
+        spec = TASKS[name]
+    if head is None or head == spec.default_head:
+        return spec
+    heads = dict(spec.heads)
+    if head not in heads:
+        known = [spec.default_head, *heads] if spec.default_head else []
+        raise ValueError(f"the head (--head) of {spec.name!r} must be one of {known}, got {head!r}")
+    return replace(spec, **dict(heads[head]))
 
 
 def check_task_options(task, **values):
     """Refuse a task-specific option set away from its off value on a task it does not apply to, naming the tasks it
     applies to and the task as given."""
-    spec = get_task(task)
+    default = get_task(task)
+    head = values.get("head") if "head" in default.options else None
+    spec = get_task(task, head)
     for keyword, value in values.items():
         text, off = TASK_OPTIONS[keyword]
+        if value != off and keyword in default.options and keyword not in spec.options:
+            raise ValueError(f"{text} to the {default.default_head} head of {default.name!r}, not to --head {head}")
         if value != off and keyword not in spec.options:
             owners = " and ".join(other.title for other in TASKS.values() if keyword in other.options)
             raise ValueError(f"{text} to {owners}, not {getattr(task, 'name', task)!r}")
