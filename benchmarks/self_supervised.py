@@ -41,13 +41,24 @@ PRESET = "vit-tiny-test"
 TOWER = "hidden_size=64,num_hidden_layers=4,num_attention_heads=4,intermediate_size=128"
 MAE_DECODER = "decoder_hidden_size=64,decoder_num_hidden_layers=2,decoder_num_attention_heads=4"
 MAE_DECODER += ",decoder_intermediate_size=128"
-RECIPES = {"dino": "dino", "beit": "beit", "mae": "inpaint"}  # row name -> `vitlm train` task
+# row name -> `vitlm train` task; "supervised" (48-way labels, the shape x colour category) is the probe's sanity row
+RECIPES = {"dino": "dino", "beit": "beit", "mae": "inpaint", "supervised": "classify"}
 ATTRIBUTES = {"shape": lambda label: label // 8, "colour": lambda label: label % 8}  # CATEGORIES is shape-major
+CLASSES = {"shape": 6, "colour": 8}
+# a probe's scores: on the held-out pairs (the benchmark's claim) and on new images of the pairs seen in training
+EVALUATIONS = {"": "test", "_seen": "validation"}
+SCORES = [name + suffix for suffix in EVALUATIONS for name in ATTRIBUTES]  # shape, colour, shape_seen, colour_seen
+COLOUR_ALONE = "colour alone"  # the reference row: a probe that reads nothing but the object's colour (one-hot)
 
 
 def pretrained_tower(recipe: str, seed: int, max_steps: int, batch_size: int, lr: float, train_size: int, work: Path):
     """The frozen image tower a recipe leaves after `max_steps` steps (random init: none), and its processor."""
-    from transformers import AutoImageProcessor, AutoModel, AutoModelForMaskedImageModeling
+    from transformers import (
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForMaskedImageModeling,
+    )
 
     import vitlm  # noqa: F401  (registers the Auto classes)
     from vitlm.presets import load_preset_config, preset_path
@@ -79,21 +90,46 @@ def pretrained_tower(recipe: str, seed: int, max_steps: int, batch_size: int, lr
     )
     if recipe == "mae":  # the encoder of the masked image model
         tower = AutoModelForMaskedImageModeling.from_pretrained(folder).vit
+    elif recipe == "supervised":
+        tower = AutoModelForImageClassification.from_pretrained(folder).vit
     else:
         tower = AutoModel.from_pretrained(folder)
     return tower, AutoImageProcessor.from_pretrained(folder)
 
 
 def probe_sets(seed: int, train_size: int, test_size: int):
-    """Training-split images and held-out-pair test images, one object each, with a column per attribute."""
+    """Training-split images, then one evaluation set per `EVALUATIONS` split (held-out pairs, seen pairs), one object
+    each, with a column per attribute."""
     from vitlm.data.shapes import generate
 
-    def with_attributes(dataset):
+    def draw(size, offset, split):
+        dataset = generate(size, seed=offset + seed, split=split, image_size=32, max_objects=1)
         return dataset.map(lambda row: {name: read(row["label"]) for name, read in ATTRIBUTES.items()})
 
-    train_set = generate(train_size, seed=1000 + seed, split="train", image_size=32, max_objects=1)
-    test_set = generate(test_size, seed=2000 + seed, split="test", image_size=32, max_objects=1)
-    return with_attributes(train_set), with_attributes(test_set)
+    evaluation = {
+        suffix: draw(test_size, 2000 + 1000 * index, split)
+        for index, (suffix, split) in enumerate(EVALUATIONS.items())
+    }
+    return draw(train_size, 1000, "train"), evaluation
+
+
+def colour_alone_scores(train_set, evaluation) -> dict:
+    """The probe fitted on the object's colour, one-hot, and nothing else: on the held-out pairs its shape guess is
+    always wrong (in training each colour comes with five shapes, never its held-out partner), on seen pairs it beats
+    chance (one of five). A tower's shape score near this row's says its probe leans on colour."""
+    from vitlm.training.probe import fit_linear_classifier
+
+    def one_hot(dataset):
+        return torch.nn.functional.one_hot(torch.tensor(dataset["colour"]), CLASSES["colour"]).float()
+
+    scores = {}
+    for name in ATTRIBUTES:
+        classifier = fit_linear_classifier(one_hot(train_set), torch.tensor(train_set[name]), CLASSES[name])
+        for suffix, dataset in evaluation.items():
+            with torch.no_grad():
+                predicted = classifier(one_hot(dataset)).argmax(-1)
+            scores[name + suffix] = (predicted == torch.tensor(dataset[name])).float().mean().item()
+    return scores
 
 
 def run_experiment(
@@ -112,14 +148,15 @@ def run_experiment(
     runs = []
     with tempfile.TemporaryDirectory() as work:
         for seed in tqdm(seeds, desc="seeds", disable=not progress):
-            train_set, test_set = probe_sets(seed, probe_train, probe_test)
+            train_set, evaluation = probe_sets(seed, probe_train, probe_test)
             for recipe in recipes:
                 start = time.perf_counter()
                 tower, processor = pretrained_tower(recipe, seed, max_steps, batch_size, lr, train_size, Path(work))
                 pretraining_s = time.perf_counter() - start
                 scores = {
-                    name: linear_probe(tower, processor, train_set, test_set, label_column=name).accuracy
+                    name + suffix: linear_probe(tower, processor, train_set, dataset, label_column=name).accuracy
                     for name in ATTRIBUTES
+                    for suffix, dataset in evaluation.items()
                 }
                 runs.append(
                     {
@@ -130,11 +167,12 @@ def run_experiment(
                         "wall_s": round(time.perf_counter() - start, 1),
                     }
                 )
+            runs.append({"recipe": COLOUR_ALONE, "seed": seed, **colour_alone_scores(train_set, evaluation)})
     rows = []
-    for recipe in recipes:
+    for recipe in [*recipes, COLOUR_ALONE]:
         mine = [run for run in runs if run["recipe"] == recipe]
         row = {"recipe": recipe, "seeds": [run["seed"] for run in mine]}
-        for name in ATTRIBUTES:
+        for name in SCORES:
             values = [run[name] for run in mine]
             row[name] = values
             row[f"{name}_mean"] = statistics.fmean(values)
@@ -156,11 +194,12 @@ def run_experiment(
 
 def markdown(results: dict) -> str:
     lines = [
-        "| recipe | shape (6-way) | colour (8-way) |",
-        "| --- | --- | --- |",
+        "| recipe | shape, held-out pairs (6-way) | colour, held-out pairs (8-way) | shape, seen pairs "
+        "| colour, seen pairs |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in results["rows"]:
-        cells = [f"{row[f'{name}_mean']:.3f} ± {row[f'{name}_std']:.3f}" for name in ATTRIBUTES]
+        cells = [f"{row[f'{name}_mean']:.3f} ± {row[f'{name}_std']:.3f}" for name in SCORES]
         lines.append(f"| {row['recipe']} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -172,20 +211,21 @@ def plot(results: dict, path: Path):
     from matplotlib import pyplot as plt
 
     rows = results["rows"]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    width = 0.38
-    for offset, name in enumerate(ATTRIBUTES):
-        positions = [index + (offset - 0.5) * width for index in range(len(rows))]
-        means = [row[f"{name}_mean"] for row in rows]
-        spreads = [row[f"{name}_std"] for row in rows]
-        axes.bar(positions, means, width, yerr=spreads, capsize=3, label=name)
-    axes.axhline(1 / 6, color="gray", linestyle=":", linewidth=1)
-    axes.axhline(1 / 8, color="gray", linestyle="--", linewidth=1)
-    axes.set_xticks(range(len(rows)), [row["recipe"] for row in rows])
-    axes.set_ylabel("linear-probe accuracy, held-out pairs")
     setup = results["setup"]
-    axes.set_title(f"shapes world, {setup['max_steps']} steps, {len(setup['seeds'])} seeds", fontsize=10)
-    axes.legend()
+    figure, panels = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    width = 0.38
+    for axes, (suffix, title) in zip(panels, (("", "held-out pairs"), ("_seen", "seen pairs")), strict=True):
+        for offset, name in enumerate(ATTRIBUTES):
+            positions = [index + (offset - 0.5) * width for index in range(len(rows))]
+            means = [row[f"{name}{suffix}_mean"] for row in rows]
+            spreads = [row[f"{name}{suffix}_std"] for row in rows]
+            axes.bar(positions, means, width, yerr=spreads, capsize=3, label=name)
+        axes.axhline(1 / CLASSES["shape"], color="gray", linestyle=":", linewidth=1)
+        axes.axhline(1 / CLASSES["colour"], color="gray", linestyle="--", linewidth=1)
+        axes.set_xticks(range(len(rows)), [row["recipe"] for row in rows], rotation=20, fontsize=8)
+        axes.set_title(f"{title}: {setup['max_steps']} steps, {len(setup['seeds'])} seeds", fontsize=10)
+    panels[0].set_ylabel("linear-probe accuracy")
+    panels[0].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

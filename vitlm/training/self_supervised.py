@@ -21,7 +21,8 @@ from transformers.utils import ModelOutput
 @dataclass
 class DinoSettings:
     """DINO's recipe at the scale of a small tower: the head's widths, the temperatures, the center's and the
-    teacher's momentum (the latter rising to 1 on a cosine over the run), and the local crops per image."""
+    teacher's momentum (the latter rising to 1 on a cosine over the run), the local crops per image, the crops' scales
+    (shares of the image's area) and their colour augmentation (hue jitter, probability of turning grey)."""
 
     out_dim: int = 1024
     hidden_dim: int = 512
@@ -31,6 +32,10 @@ class DinoSettings:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996
     num_local_crops: int = 4
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    hue_jitter: float = 0.1
+    grayscale_probability: float = 0.2
 
 
 class DinoHead(nn.Module):

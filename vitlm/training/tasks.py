@@ -263,8 +263,18 @@ def _dino_transform(image_processor, train, dataset, augment=True, patch_size=16
     from .transforms import multi_crop_transform
 
     # the crops are the method: `augment=False` is not DINO
-    crops = DinoSettings().num_local_crops
-    return multi_crop_transform(image_processor, train, image_column(dataset), patch_size, num_local_crops=crops)
+    settings = DinoSettings()
+    return multi_crop_transform(
+        image_processor,
+        train,
+        image_column(dataset),
+        patch_size,
+        num_local_crops=settings.num_local_crops,
+        global_scale=settings.global_crop_scale,
+        local_scale=settings.local_crop_scale,
+        hue=settings.hue_jitter,
+        grayscale=settings.grayscale_probability,
+    )
 
 
 def _dino_parts(model, processor, **_):
