@@ -43,6 +43,12 @@ MAE_DECODER = "decoder_hidden_size=64,decoder_num_hidden_layers=2,decoder_num_at
 MAE_DECODER += ",decoder_intermediate_size=128"
 # row name -> `vitlm train` task; "supervised" (48-way labels, the shape x colour category) is the probe's sanity row
 RECIPES = {"dino": "dino", "beit": "beit", "mae": "inpaint", "supervised": "classify"}
+# DINO at this scale (`--recipe-settings`): a faster teacher for a short run, fewer prototypes, crops large enough to
+# hold part of a 8-16 pixel object, and colour augmentation strong enough that matching views cannot rest on colour
+DINO_SETTINGS = (
+    "teacher_momentum=0.99,out_dim=256,hue_jitter=0.5,grayscale_probability=0.5,"
+    "global_crop_scale=[0.6,1.0],local_crop_scale=[0.2,0.5]"
+)
 ATTRIBUTES = {"shape": lambda label: label // 8, "colour": lambda label: label % 8}  # CATEGORIES is shape-major
 CLASSES = {"shape": 6, "colour": 8}
 # a probe's scores: on the held-out pairs (the benchmark's claim) and on new images of the pairs seen in training
@@ -85,6 +91,7 @@ def pretrained_tower(recipe: str, seed: int, max_steps: int, batch_size: int, lr
         shapes_size=32,
         shapes_max_objects=1,
         config_overrides=overrides,
+        recipe_settings=DINO_SETTINGS if recipe == "dino" else None,
         logging_steps=max(max_steps // 10, 1),
         save_checkpoints=False,
     )
@@ -181,6 +188,7 @@ def run_experiment(
     setup = dict(
         preset=PRESET,
         tower=TOWER,
+        dino_settings=DINO_SETTINGS,
         seeds=list(seeds),
         max_steps=max_steps,
         batch_size=batch_size,

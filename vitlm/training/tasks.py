@@ -60,6 +60,8 @@ class TrainingTask:
         saved_models: `(trained module) -> {subfolder: model}` written to the output folder ("" the folder itself;
             DINO: the teacher's backbone, an ordinary vitlm model; BEiT: the backbone, and its tokenizer in
             `visual_tokenizer/`); None: the trained model itself.
+        settings: `(dict) -> settings` the recipe's settings (`--recipe-settings`, validated), handed to `transform`
+            and `training_model` as `settings`; None: the task has none.
     """
 
     name: str
@@ -80,6 +82,7 @@ class TrainingTask:
     model_config: Callable | None = None
     training_model: Callable | None = None
     saved_models: Callable | None = None
+    settings: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -90,6 +93,7 @@ TASK_OPTIONS = {
     "caption_weights": ("caption weights apply", None),
     "twin_weight": ("the twin consistency loss applies", 0.0),
     "bbox_format": ("the box format (--bbox-format) applies", "xyxy"),
+    "recipe_settings": ("recipe settings (--recipe-settings) apply", None),
 }
 
 
@@ -258,12 +262,16 @@ def _masked_image_parts(model, processor, block_masking=False, **_):
 # ---- self-distillation (DINO): the image tower learns without labels; the teacher's tower is the result
 
 
-def _dino_transform(image_processor, train, dataset, augment=True, patch_size=16, **_):
+def _dino_settings(values):
     from .self_supervised import DinoSettings
+
+    return DinoSettings.from_dict(values)
+
+
+def _dino_transform(image_processor, train, dataset, settings, augment=True, patch_size=16, **_):
     from .transforms import multi_crop_transform
 
     # the crops are the method: `augment=False` is not DINO
-    settings = DinoSettings()
     return multi_crop_transform(
         image_processor,
         train,
@@ -287,10 +295,10 @@ def _dino_parts(model, processor, **_):
     )
 
 
-def _dino_model(model, train_set, image_processor):
+def _dino_model(model, train_set, image_processor, settings):
     from .self_supervised import dino_model
 
-    return dino_model(model, train_set, image_processor)
+    return dino_model(model, train_set, image_processor, settings)
 
 
 def _dino_saved_models(model):
@@ -308,19 +316,24 @@ def _beit_model_config(config):
     return config if config.use_mask_token else type(config)(**{**config.to_dict(), "use_mask_token": True})
 
 
-def _beit_parts(model, processor, **_):
-    from .collators import BlockMaskingCollator
+def _beit_settings(values):
     from .self_supervised import BeitSettings
 
+    return BeitSettings.from_dict(values)
+
+
+def _beit_parts(model, processor, **_):
+    from .collators import BlockMaskingCollator
+
     # the images are what the loss reads: naming them the labels makes evaluation compute it
-    collator = BlockMaskingCollator(model.config.grid_size, BeitSettings().mask_ratio)
+    collator = BlockMaskingCollator(model.config.grid_size, model.settings.mask_ratio)
     return TaskParts(collator, arguments=(("label_names", ["pixel_values"]),))
 
 
-def _beit_model(model, train_set, image_processor):
+def _beit_model(model, train_set, image_processor, settings):
     from .self_supervised import beit_model
 
-    return beit_model(model, train_set, image_processor)
+    return beit_model(model, train_set, image_processor, settings)
 
 
 def _beit_saved_models(model):
@@ -424,12 +437,13 @@ TASKS: dict[str, TrainingTask] = {
             needs_classes=False,
             sized_head=False,
             shapes_eval_split="test",
-            options=frozenset(),
+            options=frozenset({"recipe_settings"}),
             ignored_outputs=("teacher_entropy",),
             transform=_dino_transform,
             parts=_dino_parts,
             training_model=_dino_model,
             saved_models=_dino_saved_models,
+            settings=_dino_settings,
         ),
         TrainingTask(
             name="masked-token-prediction",
@@ -442,13 +456,14 @@ TASKS: dict[str, TrainingTask] = {
             needs_classes=False,
             sized_head=False,
             shapes_eval_split="test",
-            options=frozenset(),
+            options=frozenset({"recipe_settings"}),
             ignored_outputs=("accuracy",),
             transform=_masked_image_transform,
             parts=_beit_parts,
             model_config=_beit_model_config,
             training_model=_beit_model,
             saved_models=_beit_saved_models,
+            settings=_beit_settings,
         ),
     )
 }
