@@ -5,21 +5,26 @@ The tower (every recipe's): a ViT of width 64, 4 blocks of 4 heads, MLP 128, 8x8
 grid), [CLS] pooling for DINO's head and the probe, learned positions; `vit-tiny-test` widened by config overrides.
 Every recipe runs through `vitlm.training.run.train` (the `vitlm train` path) on the same generated training images
 (one object each, `--shapes-max-objects 1`), for `--max-steps` steps at batch `--batch-size`, AdamW at lr 1e-3 with
-the recipes' own augmentations: DINO's multi-crop (2 global 32x32 + 4 local 16x16 crops), BEiT's blockwise masking
-of 40% of the patches with a 64-word k-means visual tokenizer, MAE's 75% random masking with a 2-block decoder of
-width 64. Random init is the tower as built from the same seed, untrained.
+the recipes' own augmentations: DINO's multi-crop (2 global 32x32 crops of 60-100% of the image, 4 local 16x16 ones of
+20-50%, hue jitter up to half the hue circle, half the views grey; `DINO_SETTINGS`, passed as `--recipe-settings`),
+BEiT's blockwise masking of 40% of the patches with a 64-word k-means visual tokenizer, MAE's 75% random masking with a
+2-block decoder of width 64. Random init is the tower as built from the same seed, untrained. The sanity row,
+"supervised", is the same tower trained by `vitlm train classify` on the 48 shape x colour labels for as many steps.
 
 The probe (`vitlm.training.probe.linear_probe`): frozen features (`pooler_output`, the [CLS] state) of
 `--probe-train` training-split images, a multinomial logistic regression fitted by L-BFGS, scored on `--probe-test`
 images of the "test" split, whose object is always one of the 8 held-out shape x colour pairs never drawn in
-training: shape (6-way) and colour (8-way) are each read from an object of a combination the tower never saw.
+training (the claim: shape (6-way) and colour (8-way) read from an object of a combination the tower never saw), and
+on as many "validation" images, new draws of the pairs seen in training. The "colour alone" row is the same probe on
+the object's colour, one-hot: in training every colour comes with five of the six shapes, never with its held-out
+partner, so a shape probe that leans on colour names a wrong shape on every held-out pair (0.0 there), while on seen
+pairs colour alone already beats chance (one of five).
 
     OMP_NUM_THREADS=1 python benchmarks/self_supervised.py [--seeds 0 1 2] [--max-steps 500]
 
-CPU budget: <= 45 minutes on two cores. A 20-step run at batch 32 measured (busy machine, one thread) ~0.25 s a
-step for DINO (six views an image), ~0.1 s for BEiT and MAE; at batch 64 the defaults (3 seeds x 3 recipes x 500
-steps, 2048 training images, probes on 2048 / 512 images) come to about 25-30 minutes, most of it DINO.
-`--max-steps` scales the pretraining part linearly; the measured times go into the JSON (`wall_s`, per run).
+CPU budget: <= 45 minutes on two cores; measured at the defaults (3 seeds, 4 trained rows x 500 steps at batch 64,
+2048 training images, probes on 2048 / 512 / 512 images) on a busy shared machine: see `wall_s` in the JSON, most of
+it DINO (six views an image). `--max-steps` scales the pretraining part linearly; the JSON records each run's time.
 
 Prints a markdown table, writes benchmarks/results/self_supervised.json and benchmarks/results/self_supervised.png.
 """
