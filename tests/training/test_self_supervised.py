@@ -290,3 +290,21 @@ def test_recipe_settings_reach_the_recipe(tmp_path, task, settings, check):
         recipe_settings=settings,
     )
     assert check(trainer)
+
+
+def test_cli_recipe_settings(tmp_path, capsys):
+    from vitlm.cli import main
+
+    shapes = ["--dataset", "shapes", "--shapes-train", "8", "--shapes-test", "4", "--shapes-size", "32"]
+    argv = ["train", "dino", "--model", "vit-tiny-test", *shapes, "--max-steps", "1", "--batch-size", "4"]
+    assert main([*argv, "--output-dir", str(tmp_path / "bad"), "--recipe-settings", "hue_jitter=0.7"]) == 2
+    assert "recipe setting hue_jitter must be a number in [0, 0.5], got 0.7" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    classify = ["train", "classify", *argv[2:], "--output-dir", str(tmp_path / "classify")]
+    assert main([*classify, "--recipe-settings", "out_dim=16"]) == 2
+    assert "recipe settings (--recipe-settings) apply to self-distillation (DINO) and masked visual-token" in (
+        capsys.readouterr().err
+    )
+    settings = "out_dim=16,num_local_crops=1,global_crop_scale=[0.6,1.0]"
+    assert main([*argv, "--output-dir", str(tmp_path / "out"), "--recipe-settings", settings, "--no-checkpoints"]) == 0
+    assert type(AutoModel.from_pretrained(tmp_path / "out")) is VitlmViTModel
