@@ -159,6 +159,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
         help="zero-shot-object-detection: the dataset's boxes (pixels)",
     )
     parser.add_argument("--config-overrides", help="comma-separated key=value model config changes")
+    parser.add_argument(
+        "--recipe-settings",
+        help="self-distillation and masked-token-prediction: comma-separated key=value recipe changes, e.g. "
+        "teacher_momentum=0.99,out_dim=256,local_crop_scale=[0.2,0.5] (DINO) or mask_ratio=0.5 (BEiT); the fields "
+        "of DinoSettings / BeitSettings in vitlm.training.self_supervised",
+    )
     parser.add_argument("--shapes-train", type=int, default=512, help="generated training images (--dataset shapes)")
     parser.add_argument(
         "--shapes-test",
@@ -212,6 +218,7 @@ def _run_train(args) -> int:
         head=args.head,
         caption_weights=args.caption_weights,
         bbox_format=args.bbox_format,
+        recipe_settings=args.recipe_settings,
     )
     settings = dict(
         epochs=args.epochs,

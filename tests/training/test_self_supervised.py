@@ -228,3 +228,83 @@ def test_beit_refuses_a_tower_without_single_scale_patches(tmp_path):
 def test_lora_is_refused_for_pretraining(tmp_path):
     with pytest.raises(ValueError, match="LoRA adapts the model a task trains directly; 'self-distillation'"):
         train("dino", "vit-tiny-test", "shapes", tmp_path / "out", max_steps=1, lora_rank=2)
+
+
+def test_recipe_settings_are_checked_before_any_data_is_drawn(tmp_path):
+    from vitlm.training.self_supervised import BeitSettings
+
+    assert DinoSettings.from_dict({"local_crop_scale": [0.2, 0.5]}).local_crop_scale == (0.2, 0.5)  # JSON's pair
+    assert DinoSettings.from_dict({"teacher_temperature": 1}).teacher_temperature == 1  # an int for a float
+    refusals = [
+        (DinoSettings, {"out_dim": 0}, "recipe setting out_dim must be an integer > 0, got 0"),
+        (DinoSettings, {"out_dim": 64.0}, "recipe setting out_dim must be an integer > 0, got 64.0"),
+        (DinoSettings, {"center_momentum": True}, "center_momentum must be a number in \\[0, 1\\), got True"),
+        (DinoSettings, {"global_crop_scale": (0.6, 0.4)}, "global_crop_scale must be a pair 0 < low <= high"),
+        (DinoSettings, {"local_crop_scale": "0.2"}, "local_crop_scale must be a pair"),
+        (DinoSettings, {"teacher_temp": 0.04}, "unknown recipe settings \\['teacher_temp'\\]; DinoSettings has"),
+        (BeitSettings, {"mask_ratio": 1.0}, "recipe setting mask_ratio must be a number in \\(0, 1\\), got 1.0"),
+    ]
+    for settings, values, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            settings.from_dict(values)
+    with pytest.raises(ValueError, match="recipe setting codebook_size must be an integer >= 2, got 1"):
+        train("beit", "vit-tiny-test", "shapes", tmp_path / "out", recipe_settings="codebook_size=1")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "task, settings, check",
+    [
+        (
+            "dino",
+            "out_dim=16,num_local_crops=1,local_crop_scale=[0.2,0.5],teacher_momentum=0.9",
+            lambda trainer: (
+                trainer.model.student_head.prototypes.shape[0] == 16
+                and trainer.model.settings.local_crop_scale == (0.2, 0.5)
+                and trainer.train_dataset[0]["local_crops"].shape[0] == 1
+            ),
+        ),
+        (
+            "beit",
+            {"codebook_size": 8, "mask_ratio": 0.75},
+            lambda trainer: (
+                trainer.model.tokenizer.codebook.shape[0] == 8
+                and trainer.data_collator.mask_ratio == 0.75
+                and trainer.model.head.out_features == 8
+            ),
+        ),
+    ],
+)
+def test_recipe_settings_reach_the_recipe(tmp_path, task, settings, check):
+    trainer = train(
+        task,
+        "vit-tiny-test",
+        "shapes",
+        tmp_path / "out",
+        max_steps=1,
+        batch_size=4,
+        shapes_train=8,
+        shapes_test=4,
+        shapes_size=32,
+        save_checkpoints=False,
+        recipe_settings=settings,
+    )
+    assert check(trainer)
+
+
+def test_cli_recipe_settings(tmp_path, capsys):
+    from vitlm.cli import main
+
+    shapes = ["--dataset", "shapes", "--shapes-train", "8", "--shapes-test", "4", "--shapes-size", "32"]
+    argv = ["train", "dino", "--model", "vit-tiny-test", *shapes, "--max-steps", "1", "--batch-size", "4"]
+    assert main([*argv, "--output-dir", str(tmp_path / "bad"), "--recipe-settings", "hue_jitter=0.7"]) == 2
+    assert "recipe setting hue_jitter must be a number in [0, 0.5], got 0.7" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    classify = ["train", "classify", *argv[2:], "--output-dir", str(tmp_path / "classify")]
+    assert main([*classify, "--recipe-settings", "out_dim=16"]) == 2
+    assert "recipe settings (--recipe-settings) apply to self-distillation (DINO) and masked visual-token" in (
+        capsys.readouterr().err
+    )
+    settings = "out_dim=16,num_local_crops=1,global_crop_scale=[0.6,1.0]"
+    assert main([*argv, "--output-dir", str(tmp_path / "out"), "--recipe-settings", settings, "--no-checkpoints"]) == 0
+    assert type(AutoModel.from_pretrained(tmp_path / "out")) is VitlmViTModel

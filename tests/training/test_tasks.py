@@ -67,7 +67,7 @@ def test_every_task_entry_is_complete(name):
     for field in fields(TrainingTask):
         value = getattr(task, field.name)
         optional = ("dual_encoder", "needs_classes", "sized_head", "class_column", "evaluation_inputs", "model_config")
-        optional += ("training_model", "saved_models", "default_head")
+        optional += ("training_model", "saved_models", "default_head", "settings")
         if field.name not in optional:
             assert value is not None and value != "", field.name
     assert isinstance(getattr(transformers, task.auto_class), type) and task.auto_class.startswith("AutoModel")
@@ -77,6 +77,7 @@ def test_every_task_entry_is_complete(name):
     assert callable(task.transform) and callable(task.parts)
     assert task.evaluation_inputs is None or callable(task.evaluation_inputs)
     assert task.model_config is None or callable(task.model_config)
+    assert task.settings is None or callable(task.settings)
     assert task.description[0].islower() and task.title[0].islower()  # both go inside sentences
     assert get_task(task.alias) is task and get_task(name) is task and get_task(task) is task
 

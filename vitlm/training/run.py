@@ -206,6 +206,7 @@ def train(
     lora_rank: int | None = None,
     lora_targets: list[str] | None = None,
     merge_lora: bool = False,
+    recipe_settings: str | dict | None = None,
     **training_kwargs,
 ):
     """Train `task` (a name of `vitlm.training.tasks.TASKS` or its alias) and save; returns the Trainer (its
@@ -225,6 +226,7 @@ def train(
         head=head,
         caption_weights=caption_weights,
         bbox_format=bbox_format,
+        recipe_settings=recipe_settings,
     )
     schedule = dict(
         epochs=epochs,
@@ -249,6 +251,9 @@ def train(
     spec = get_task(task, head)  # checked above: a head of this task
     if caption_weights is not None:
         transforms.caption_weights_tensor(caption_weights)
+    if isinstance(recipe_settings, str):
+        recipe_settings = parse_overrides(recipe_settings)
+    settings = spec.settings(recipe_settings) if spec.settings else None  # refuses a bad one before any data
     if save_dtype is not None and save_dtype not in DTYPES:
         raise ValueError(f"save_dtype must be one of {sorted(DTYPES)}, got {save_dtype!r}")
     if lora_rank and spec.training_model is not None:
@@ -292,9 +297,10 @@ def train(
         caption_weights=caption_weights,
         twins=twins,
         patch_size=getattr(model.config, "vision_config", model.config).stem_stride,
+        settings=settings,
     )
     if spec.training_model is not None:
-        model = spec.training_model(model, raw_train_set, image_processor)
+        model = spec.training_model(model, raw_train_set, image_processor, settings)
 
     args = training_arguments(
         output_dir, **schedule, eval_strategy="steps" if eval_steps else "epoch", **training_kwargs

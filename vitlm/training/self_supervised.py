@@ -8,8 +8,10 @@ folder.
 """
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -18,10 +20,55 @@ from transformers import TrainerCallback
 from transformers.utils import ModelOutput
 
 
+class RecipeSettings:
+    """What DINO's and BEiT's settings share: built from a dict (`--recipe-settings`) whose keys must be fields and
+    whose values are checked against `RULES` (field -> (valid, what it must be)) at once, before any data is drawn."""
+
+    RULES: ClassVar[dict] = {}
+
+    @classmethod
+    def from_dict(cls, values: dict | None):
+        values = dict(values or {})
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown recipe settings {unknown}; {cls.__name__} has {names}")
+        defaults = cls()
+        for name, value in values.items():
+            if isinstance(getattr(defaults, name), tuple) and isinstance(value, list):
+                values[name] = value = tuple(value)  # JSON (`--recipe-settings`) spells a pair as a list
+            valid, expected = cls.RULES[name]
+            if not _matches(value, getattr(defaults, name)) or not valid(value):
+                raise ValueError(f"recipe setting {name} must be {expected}, got {value!r}")
+        return cls(**values)
+
+
+def _matches(value, default) -> bool:
+    """`value` has `default`'s type (an int passes for a float; a bool never for a number; pairs item by item)."""
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and len(value) == len(default) and all(map(_matches, value, default))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if isinstance(default, int) else math.isfinite(value)
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _fraction(value) -> bool:
+    return 0 <= value < 1
+
+
+def _scale(pair) -> bool:
+    return 0 < pair[0] <= pair[1] <= 1
+
+
 @dataclass
-class DinoSettings:
+class DinoSettings(RecipeSettings):
     """DINO's recipe at the scale of a small tower: the head's widths, the temperatures, the center's and the
-    teacher's momentum (the latter rising to 1 on a cosine over the run), and the local crops per image."""
+    teacher's momentum (the latter rising to 1 on a cosine over the run), the local crops per image, the crops' scales
+    (shares of the image's area) and their colour augmentation (hue jitter, probability of turning grey)."""
 
     out_dim: int = 1024
     hidden_dim: int = 512
@@ -31,6 +78,25 @@ class DinoSettings:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996
     num_local_crops: int = 4
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    hue_jitter: float = 0.1
+    grayscale_probability: float = 0.2
+
+    RULES = {
+        "out_dim": (_positive, "an integer > 0"),
+        "hidden_dim": (_positive, "an integer > 0"),
+        "bottleneck_dim": (_positive, "an integer > 0"),
+        "student_temperature": (_positive, "a number > 0"),
+        "teacher_temperature": (_positive, "a number > 0"),
+        "center_momentum": (_fraction, "a number in [0, 1)"),
+        "teacher_momentum": (lambda value: 0 <= value <= 1, "a number in [0, 1]"),
+        "num_local_crops": (lambda value: value >= 0, "an integer >= 0"),
+        "global_crop_scale": (_scale, "a pair 0 < low <= high <= 1"),
+        "local_crop_scale": (_scale, "a pair 0 < low <= high <= 1"),
+        "hue_jitter": (lambda value: 0 <= value <= 0.5, "a number in [0, 0.5]"),
+        "grayscale_probability": (lambda value: 0 <= value <= 1, "a number in [0, 1]"),
+    }
 
 
 class DinoHead(nn.Module):
@@ -135,8 +201,8 @@ class TeacherMomentum(TrainerCallback):
         model.update_teacher(1 - (1 - start) * (math.cos(math.pi * progress) + 1) / 2)
 
 
-def dino_model(backbone, train_set=None, image_processor=None) -> DinoPretraining:
-    return DinoPretraining(backbone)
+def dino_model(backbone, train_set=None, image_processor=None, settings: DinoSettings | None = None):
+    return DinoPretraining(backbone, settings)
 
 
 def dino_saved_models(model: DinoPretraining) -> dict:
@@ -148,7 +214,7 @@ def dino_saved_models(model: DinoPretraining) -> dict:
 
 
 @dataclass
-class BeitSettings:
+class BeitSettings(RecipeSettings):
     """The visual tokenizer's codebook size and k-means fit (iterations, patches sampled from the training images),
     and the fraction of patches masked in blocks."""
 
@@ -156,6 +222,13 @@ class BeitSettings:
     kmeans_iterations: int = 20
     max_patches: int = 20_000
     mask_ratio: float = 0.4
+
+    RULES = {
+        "codebook_size": (lambda value: value >= 2, "an integer >= 2"),
+        "kmeans_iterations": (lambda value: value >= 0, "an integer >= 0"),
+        "max_patches": (_positive, "an integer > 0"),
+        "mask_ratio": (lambda value: 0 < value < 1, "a number in (0, 1)"),
+    }
 
 
 def normalized_patches(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -222,8 +295,9 @@ class BeitPretraining(nn.Module):
     masked patch, the visual token the frozen tokenizer gives the unmasked image (cross-entropy over the codebook,
     averaged per image, then over the images)."""
 
-    def __init__(self, backbone, tokenizer: KMeansVisualTokenizer):
+    def __init__(self, backbone, tokenizer: KMeansVisualTokenizer, settings: BeitSettings | None = None):
         super().__init__()
+        self.settings = settings or BeitSettings()  # the masking collator reads the mask ratio here
         self.config, self.pipeline_tag = backbone.config, backbone.pipeline_tag
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -256,19 +330,24 @@ def beit_model(backbone, train_set, image_processor, settings: BeitSettings | No
     # one token per patch of the tower's grid: pixels per patch side is the stem's stride (a hybrid's CNN included)
     tokenizer = KMeansVisualTokenizer(config.stem_stride, config.num_channels, settings.codebook_size)
     tokenizer.fit(images, settings.kmeans_iterations, settings.max_patches)
-    return BeitPretraining(backbone, tokenizer)
+    return BeitPretraining(backbone, tokenizer, settings)
 
 
 # ---- synthesis inpainting: the model's codebook of pixel squares
 
 
 @dataclass
-class SynthesisSettings:
+class SynthesisSettings(RecipeSettings):
     """The k-means fit of a synthesis inpainting model's codebook: iterations, and pixel squares sampled from the
     training images."""
 
     kmeans_iterations: int = 20
     max_squares: int = 50_000
+
+    RULES = {
+        "kmeans_iterations": (lambda value: value >= 0, "an integer >= 0"),
+        "max_squares": (_positive, "an integer > 0"),
+    }
 
 
 def synthesis_model(model, train_set, image_processor, settings: SynthesisSettings | None = None):
@@ -304,6 +383,7 @@ __all__ = [
     "DinoSettings",
     "KMeansVisualTokenizer",
     "SynthesisSettings",
+    "RecipeSettings",
     "TeacherMomentum",
     "beit_model",
     "kmeans",

@@ -63,6 +63,8 @@ class TrainingTask:
         heads: the other heads `--head` picks for this task, each as the fields of this entry it changes (the
             masked-image-modeling task's "synthesis" head: its own config, collator and codebook fit); the entry's
             own fields are the default head, named by `default_head`.
+        settings: `(dict) -> settings` the recipe's settings (`--recipe-settings`, validated), handed to `transform`
+            and `training_model` as `settings`; None: the task has none.
     """
 
     name: str
@@ -85,6 +87,7 @@ class TrainingTask:
     saved_models: Callable | None = None
     default_head: str | None = None
     heads: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    settings: Callable | None = None
 
 
 # The `train` keywords that apply to some tasks only: keyword -> (how messages name it, the value that leaves it off).
@@ -96,6 +99,7 @@ TASK_OPTIONS = {
     "twin_weight": ("the twin consistency loss applies", 0.0),
     "bbox_format": ("the box format (--bbox-format) applies", "xyxy"),
     "head": ("the head choice (--head) applies", None),
+    "recipe_settings": ("recipe settings (--recipe-settings) apply", None),
 }
 
 
@@ -280,15 +284,22 @@ def _synthesis_parts(model, processor, **_):
     return TaskParts(SynthesisMaskingCollator(model.config.grid_size), arguments=(("label_names", ["pixel_values"]),))
 
 
-def _synthesis_model(model, train_set, image_processor):
+def _synthesis_settings(values):
+    from .self_supervised import SynthesisSettings
+
+    return SynthesisSettings.from_dict(values)
+
+
+def _synthesis_model(model, train_set, image_processor, settings=None):
     from .self_supervised import synthesis_model
 
-    return synthesis_model(model, train_set, image_processor)
+    return synthesis_model(model, train_set, image_processor, settings)
 
 
 SYNTHESIS_HEAD = (
     ("description", "a synthesis inpainting model (MaskGIT-style sampling of k-means patch codes)"),
-    ("options", frozenset({"head"})),
+    ("options", frozenset({"head", "recipe_settings"})),
+    ("settings", _synthesis_settings),
     ("ignored_outputs", ("logits", "mask", "hidden_states", "attentions")),
     ("parts", _synthesis_parts),
     ("model_config", _synthesis_model_config),
@@ -299,13 +310,27 @@ SYNTHESIS_HEAD = (
 # ---- self-distillation (DINO): the image tower learns without labels; the teacher's tower is the result
 
 
-def _dino_transform(image_processor, train, dataset, augment=True, patch_size=16, **_):
+def _dino_settings(values):
     from .self_supervised import DinoSettings
+
+    return DinoSettings.from_dict(values)
+
+
+def _dino_transform(image_processor, train, dataset, settings, augment=True, patch_size=16, **_):
     from .transforms import multi_crop_transform
 
     # the crops are the method: `augment=False` is not DINO
-    crops = DinoSettings().num_local_crops
-    return multi_crop_transform(image_processor, train, image_column(dataset), patch_size, num_local_crops=crops)
+    return multi_crop_transform(
+        image_processor,
+        train,
+        image_column(dataset),
+        patch_size,
+        num_local_crops=settings.num_local_crops,
+        global_scale=settings.global_crop_scale,
+        local_scale=settings.local_crop_scale,
+        hue=settings.hue_jitter,
+        grayscale=settings.grayscale_probability,
+    )
 
 
 def _dino_parts(model, processor, **_):
@@ -318,10 +343,10 @@ def _dino_parts(model, processor, **_):
     )
 
 
-def _dino_model(model, train_set, image_processor):
+def _dino_model(model, train_set, image_processor, settings):
     from .self_supervised import dino_model
 
-    return dino_model(model, train_set, image_processor)
+    return dino_model(model, train_set, image_processor, settings)
 
 
 def _dino_saved_models(model):
@@ -339,19 +364,24 @@ def _beit_model_config(config):
     return config if config.use_mask_token else type(config)(**{**config.to_dict(), "use_mask_token": True})
 
 
-def _beit_parts(model, processor, **_):
-    from .collators import BlockMaskingCollator
+def _beit_settings(values):
     from .self_supervised import BeitSettings
 
+    return BeitSettings.from_dict(values)
+
+
+def _beit_parts(model, processor, **_):
+    from .collators import BlockMaskingCollator
+
     # the images are what the loss reads: naming them the labels makes evaluation compute it
-    collator = BlockMaskingCollator(model.config.grid_size, BeitSettings().mask_ratio)
+    collator = BlockMaskingCollator(model.config.grid_size, model.settings.mask_ratio)
     return TaskParts(collator, arguments=(("label_names", ["pixel_values"]),))
 
 
-def _beit_model(model, train_set, image_processor):
+def _beit_model(model, train_set, image_processor, settings):
     from .self_supervised import beit_model
 
-    return beit_model(model, train_set, image_processor)
+    return beit_model(model, train_set, image_processor, settings)
 
 
 def _beit_saved_models(model):
@@ -457,12 +487,13 @@ TASKS: dict[str, TrainingTask] = {
             needs_classes=False,
             sized_head=False,
             shapes_eval_split="test",
-            options=frozenset(),
+            options=frozenset({"recipe_settings"}),
             ignored_outputs=("teacher_entropy",),
             transform=_dino_transform,
             parts=_dino_parts,
             training_model=_dino_model,
             saved_models=_dino_saved_models,
+            settings=_dino_settings,
         ),
         TrainingTask(
             name="masked-token-prediction",
@@ -475,13 +506,14 @@ TASKS: dict[str, TrainingTask] = {
             needs_classes=False,
             sized_head=False,
             shapes_eval_split="test",
-            options=frozenset(),
+            options=frozenset({"recipe_settings"}),
             ignored_outputs=("accuracy",),
             transform=_masked_image_transform,
             parts=_beit_parts,
             model_config=_beit_model_config,
             training_model=_beit_model,
             saved_models=_beit_saved_models,
+            settings=_beit_settings,
         ),
     )
 }

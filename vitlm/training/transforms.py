@@ -95,14 +95,25 @@ def crop_size(image_processor) -> tuple[int, int]:
     return size["height"], size["width"]
 
 
-def augmentation(image_processor, scale=(0.35, 1.0), flip: bool = True, jitter: float = 0.2):
-    """Inception-style training augmentation to the processor's output size: random resized crop, horizontal flip,
-    colour jitter (PIL in, PIL out)."""
-    steps = [v2.RandomResizedCrop(crop_size(image_processor), scale=scale, antialias=True)]
+def augmentation(
+    image_processor,
+    scale=(0.35, 1.0),
+    flip: bool = True,
+    jitter: float = 0.2,
+    hue: float = 0.0,
+    grayscale: float = 0.0,
+    size: int | None = None,
+):
+    """Inception-style training augmentation to the processor's output size (or `size` square): random resized crop,
+    horizontal flip, colour jitter (brightness, contrast and saturation by `jitter`, hue by `hue`), grey with
+    probability `grayscale` (PIL in, PIL out)."""
+    steps = [v2.RandomResizedCrop(size or crop_size(image_processor), scale=scale, antialias=True)]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
-    if jitter:
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    if jitter or hue:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=hue))
+    if grayscale:
+        steps.append(v2.RandomGrayscale(grayscale))
     return v2.Compose(steps)
 
 
@@ -292,10 +303,19 @@ def local_crop_size(image_processor, patch_size: int) -> int:
 
 
 def multi_crop_transform(
-    image_processor, train: bool, image_column="image", patch_size: int = 16, num_local_crops: int = 4
+    image_processor,
+    train: bool,
+    image_column="image",
+    patch_size: int = 16,
+    num_local_crops: int = 4,
+    global_scale=(0.4, 1.0),
+    local_scale=(0.05, 0.4),
+    hue: float = 0.1,
+    grayscale: float = 0.2,
 ):
-    """DINO's multi-crop views of each image: two global crops at the processor's size (scale 0.4-1 of the image)
-    and `num_local_crops` local ones (scale 0.05-0.4, `local_crop_size`), each flipped and colour-jittered on its own
+    """DINO's multi-crop views of each image: two global crops at the processor's size (`global_scale` of the
+    image's area) and `num_local_crops` local ones (`local_scale`, `local_crop_size`), each flipped, colour-jittered
+    (brightness, contrast, saturation 0.4, hue `hue`) and turned grey with probability `grayscale` on its own
     (`global_crops` (2, C, H, W) and `local_crops` (N, C, h, w) per example). Evaluation takes the processor's view as
     both global crops and no local crop: the loss then measures how far the student's answer on an image is from the
     teacher's."""
@@ -306,15 +326,10 @@ def multi_crop_transform(
             return {"global_crops": [torch.stack([view, view]) for view in views]}
 
         return evaluation
-    global_view = augmentation(image_processor, scale=(0.4, 1.0), jitter=0.4)
+    colour = dict(jitter=0.4, hue=hue, grayscale=grayscale)
+    global_view = augmentation(image_processor, scale=global_scale, **colour)
     local_side = local_crop_size(image_processor, patch_size)
-    local_view = v2.Compose(
-        [
-            v2.RandomResizedCrop(local_side, scale=(0.05, 0.4), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-        ]
-    )
+    local_view = augmentation(image_processor, scale=local_scale, size=local_side, **colour)
 
     def normalize(images):
         return image_processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
