@@ -47,6 +47,11 @@ def test_the_head_is_data_in_the_task_table():
             "block masking \\(--block-masking\\) applies to the mae head of 'masked-image-modeling', not to --head "
             "synthesis",
         ),
+        (
+            ["inpaint", "--head", "synthesis", "--recipe-settings", "max_squares=0"],
+            "recipe setting max_squares must be an integer > 0, got 0",
+        ),
+        (["inpaint", "--recipe-settings", "max_squares=10"], "recipe settings \\(--recipe-settings\\) apply"),
     ],
 )
 def test_head_choices_that_do_not_apply_are_refused_before_any_work(tmp_path, capsys, arguments, message):
