@@ -16,6 +16,7 @@ TINY_PRESETS = {
     "swin": "swin-tiny-test",
     "dinov2": "dinov2-tiny-test",  # the ViT with layer scale, registers, SwiGLU and [CLS] + mean pooling
     "beit": "beit-tiny-test",  # the ViT with a relative position bias per block, no key bias, mean pooling + norm
+    "segmenter": "segmenter-tiny-test",  # Segmenter's mask transformer over the tiny ViT
 }
 
 

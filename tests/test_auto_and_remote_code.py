@@ -16,11 +16,13 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForSemanticSegmentation,
     AutoModelForZeroShotImageClassification,
 )
 
 from tests.conftest import main_output, model_inputs, tiny_clip_config, tiny_config
 from vitlm import (
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridForImageClassification,
@@ -32,6 +34,7 @@ from vitlm import (
     VitlmSwinModel,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
     VitlmViTMAEConfig,
     VitlmViTModel,
 )
@@ -52,6 +55,8 @@ CASES = [
     ("dinov2", VitlmViTModel, AutoModel),
     ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
     ("beit", VitlmViTForImageClassification, AutoModelForImageClassification),
+    ("segmenter", VitlmViTForSemanticSegmentation, AutoModelForSemanticSegmentation),
+    ("dual", VitlmDualEncoderForSemanticSegmentation, AutoModelForSemanticSegmentation),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

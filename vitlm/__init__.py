@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForSemanticSegmentation,
     AutoModelForZeroShotImageClassification,
     AutoModelForZeroShotObjectDetection,
     AutoProcessor,
@@ -29,6 +30,7 @@ from .models import (
     VitlmDualEncoderConfig,
     VitlmDualEncoderForImageClassification,
     VitlmDualEncoderForObjectDetection,
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridConfig,
@@ -38,6 +40,7 @@ from .models import (
     VitlmPiTConfig,
     VitlmPiTForImageClassification,
     VitlmPiTModel,
+    VitlmSegmenterConfig,
     VitlmSwinConfig,
     VitlmSwinForImageClassification,
     VitlmSwinModel,
@@ -46,6 +49,7 @@ from .models import (
     VitlmViTConfig,
     VitlmViTForImageClassification,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
     VitlmViTMAEConfig,
     VitlmViTMAEModel,
     VitlmViTModel,
@@ -69,6 +73,8 @@ _AUTO_MODELS = [
     (AutoModelForZeroShotObjectDetection, VitlmDualEncoderConfig, VitlmDualEncoderForObjectDetection),
     (AutoModel, VitlmPiTConfig, VitlmPiTModel),
     (AutoModelForImageClassification, VitlmPiTConfig, VitlmPiTForImageClassification),
+    (AutoModelForSemanticSegmentation, VitlmSegmenterConfig, VitlmViTForSemanticSegmentation),
+    (AutoModelForSemanticSegmentation, VitlmDualEncoderConfig, VitlmDualEncoderForSemanticSegmentation),
 ]
 
 
