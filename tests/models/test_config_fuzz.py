@@ -184,6 +184,7 @@ SEGMENTER_VALUES = {
     "mask_decoder_layers": [1, 2, 0, -1],
     "mask_decoder_heads": [1, 2, 4, 3, 0],
     "num_labels": [1, 3, 0],
+    "subpatch_factor": [1, 2, 0, 9],
 }
 SEGMENTER_TOWERS = {"segmenter_vit": "vitlm_vit", "segmenter_pit": "vitlm_pit", "segmenter_swin": "vitlm_swin"}
 # the self-supervised checkpoints' options (DINOv2, BEiT), fuzzed with the ViT's

@@ -44,12 +44,12 @@ BEIT_OPTIONS = dict(pooling="mean", norm_after_pooling=True, use_mask_token=True
 BEIT_RELATIVE = dict(position_embedding_type="none", key_bias=False, pooling="mean", norm_after_pooling=True)
 BEIT_SHARED_MODEL = variant(VitlmViTModel, "beit_shared")
 BEIT_MODEL = variant(VitlmViTModel, "beit")
-# Segmenter with the linear decoder, and the mask transformer over the hierarchical and hybrid towers' last stage
+# Segmenter: the linear decoder on 2 x 2 sub-patches; the mask transformer over the hierarchical and hybrid towers'
+# last stage (Swin's split into sub-patches)
 SEGMENTER_LINEAR = variant(VitlmViTForSemanticSegmentation, "linear")
 SEGMENTER_SWIN = variant(VitlmViTForSemanticSegmentation, "swin")
 SEGMENTER_PIT = variant(VitlmViTForSemanticSegmentation, "pit")
 SEGMENTER_HYBRID = variant(VitlmViTForSemanticSegmentation, "hybrid")
-SEGMENTERS = (VitlmViTForSemanticSegmentation, SEGMENTER_LINEAR, SEGMENTER_SWIN, SEGMENTER_PIT, SEGMENTER_HYBRID)
 MAE_DECODER = {
     "decoder_hidden_size": 16,
     "decoder_num_hidden_layers": 1,
@@ -78,8 +78,10 @@ CONFIGS = {
     BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
     BEIT_SHARED_MODEL: lambda **kw: tiny_config("vit", **BEIT_RELATIVE, relative_position_bias="shared", **kw),
     VitlmViTForSemanticSegmentation: lambda **kw: tiny_config("segmenter", **kw),
-    SEGMENTER_LINEAR: lambda **kw: tiny_config("segmenter", decoder_type="linear", **kw),
-    SEGMENTER_SWIN: lambda **kw: tiny_config("segmenter", vision_config=tiny_config("swin").to_dict(), **kw),
+    SEGMENTER_LINEAR: lambda **kw: tiny_config("segmenter", decoder_type="linear", subpatch_factor=2, **kw),
+    SEGMENTER_SWIN: lambda **kw: tiny_config(
+        "segmenter", vision_config=tiny_config("swin").to_dict(), subpatch_factor=2, **kw
+    ),
     SEGMENTER_PIT: lambda **kw: tiny_config("segmenter", vision_config=tiny_config("pit").to_dict(), **kw),
     SEGMENTER_HYBRID: lambda **kw: tiny_config("segmenter", vision_config=tiny_config("hybrid").to_dict(), **kw),
     VitlmDualEncoderForSemanticSegmentation: lambda **kw: tiny_config("dual", **kw),

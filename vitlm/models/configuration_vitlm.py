@@ -280,6 +280,8 @@ FIELD_RULES = {
     "prompt_templates": _templates,
     "decoder_type": _choice(SEGMENTATION_DECODERS),
     **dict.fromkeys(("mask_decoder_layers", "mask_decoder_heads"), _positive),
+    # each final token split into factor x factor cells, labelled separately: a bound keeps the split layer small
+    "subpatch_factor": _int_at_least(1, maximum=8),
     "id2label": _id2label,
     "label2id": _label2id,
     "vision_config": _vision_config,
@@ -1234,6 +1236,9 @@ class VitlmSegmenterConfig(VitlmConfigMixin, PretrainedConfig):
             tower's width; masks are the scalar products of the normalized patch and class embeddings).
         mask_decoder_layers (`int`): blocks of the mask transformer.
         mask_decoder_heads (`int`): attention heads of those blocks; must divide the tower's final width.
+        subpatch_factor (`int`): split each final token into `subpatch_factor` x `subpatch_factor` sub-tokens by a
+            learned linear map before the decoder (1: none, Segmenter's own), so that labels change within a patch
+            rather than only by the bilinear upsampling of patch logits.
         num_labels / id2label: the classes, the background included where the data has one (class 0 in vitlm's
             shapes world).
 
@@ -1249,6 +1254,7 @@ class VitlmSegmenterConfig(VitlmConfigMixin, PretrainedConfig):
         decoder_type="mask_transformer",
         mask_decoder_layers=2,
         mask_decoder_heads=4,
+        subpatch_factor=1,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -1256,6 +1262,7 @@ class VitlmSegmenterConfig(VitlmConfigMixin, PretrainedConfig):
         self.decoder_type = decoder_type
         self.mask_decoder_layers = mask_decoder_layers
         self.mask_decoder_heads = mask_decoder_heads
+        self.subpatch_factor = subpatch_factor
         self.initializer_range = initializer_range
         self.check_values()  # before transformers' own checks, which only warn about what these refuse
         super().__init__(**kwargs)
@@ -1270,10 +1277,11 @@ class VitlmSegmenterConfig(VitlmConfigMixin, PretrainedConfig):
 
     def decoder_config(self) -> VitlmViTConfig:
         """The config of the mask transformer's blocks: the tower's final width, a 4x MLP, run over the last token
-        grid (one "patch" per token)."""
+        grid, split into sub-tokens (one "patch" per sub-token)."""
         vision = self.vision_config
+        grid = vision.output_grid(*to_pair(vision.image_size))
         return VitlmViTConfig(
-            image_size=list(vision.output_grid(*to_pair(vision.image_size))),
+            image_size=[side * self.subpatch_factor for side in grid],
             patch_size=1,
             hidden_size=vision.hidden_size,
             num_hidden_layers=self.mask_decoder_layers,

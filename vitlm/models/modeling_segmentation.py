@@ -23,6 +23,9 @@ from .modeling_vit import VitlmPreTrainedModel
 IGNORE_INDEX = 255
 # the mask transformer's initial temperature on its cosine scores (CLIP's 1 / 0.07, about 14)
 MASK_SCALE_INIT = 1 / 0.07
+# the open-vocabulary head labels each token's 2 x 2 sub-cells (`VitlmSubPatchSplit`); a dual encoder's config holds no
+# field of a head
+OPEN_VOCABULARY_SUBPATCH_FACTOR = 2
 
 
 def semantic_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,6 +45,35 @@ def semantic_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> to
         )
     upsampled = nn.functional.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
     return nn.functional.cross_entropy(upsampled, labels, ignore_index=IGNORE_INDEX)
+
+
+class VitlmSubPatchSplit(nn.Module):
+    """Splits every token of a (batch, height, width, width) grid into `factor` x `factor` sub-tokens by a linear map
+    (a learned pixel shuffle, as SETR's progressive upsampling learns it), so that a head labels cells smaller than
+    the tower's patches: bilinear upsampling of patch logits cannot place a boundary inside a patch. Initialized so
+    that every sub-token equals its token."""
+
+    def __init__(self, width: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        # parameters of its own, not an nn.Linear, which the models' weight init would draw at random afterwards
+        self.weight = nn.Parameter(torch.empty(factor * factor * width, width))
+        self.bias = nn.Parameter(torch.empty(factor * factor * width))
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        batch_size, height, width, channels = grid.shape
+        factor = self.factor
+        split = nn.functional.linear(grid, self.weight, self.bias).reshape(
+            batch_size, height, width, factor, factor, channels
+        )
+        return split.permute(0, 1, 3, 2, 4, 5).reshape(batch_size, height * factor, width * factor, channels)
+
+
+@torch.no_grad()
+def init_subpatch_split(module: VitlmSubPatchSplit):
+    width = module.weight.shape[1]
+    init.copy_(module.weight, torch.eye(width, device=module.weight.device).repeat(module.factor**2, 1))
+    init.zeros_(module.bias)
 
 
 class VitlmMaskTransformer(nn.Module):
@@ -93,6 +125,8 @@ class VitlmViTForSemanticSegmentation(VitlmPreTrainedModel):
         super().__init__(config)
         self.vit = VISION_MODEL_CLASSES[config.vision_config.model_type](config.vision_config)
         width = config.vision_config.hidden_size
+        factor = config.subpatch_factor
+        self.subpatch_split = VitlmSubPatchSplit(width, factor) if factor > 1 else None
         self.decoder = (
             nn.Linear(width, config.num_labels) if config.decoder_type == "linear" else VitlmMaskTransformer(config)
         )
@@ -107,6 +141,8 @@ class VitlmViTForSemanticSegmentation(VitlmPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
+        if isinstance(module, VitlmSubPatchSplit):
+            init_subpatch_split(module)
         if isinstance(module, VitlmMaskTransformer):
             init.trunc_normal_(module.class_embeddings, std=self.config.initializer_range)
             init.constant_(module.mask_scale, MASK_SCALE_INIT)
@@ -129,6 +165,10 @@ class VitlmViTForSemanticSegmentation(VitlmPreTrainedModel):
         vision_config = self.config.vision_config
         patches = outputs.last_hidden_state[:, vision_config.num_prefix_tokens :]
         grid = vision_config.output_grid(*pixel_values.shape[-2:])
+        if self.subpatch_split is not None:
+            patches = self.subpatch_split(patches.reshape(patches.shape[0], *grid, -1))
+            grid = patches.shape[1:3]
+            patches = patches.flatten(1, 2)
         logits = self.decoder(patches).transpose(1, 2).reshape(patches.shape[0], -1, *grid)
         loss = semantic_segmentation_loss(logits, labels) if labels is not None else None
         return SemanticSegmenterOutput(
@@ -158,8 +198,9 @@ class VitlmOpenVocabularySegmenterOutput(ModelOutput):
 
 
 class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
-    """Open-vocabulary segmentation on a dual encoder: each patch token's class embedding (the detector's class head,
-    on the same per-token features) is scored against text queries; a patch is background unless a query's logit
+    """Open-vocabulary segmentation on a dual encoder: the per-token features (the detector's) are split into 2 x 2
+    sub-tokens (`VitlmSubPatchSplit`), whose class embeddings (the detector's class head) are scored against text
+    queries; a patch is background unless a query's logit
     exceeds 0. Fine-tunes on label maps whose class k > 0 is query k - 1. Segment any labels with the processor:
 
         >>> inputs = processor(images=image, text=[template.format(label) for label in labels], return_tensors="pt")
@@ -176,7 +217,14 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
 
     def __init__(self, config: VitlmDualEncoderConfig):
         super().__init__(config)
+        self.subpatch_split = VitlmSubPatchSplit(config.vision_config.hidden_size, OPEN_VOCABULARY_SUBPATCH_FACTOR)
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VitlmSubPatchSplit):
+            init_subpatch_split(module)
 
     @can_return_tuple
     def forward(
@@ -198,6 +246,7 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
             query k - 1, 255 for pixels to ignore.
         """
         features, vision_outputs = self.image_features(pixel_values, interpolate_pos_encoding, **kwargs)
+        features = self.subpatch_split(features)
         batch_size, grid = features.shape[0], features.shape[1:3]
         text_outputs = None
         if query_embeds is None:
