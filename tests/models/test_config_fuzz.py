@@ -368,11 +368,9 @@ def run_models(config, seed, train):
             return_loss=True,
         )
         detector_inputs = {k: inputs[k] for k in ("input_ids", "pixel_values")}
-        runs = [
-            (model, inputs),
-            (VitlmDualEncoderForObjectDetection(config), detector_inputs),
-            (VitlmDualEncoderForSemanticSegmentation(config), detector_inputs),
-        ]
+        runs = [(model, inputs), (VitlmDualEncoderForObjectDetection(config), detector_inputs)]
+        if model.vision_model.pooled_size == config.vision_config.hidden_size:  # else refused by the segmenter
+            runs.append((VitlmDualEncoderForSemanticSegmentation(config), detector_inputs))
     elif isinstance(config, VitlmSegmenterConfig):
         pixel_values = pixels(config.vision_config, generator)
         labels = torch.randint(0, max(config.num_labels, 1), (2, *pixel_values.shape[-2:]), generator=generator)

@@ -9,7 +9,6 @@ from transformers import AutoImageProcessor, pipeline
 
 from tests.conftest import pixel_batch, text_batch, tiny_config
 from vitlm import (
-    VitlmDualEncoderForObjectDetection,
     VitlmDualEncoderForSemanticSegmentation,
     VitlmImageProcessor,
     VitlmSegmenterConfig,
@@ -113,29 +112,38 @@ def test_the_config_refuses_what_no_segmenter_is():
         VitlmSegmenterConfig(vision_config={"model_type": "vitlm_text"})
 
 
-def test_the_open_vocabulary_head_scores_sub_patches_as_the_detector_scores_tokens():
-    """Its query logits are the detector's class-head logits of the same per-token features (identical weights),
-    each token's value on its 2 x 2 sub-patches while the split is a copy; the background channel is 0."""
-    config = tiny_config("dual")
+def test_the_open_vocabulary_head_starts_from_the_dual_encoders_own_similarities():
+    """Before fine-tuning, each cell's class embedding is its token projected as the image embedding is (MaskCLIP): a
+    mean-pooled tower's image embedding is the mean of these. Query logits are the detector's class head applied to
+    the cosines with the text embeddings; the background channel is 0."""
+    config = tiny_config("dual", vision_config={**tiny_config("dual").vision_config.to_dict(), "pooling": "mean"})
     torch.manual_seed(0)
-    detector = VitlmDualEncoderForObjectDetection(config).eval()
     model = VitlmDualEncoderForSemanticSegmentation(config).eval()
-    missing, unexpected = model.load_state_dict(detector.state_dict(), strict=False)
-    assert set(missing) == {"subpatch_split.weight", "subpatch_split.bias"} and all(
-        key.startswith("box_head") for key in unexpected
-    )
     pixel_values = pixel_batch(config)
     input_ids, attention_mask = text_batch(config, batch_size=6)  # 3 queries per image
     with torch.no_grad():
-        expected = detector(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
-        logits = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
-    assert logits.shape == (2, 4, 8, 8)
-    assert torch.equal(logits[:, 0], torch.zeros(2, 8, 8))
-    per_token = expected.reshape(2, 4, 4, 3).permute(0, 3, 1, 2)
-    torch.testing.assert_close(logits[:, 1:, ::2, ::2], per_token)
-    torch.testing.assert_close(logits[:, 1:, 1::2, 1::2], per_token)
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        tokens = model.dual_encoder.vision_model(pixel_values).last_hidden_state[:, 1:]  # after [CLS]
+        projected = model.dual_encoder.visual_projection(tokens)
+        image_embeds = model.dual_encoder.get_image_features(pixel_values=pixel_values).pooler_output
+        torch.testing.assert_close(projected.mean(1), image_embeds)
+        texts = model.dual_encoder.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        cosine = torch.nn.functional.normalize(projected, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
+        cosine = torch.stack([cosine[0, :, :3], cosine[1, :, 3:]])  # each image's own queries
+        features = model.subpatch_split(model.image_features(pixel_values)[0])[:, ::2, ::2].flatten(1, 2)
+        head = model.class_head
+        expected = (cosine + head.logit_shift(features)) * (torch.nn.functional.elu(head.logit_scale(features)) + 1)
+    logits = outputs.logits
+    assert logits.shape == (2, 4, 8, 8) and torch.equal(logits[:, 0], torch.zeros(2, 8, 8))
+    torch.testing.assert_close(logits[:, 1:, ::2, ::2], expected.transpose(1, 2).reshape(2, 3, 4, 4))
     with pytest.raises(ValueError, match="queries"):
         model(pixel_values=pixel_values)
+
+
+def test_the_open_vocabulary_head_needs_a_token_wide_image_embedding():
+    vision = {**tiny_config("dual").vision_config.to_dict(), "pooling": "cls", "representation_size": 16}
+    with pytest.raises(ValueError, match="pooled output"):
+        VitlmDualEncoderForSemanticSegmentation(tiny_config("dual", vision_config=vision))
 
 
 def test_the_open_vocabulary_head_fine_tunes_on_label_maps():

@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vitlm import VitlmDualEncoderConfig, VitlmSegmenterConfig
 from .layers import VitlmEncoder
-from .modeling_detection import VitlmDualEncoderPatchQueryModel
+from .modeling_detection import VitlmDualEncoderPatchQueryModel, unit
 from .modeling_dual_encoder import VISION_MODEL_CLASSES, VitlmDualEncoderModel
 from .modeling_vit import VitlmPreTrainedModel
 
@@ -198,9 +198,10 @@ class VitlmOpenVocabularySegmenterOutput(ModelOutput):
 
 
 class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
-    """Open-vocabulary segmentation on a dual encoder: the per-token features (the detector's) are split into 2 x 2
-    sub-tokens (`VitlmSubPatchSplit`), whose class embeddings (the detector's class head) are scored against text
-    queries; a patch is background unless a query's logit
+    """Open-vocabulary segmentation on a dual encoder: each cell of the token grid split 2 x 2 gets a class embedding,
+    its token projected into the shared space as the image embedding is (MaskCLIP) plus a learned correction from the
+    detector's per-token features split into sub-tokens (`VitlmSubPatchSplit`), scored against text queries by the
+    detector's class head (cosine, per-cell shift and scale); a patch is background unless a query's logit
     exceeds 0. Fine-tunes on label maps whose class k > 0 is query k - 1. Segment any labels with the processor:
 
         >>> inputs = processor(images=image, text=[template.format(label) for label in labels], return_tensors="pt")
@@ -217,6 +218,11 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
 
     def __init__(self, config: VitlmDualEncoderConfig):
         super().__init__(config)
+        if self.dual_encoder.vision_model.pooled_size != config.vision_config.hidden_size:
+            raise ValueError(
+                "open-vocabulary segmentation projects each token as the image embedding is projected: it needs a "
+                "tower whose pooled output is one token wide (pooling 'cls' or 'mean', no representation layer)"
+            )
         self.subpatch_split = VitlmSubPatchSplit(config.vision_config.hidden_size, OPEN_VOCABULARY_SUBPATCH_FACTOR)
         self.post_init()
 
@@ -225,6 +231,17 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
         super()._init_weights(module)
         if isinstance(module, VitlmSubPatchSplit):
             init_subpatch_split(module)
+        if module is self.class_head.dense0:
+            # the learned correction starts at 0: the class embeddings are then the projected tokens (MaskCLIP)
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    def class_embeddings(self, features, tokens) -> torch.Tensor:
+        """Normalized per-cell class embeddings: each token projected into the shared space as the image embedding
+        is (MaskCLIP's zero-shot segmentation: a mean-pooled tower's image embedding is the mean of these), plus the
+        class head's learned correction from the split OWL-ViT features."""
+        projected = self.dual_encoder.visual_projection(tokens)
+        return unit(projected + self.class_head.dense0(features))
 
     @can_return_tuple
     def forward(
@@ -246,6 +263,10 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
             query k - 1, 255 for pixels to ignore.
         """
         features, vision_outputs = self.image_features(pixel_values, interpolate_pos_encoding, **kwargs)
+        tokens = vision_outputs.last_hidden_state[:, self.config.vision_config.num_prefix_tokens :]
+        tokens = tokens.reshape(features.shape)
+        factor = self.subpatch_split.factor
+        tokens = tokens.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
         features = self.subpatch_split(features)
         batch_size, grid = features.shape[0], features.shape[1:3]
         text_outputs = None
@@ -255,7 +276,12 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
             raise ValueError(
                 f"`query_embeds` holds queries for {query_embeds.shape[0]} images, the batch has {batch_size}"
             )
-        query_logits, _ = self.class_head(features.flatten(1, 2), query_embeds)
+        features = features.flatten(1, 2)
+        class_embeds = self.class_embeddings(features, tokens.flatten(1, 2))
+        # the detector's class head: cosine, then a learned per-cell shift and (positive) scale
+        head = self.class_head
+        cosine = torch.einsum("bpd,bqd->bpq", class_embeds, unit(query_embeds))
+        query_logits = (cosine + head.logit_shift(features)) * (nn.functional.elu(head.logit_scale(features)) + 1)
         logits = torch.cat([query_logits.new_zeros(*query_logits.shape[:2], 1), query_logits], dim=-1)
         logits = logits.transpose(1, 2).reshape(batch_size, -1, *grid)
         loss = semantic_segmentation_loss(logits, labels) if labels is not None else None
