@@ -114,8 +114,8 @@ def test_the_config_refuses_what_no_segmenter_is():
 
 def test_the_open_vocabulary_head_starts_from_the_dual_encoders_own_similarities():
     """Before fine-tuning, each cell's class embedding is its token projected as the image embedding is (MaskCLIP): a
-    mean-pooled tower's image embedding is the mean of these. Query logits are the detector's class head applied to
-    the cosines with the text embeddings; the background channel is 0."""
+    mean-pooled tower's image embedding is the mean of these. Query logits are the dual encoder's image-text logits
+    (temperature times cosine), shifted and scaled by the detector's class head; the background channel is 0."""
     config = tiny_config("dual", vision_config={**tiny_config("dual").vision_config.to_dict(), "pooling": "mean"})
     torch.manual_seed(0)
     model = VitlmDualEncoderForSemanticSegmentation(config).eval()
@@ -132,7 +132,10 @@ def test_the_open_vocabulary_head_starts_from_the_dual_encoders_own_similarities
         cosine = torch.stack([cosine[0, :, :3], cosine[1, :, 3:]])  # each image's own queries
         features = model.subpatch_split(model.image_features(pixel_values)[0])[:, ::2, ::2].flatten(1, 2)
         head = model.class_head
-        expected = (cosine + head.logit_shift(features)) * (torch.nn.functional.elu(head.logit_scale(features)) + 1)
+        similarity = cosine * model.dual_encoder.logit_scale.exp()
+        expected = (similarity + head.logit_shift(features)) * (
+            torch.nn.functional.elu(head.logit_scale(features)) + 1
+        )
     logits = outputs.logits
     assert logits.shape == (2, 4, 8, 8) and torch.equal(logits[:, 0], torch.zeros(2, 8, 8))
     torch.testing.assert_close(logits[:, 1:, ::2, ::2], expected.transpose(1, 2).reshape(2, 3, 4, 4))

@@ -200,8 +200,9 @@ class VitlmOpenVocabularySegmenterOutput(ModelOutput):
 class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
     """Open-vocabulary segmentation on a dual encoder: each cell of the token grid split 2 x 2 gets a class embedding,
     its token projected into the shared space as the image embedding is (MaskCLIP) plus a learned correction from the
-    detector's per-token features split into sub-tokens (`VitlmSubPatchSplit`), scored against text queries by the
-    detector's class head (cosine, per-cell shift and scale); a patch is background unless a query's logit
+    detector's per-token features split into sub-tokens (`VitlmSubPatchSplit`), scored against text queries as the
+    dual encoder scores images (temperature times cosine), then shifted and scaled per cell by the detector's class
+    head; a patch is background unless a query's logit
     exceeds 0. Fine-tunes on label maps whose class k > 0 is query k - 1. Segment any labels with the processor:
 
         >>> inputs = processor(images=image, text=[template.format(label) for label in labels], return_tensors="pt")
@@ -278,10 +279,12 @@ class VitlmDualEncoderForSemanticSegmentation(VitlmDualEncoderPatchQueryModel):
             )
         features = features.flatten(1, 2)
         class_embeds = self.class_embeddings(features, tokens.flatten(1, 2))
-        # the detector's class head: cosine, then a learned per-cell shift and (positive) scale
+        # the dual encoder's image-text logits (its temperature times the cosine), then the detector's class head's
+        # learned per-cell shift and (positive) scale: calibrated as the dual encoder's from the start
         head = self.class_head
         cosine = torch.einsum("bpd,bqd->bpq", class_embeds, unit(query_embeds))
-        query_logits = (cosine + head.logit_shift(features)) * (nn.functional.elu(head.logit_scale(features)) + 1)
+        similarity = cosine * self.dual_encoder.logit_scale.exp()
+        query_logits = (similarity + head.logit_shift(features)) * (nn.functional.elu(head.logit_scale(features)) + 1)
         logits = torch.cat([query_logits.new_zeros(*query_logits.shape[:2], 1), query_logits], dim=-1)
         logits = logits.transpose(1, 2).reshape(batch_size, -1, *grid)
         loss = semantic_segmentation_loss(logits, labels) if labels is not None else None
