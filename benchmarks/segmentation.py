@@ -42,7 +42,7 @@ CLASSES = [BACKGROUND, *CATEGORIES]  # label k > 0 is category k - 1
 HELD_OUT_CLASSES = sorted(CATEGORIES.index(f"{colour} {shape}") + 1 for shape, colour in HELD_OUT)
 SEEN_CLASSES = [k for k in range(1, len(CLASSES)) if k not in HELD_OUT_CLASSES]
 DEFAULT_CACHE = Path.home() / ".cache" / "vitlm" / "benchmarks" / "segmenter-closed"
-CLOSED_RECIPE = dict(train_images=6000, held_out_images=1500, steps=600, batch_size=32, lr=1e-3, seed=0)
+CLOSED_RECIPE = dict(train_images=6000, held_out_images=1500, steps=1400, batch_size=32, lr=1e-3, seed=0)
 CLOSED_HEAD = "subpatch_factor=2,mask_decoder_layers=1,mask_decoder_heads=4,decoder_type=mask_transformer"
 
 
