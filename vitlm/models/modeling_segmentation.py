@@ -1,8 +1,9 @@
 """Semantic segmentation heads. Segmenter (Strudel et al., 2021) over an image tower: per-patch class logits from a
 linear decoder or from the mask transformer (learned class embeddings processed jointly with the patch tokens).
-Open-vocabulary segmentation over a dual encoder: every patch token scored against text queries, as the detector's
-class head scores them, with a "nothing" logit of 0 as the background. Both return logits on the last token grid;
-the image processor's `post_process_semantic_segmentation` upsamples them to the images' pixels."""
+Open-vocabulary segmentation over a dual encoder: every cell of the token grid scored against text queries (its token
+projected as the image embedding is, MaskCLIP, plus a learned correction), with a "nothing" logit of 0 as the
+background. Both return logits on the last token grid (split into sub-patches where configured); the image processor's
+`post_process_semantic_segmentation` upsamples them to the images' pixels."""
 
 from dataclasses import dataclass
 from typing import Unpack
