@@ -192,13 +192,13 @@ def shown(value: float | tuple[float, float]) -> str:
     return "{:.3f} to {:.3f}".format(*value) if isinstance(value, tuple) else f"{value:.3f}"
 
 
-def update_card(folder: Path, rows: list[tuple[str, str]]):
-    """Replace (or append) the card's quality section with `rows` of (measure, value)."""
+def update_card(folder: Path, rows: list[tuple[str, str]], script: str = "benchmarks/demo_models.py"):
+    """Replace (or append) the card's quality section with `rows` of (measure, value), measured by `script`."""
     card = folder / "README.md"
     text = card.read_text()
     table = "\n".join(f"| {measure} | {value} |" for measure, value in rows)
     section = (
-        f"{CARD_SECTION}\n\nMeasured by `python benchmarks/demo_models.py` on shapes-world images drawn from a seed no"
+        f"{CARD_SECTION}\n\nMeasured by `python {script}` on shapes-world images drawn from a seed no"
         f" training run used ({date.today()}).\n\n| measure | value |\n| --- | --- |\n{table}\n"
     )
     pattern = re.compile(rf"{re.escape(CARD_SECTION)}\n.*?(?=\n## |\Z)", re.S)

@@ -17,6 +17,7 @@ TINY_PRESETS = {
     "dinov2": "dinov2-tiny-test",  # the ViT with layer scale, registers, SwiGLU and [CLS] + mean pooling
     "beit": "beit-tiny-test",  # the ViT with a relative position bias per block, no key bias, mean pooling + norm
     "vit_synthesis": "synthesis-tiny-test",  # the ViT with the synthesis inpainting head's fields
+    "segmenter": "segmenter-tiny-test",  # Segmenter's mask transformer over the tiny ViT
 }
 
 

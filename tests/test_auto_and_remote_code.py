@@ -16,11 +16,13 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForSemanticSegmentation,
     AutoModelForZeroShotImageClassification,
 )
 
 from tests.conftest import main_output, model_inputs, tiny_clip_config, tiny_config
 from vitlm import (
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridForImageClassification,
@@ -33,6 +35,7 @@ from vitlm import (
     VitlmViTForImageClassification,
     VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
     VitlmViTMAEConfig,
     VitlmViTModel,
 )
@@ -54,6 +57,8 @@ CASES = [
     ("dinov2", VitlmViTForImageClassification, AutoModelForImageClassification),
     ("beit", VitlmViTForImageClassification, AutoModelForImageClassification),
     ("vit_synthesis", VitlmViTForInpaintingSynthesis, AutoModelForMaskedImageModeling),
+    ("segmenter", VitlmViTForSemanticSegmentation, AutoModelForSemanticSegmentation),
+    ("dual", VitlmDualEncoderForSemanticSegmentation, AutoModelForSemanticSegmentation),
 ]
 CODE_FILES = {"configuration_vitlm.py", "layers.py", "modeling_vit.py"}
 

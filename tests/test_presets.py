@@ -35,6 +35,7 @@ FAMILIES = {
     "pit-": "vitlm_pit",
     "dino": "vitlm_vit",  # DINO and DINOv2 (self-supervised ViTs)
     "beit-": "vitlm_vit",
+    "segmenter-": "vitlm_segmenter",
 }
 PUBLISHED = [
     "vit-tiny-patch16-224",
@@ -58,6 +59,7 @@ PUBLISHED = [
 PUBLISHED_FEATURES = ["dinov2-small", "dinov2-base", "dinov2-small-reg", "dinov2-base-reg", "dino-vitb16"]
 TINY = ["vit-tiny-test", "hybrid-tiny-test", "clip-tiny-test", "pit-tiny-test", "swin-tiny-test", "dinov2-tiny-test"]
 TINY.append("beit-tiny-test")
+TINY.append("segmenter-tiny-test")
 
 
 def expected_model_type(name):
@@ -95,6 +97,9 @@ def test_preset_loads_as_its_family(name):
         for key in ("vision_config", "text_config"):
             check_fields_are_known(fields[key], type(getattr(config, key)), f"{name}.{key}")
             assert getattr(config, key).model_type == fields[key]["model_type"]
+    elif config.model_type == "vitlm_segmenter":
+        check_fields_are_known(fields["vision_config"], type(config.vision_config), f"{name}.vision_config")
+        assert config.num_labels == fields["num_labels"]
     else:
         published = 1000 if name in PUBLISHED else 0 if name in PUBLISHED_FEATURES else None
         assert config.num_labels == (published if published is not None else fields.get("num_labels", 2))
@@ -108,11 +113,15 @@ def test_preprocessor_matches_the_model_resolution(name):
     assert type(processor) is vitlm.VitlmImageProcessor
     config = load_preset_config(name)
     vision = getattr(config, "vision_config", config)
-    assert processor.do_center_crop and processor.crop_size == {
-        "height": vision.image_size,
-        "width": vision.image_size,
-    }
-    assert processor.size["shortest_edge"] >= vision.image_size
+    if config.model_type == "vitlm_segmenter":  # a segmenter labels every pixel: the whole image, resized
+        assert not processor.do_center_crop
+        assert processor.size == {"height": vision.image_size, "width": vision.image_size}
+    else:
+        assert processor.do_center_crop and processor.crop_size == {
+            "height": vision.image_size,
+            "width": vision.image_size,
+        }
+        assert processor.size["shortest_edge"] >= vision.image_size
     pixel_values = processor(torch.zeros(3, 40, 50, dtype=torch.uint8)).pixel_values
     assert pixel_values.shape == (1, 3, vision.image_size, vision.image_size)
 
@@ -128,6 +137,9 @@ def test_tiny_presets_run(name):
         if hasattr(config, "text_config"):
             input_ids = torch.tensor([[config.text_config.bos_token_id, 5, config.text_config.eos_token_id]] * 2)
             assert model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image.shape == (2, 2)
+        elif config.model_type == "vitlm_segmenter":
+            grid = vision.output_grid(vision.image_size, vision.image_size)
+            assert model(pixel_values).logits.shape == (2, config.num_labels, *grid)
         else:
             assert model(pixel_values).logits.shape == (2, config.num_labels)
 

@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForSemanticSegmentation,
     AutoModelForZeroShotImageClassification,
     AutoModelForZeroShotObjectDetection,
     AutoProcessor,
@@ -29,6 +30,7 @@ from .models import (
     VitlmDualEncoderConfig,
     VitlmDualEncoderForImageClassification,
     VitlmDualEncoderForObjectDetection,
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmHybridConfig,
@@ -38,6 +40,7 @@ from .models import (
     VitlmPiTConfig,
     VitlmPiTForImageClassification,
     VitlmPiTModel,
+    VitlmSegmenterConfig,
     VitlmSwinConfig,
     VitlmSwinForImageClassification,
     VitlmSwinModel,
@@ -47,6 +50,7 @@ from .models import (
     VitlmViTForImageClassification,
     VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
     VitlmViTMAEConfig,
     VitlmViTMAEModel,
     VitlmViTModel,
@@ -72,6 +76,8 @@ _AUTO_MODELS = [
     (AutoModel, VitlmPiTConfig, VitlmPiTModel),
     (AutoModelForImageClassification, VitlmPiTConfig, VitlmPiTForImageClassification),
     (AutoModelForMaskedImageModeling, VitlmViTSynthesisConfig, VitlmViTForInpaintingSynthesis),
+    (AutoModelForSemanticSegmentation, VitlmSegmenterConfig, VitlmViTForSemanticSegmentation),
+    (AutoModelForSemanticSegmentation, VitlmDualEncoderConfig, VitlmDualEncoderForSemanticSegmentation),
 ]
 
 

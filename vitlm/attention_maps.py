@@ -19,6 +19,7 @@ from torch import nn
 
 from .models.configuration_vitlm import VitlmPiTConfig, VitlmSwinConfig, to_pair
 from .models.modeling_swin import stage_windows
+from .overlays import blend, jet
 
 METHODS = ("rollout", "cls")
 
@@ -26,7 +27,7 @@ METHODS = ("rollout", "cls")
 @dataclass
 class AttentionMap:
     """`heatmap` (height, width) float32 at the image's resolution, scaled so that its maximum is 1 and its minimum
-    is at least 0; `overlay` the image with the heatmap blended over it in a jet colour map."""
+    is at least 0; `overlay` the image with the heatmap blended over it in the jet colour map (`vitlm.overlays`)."""
 
     heatmap: np.ndarray
     overlay: PIL.Image.Image
@@ -162,19 +163,11 @@ def windowed_flow(config: VitlmSwinConfig, layers, size, method) -> torch.Tensor
     return flow.mean(dim=1).reshape(-1, *grids[0])
 
 
-def jet(heat: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB, blue through cyan, yellow to red."""
-    channels = [np.clip(1.5 - np.abs(4 * heat - offset), 0, 1) for offset in (3, 2, 1)]
-    return (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
-
-
 def attention_map(
     model: nn.Module, image, image_processor, method: str = "rollout", alpha: float = 0.5
 ) -> AttentionMap:
     """The attention heatmap of one image at its own resolution, and an overlay. The whole image is resized to the
     model's input size (no crop), so that the heatmap covers all of it."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}")
     image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image))
     config = vision_tower(model).config
     height, width = to_pair(config.image_size)
@@ -184,11 +177,7 @@ def attention_map(
     heat = attention_heatmaps(model, pixel_values, method)[0]
     heat = nn.functional.interpolate(heat[None, None], size=(image.height, image.width), mode="bilinear")[0, 0]
     heatmap = (heat / heat.max().clamp(min=torch.finfo(heat.dtype).tiny)).clamp(0, 1).cpu().numpy()
-    picture = np.asarray(image.convert("RGB"), dtype=np.float32)
-    overlay = (1 - alpha) * picture + alpha * jet(heatmap).astype(np.float32)
-    return AttentionMap(
-        heatmap=heatmap.astype(np.float32), overlay=PIL.Image.fromarray(overlay.round().astype(np.uint8))
-    )
+    return AttentionMap(heatmap=heatmap.astype(np.float32), overlay=blend(image, jet(heatmap), alpha))
 
 
 __all__ = ["AttentionMap", "attention_heatmaps", "attention_map"]

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from vitlm.demo.app import DETECTION_EXAMPLES, ZERO_SHOT_EXAMPLES, classify, detect
+from vitlm.demo.app import DETECTION_EXAMPLES, SEGMENTATION_EXAMPLES, ZERO_SHOT_EXAMPLES, classify, detect, segment
 from vitlm.demo.models import ModelStore
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -105,6 +105,33 @@ def test_open_vocabulary_detection(page, store):
     assert float(cells[-5]) == pytest.approx(rows[0][1], abs=1e-3)
     legend = page.locator("#detection-result").inner_text()
     assert all(label in legend for _, label in annotations)
+
+
+def test_segmentation(page, store):
+    """Upload, labels, click: the overlay the page shows is, pixel for pixel, what `segment` computes, and the
+    legend lists each label's colour and area."""
+    image, labels = SEGMENTATION_EXAMPLES[1]
+    page.get_by_role("tab", name="Segmentation").click()
+    page.locator("#segmentation-image input[type=file]").set_input_files(image)
+    page.locator("#segmentation-labels textarea").fill(labels)
+    page.locator("#segmentation-button").click()
+    first_row = page.locator("#segmentation-legend [role=row][aria-rowindex='2']")  # row 1: the header
+    first_row.wait_for()
+    result = page.locator("#segmentation-result img")
+    result.wait_for()
+    page.screenshot(path=ARTIFACTS / "demo-segmentation.png", full_page=True)
+    overlay, rows = segment(image, labels, store=store)
+    assert (fetch_image(page, result.get_attribute("src")) == np.asarray(overlay)).all()
+    assert int(page.locator("#segmentation-legend [role=grid]").get_attribute("aria-rowcount")) == 1 + len(rows)
+    cells = first_row.inner_text().split()
+    assert " ".join(cells[:-2]) == rows[0][0] and cells[-2] == rows[0][1]
+    assert float(cells[-1]) == pytest.approx(rows[0][2], abs=1e-2)
+    # bad labels get a message, and the tab keeps working
+    page.locator("#segmentation-labels textarea").fill(" , ")
+    page.locator("#segmentation-button").click()
+    toast = page.get_by_test_id("toast-body").first
+    toast.wait_for()
+    assert "Enter at least one of the labels" in toast.inner_text()
 
 
 def test_inpainting_what_the_user_paints(page):

@@ -16,6 +16,7 @@ from vitlm.demo.app import (
     DETECTION_EXAMPLES,
     INPAINTING_EXAMPLES,
     MAX_FILE_SIZE,
+    SEGMENTATION_EXAMPLES,
     ZERO_SHOT_EXAMPLES,
 )
 
@@ -72,14 +73,32 @@ def test_the_terminal_shows_the_default_models_loading_before_the_url(demo_serve
     served = next(index for index, line in enumerate(lines) if "Running on local URL" in line)
     progress = [line for line in lines[:served] if line.startswith("vitlm demo:")]
     assert progress.pop(0) == "vitlm demo: starting (importing torch, transformers and gradio)..."
-    tasks = ("zero-shot-image-classification", "zero-shot-object-detection", "masked-image-modeling")
+    tasks = (
+        "zero-shot-image-classification",
+        "zero-shot-object-detection",
+        "masked-image-modeling",
+        "image-segmentation",
+    )
     assert progress[0].startswith(f"vitlm demo: loading the default models ({', '.join(tasks)}) on ")
     for task in tasks:
         assert f"vitlm demo: loading the {task} model 'default'..." in progress
         assert any(
             re.fullmatch(f"vitlm demo: loaded the {task} model 'default' in [0-9.]+ s", line) for line in progress
         )
-    assert re.fullmatch("vitlm demo: 3 of 3 default models loaded in [0-9.]+ s; starting the server", progress[-1])
+    assert re.fullmatch("vitlm demo: 4 of 4 default models loaded in [0-9.]+ s; starting the server", progress[-1])
+
+
+def test_segment(client):
+    image, labels = SEGMENTATION_EXAMPLES[1]
+    overlay, legend = client.predict(handle_file(image), labels, "", "default", api_name="/segment")
+    assert PIL.Image.open(overlay).size == PIL.Image.open(image).size
+    assert legend["headers"] == ["label", "colour", "area %"]
+    assert [row[0] for row in legend["data"]] == [label.strip() for label in labels.split(",")]
+    assert 0 < sum(row[2] for row in legend["data"]) <= 100
+    with pytest.raises(AppError, match="at least one of the labels"):
+        client.predict(handle_file(image), " , ", "", "default", api_name="/segment")
+    with pytest.raises(AppError, match="could not be read|not an image|cannot identify"):
+        client.predict(handle_file(__file__), "red circle", "", "default", api_name="/segment")
 
 
 def test_inpaint(client):

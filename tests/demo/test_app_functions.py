@@ -24,12 +24,15 @@ from vitlm.demo.app import (
     DEFAULT_THRESHOLD,
     DETECTION_EXAMPLES,
     INPAINTING_EXAMPLES,
+    SEGMENTATION_ALPHA,
+    SEGMENTATION_EXAMPLES,
     ZERO_SHOT_EXAMPLES,
     classify,
     detect,
     inpaint,
     load_image,
     model_status,
+    segment,
 )
 from vitlm.demo.models import DEFAULT_MODELS, TASKS, ModelLoadError, ModelStore, cache_name
 from vitlm.models import VitlmDualEncoderProcessor
@@ -214,7 +217,7 @@ def test_the_default_models_load_before_serving_saying_so(tmp_path, caplog, monk
     lines = [record.getMessage() for record in caplog.records if record.name.startswith("vitlm.demo")]
     expected = [
         "vitlm demo: loading the default models \\(zero-shot-image-classification, zero-shot-object-detection, "
-        "masked-image-modeling\\) on cpu before serving",
+        "masked-image-modeling, image-segmentation\\) on cpu before serving",
         "vitlm demo: loading the zero-shot-image-classification model 'default'\\.\\.\\.",
         "vitlm demo: loaded the zero-shot-image-classification model 'default' in [0-9.]+ s",
         "vitlm demo: loading the zero-shot-object-detection model 'default'\\.\\.\\.",
@@ -222,10 +225,64 @@ def test_the_default_models_load_before_serving_saying_so(tmp_path, caplog, monk
         f"'{DEFAULT_MODELS}/missing'",
         "vitlm demo: loading the masked-image-modeling model 'default'\\.\\.\\.",
         "vitlm demo: loaded the masked-image-modeling model 'default' in [0-9.]+ s",
-        "vitlm demo: 2 of 3 default models loaded in [0-9.]+ s; starting the server",
+        "vitlm demo: loading the image-segmentation model 'default'\\.\\.\\.",
+        "vitlm demo: loaded the image-segmentation model 'default' in [0-9.]+ s",
+        "vitlm demo: 3 of 4 default models loaded in [0-9.]+ s; starting the server",
     ]
     assert len(lines) == len(expected) and all(re.fullmatch(*pair) for pair in zip(expected, lines)), lines
-    assert len(store._loaded) == 2
+    assert len(store._loaded) == 3
+
+
+@pytest.mark.parametrize("example", SEGMENTATION_EXAMPLES)
+def test_segment_colours_each_labels_pixels_and_measures_their_area(store, example):
+    """The overlay is the image with each label's colour (from `vitlm.overlays`, the attention maps' scale) blended
+    over the pixels the post-processed label map gives it, and nothing elsewhere; the legend's areas are those
+    pixels' shares."""
+    from vitlm.overlays import blend, label_colours
+
+    path, labels = example
+    picture = PIL.Image.open(path).convert("RGB")
+    overlay, rows = segment(path, labels, store=store)
+    names = [name.strip() for name in labels.split(",")]
+    assert [row[0] for row in rows] == names
+    colours = label_colours(len(names))
+    assert [row[1] for row in rows] == ["#{:02x}{:02x}{:02x}".format(*colour) for colour in colours.tolist()]
+    loaded = store.get("image-segmentation", "default")
+    inputs = loaded.processor(images=picture, text=[f"a {name}" for name in names], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        outputs = loaded.model(**inputs)
+    label_map = loaded.processor.image_processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[picture.size[::-1]]
+    )[0].numpy()
+    expected = blend(picture, colours[np.clip(label_map - 1, 0, None)], SEGMENTATION_ALPHA, where=label_map > 0)
+    assert overlay.size == picture.size and (np.asarray(overlay) == np.asarray(expected)).all()
+    for index, row in enumerate(rows, start=1):
+        assert row[2] == round(100 * float((label_map == index).mean()), 2)
+    assert sum(row[2] for row in rows) > 0  # the examples' objects are found
+
+
+def test_attention_maps_and_segmentation_share_one_colour_convention(store):
+    from vitlm.attention_maps import attention_map
+    from vitlm.overlays import blend, jet, label_colours
+
+    assert (label_colours(4) == jet(np.array([0.125, 0.375, 0.625, 0.875]))).all()
+    loaded = store.get("zero-shot-image-classification", "default")
+    picture = shapes_image().convert("RGB")
+    maps = attention_map(loaded.model, picture, loaded.processor.image_processor)
+    assert (np.asarray(maps.overlay) == np.asarray(blend(picture, jet(maps.heatmap), SEGMENTATION_ALPHA))).all()
+
+
+@pytest.mark.parametrize(
+    "labels,message", [(" , ", "Enter at least one of the labels"), ("a" * 201, "the limit is 200")]
+)
+def test_segment_refuses_bad_labels(store, labels, message):
+    with pytest.raises(gr.Error, match=message):
+        segment(SEGMENTATION_EXAMPLES[0][0], labels, store=store)
+
+
+def test_segment_refuses_a_missing_image(store):
+    with pytest.raises(gr.Error):
+        segment(None, "red circle", store=store)
 
 
 def test_inpaint_changes_only_the_masked_pixels(store):

@@ -15,6 +15,7 @@ from vitlm import (
     VitlmDualEncoderConfig,
     VitlmHybridConfig,
     VitlmPiTConfig,
+    VitlmSegmenterConfig,
     VitlmSwinConfig,
     VitlmTextConfig,
     VitlmViTConfig,
@@ -23,6 +24,7 @@ from vitlm import (
 )
 from vitlm.models import (
     VitlmDualEncoderForObjectDetection,
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
     VitlmPiTForImageClassification,
@@ -31,6 +33,7 @@ from vitlm.models import (
     VitlmViTForImageClassification,
     VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
 )
 from vitlm.models.configuration_vitlm import FIELD_RULES
 from vitlm.training.run import apply_overrides, parse_overrides
@@ -186,6 +189,15 @@ DUAL_VALUES = {
     "loss_type": ["softmax", "sigmoid", "triplet"],
     "prompt_templates": [None, ["a photo of a {}."], ["no placeholder"], "a {}"],
 }
+# Segmenter's head, over any image tower
+SEGMENTER_VALUES = {
+    "decoder_type": ["linear", "mask_transformer", "upernet"],
+    "mask_decoder_layers": [1, 2, 0, -1],
+    "mask_decoder_heads": [1, 2, 4, 3, 0],
+    "num_labels": [1, 3, 0],
+    "subpatch_factor": [1, 2, 0, 9],
+}
+SEGMENTER_TOWERS = {"segmenter_vit": "vitlm_vit", "segmenter_pit": "vitlm_pit", "segmenter_swin": "vitlm_swin"}
 # the self-supervised checkpoints' options (DINOv2, BEiT), fuzzed with the ViT's
 SSL_VALUES = {
     **VIT_VALUES,
@@ -253,6 +265,18 @@ def random_case(rng, family):
         elif tower == "text_config":
             changes[tower] = random_changes(rng, TEXT_VALUES, count)
         return VitlmDualEncoderConfig, dual_base(vision_family), changes or {"projection_dim": 0}
+    if family in SEGMENTER_TOWERS:
+        vision_family = SEGMENTER_TOWERS[family]
+        base = dict(
+            vision_config=dict(FAMILIES[vision_family][1], model_type=vision_family),
+            mask_decoder_layers=1,
+            mask_decoder_heads=2,
+            num_labels=3,
+        )
+        changes = random_changes(rng, SEGMENTER_VALUES, rng.choice([0, 1, 2]))
+        if rng.random() < 0.5:
+            changes["vision_config"] = random_changes(rng, FAMILIES[vision_family][2], count)
+        return VitlmSegmenterConfig, base, changes or {"mask_decoder_layers": 0}
     config_class, base, values = FAMILIES[family]
     return config_class, dict(base), random_changes(rng, values, count)
 
@@ -315,7 +339,7 @@ def flatten(changes, prefix=""):
 
 def small(config) -> bool:
     """Cheap enough to build and run in a test: every size at most 100, at most 8x8 patches, 3 backbone blocks."""
-    towers = [config.vision_config, config.text_config] if hasattr(config, "text_config") else []
+    towers = [getattr(config, name) for name in ("vision_config", "text_config") if hasattr(config, name)]
     for tower in [config, *towers]:
         for key, value in tower.to_dict().items():
             values = value if isinstance(value, list) else [value]
@@ -357,6 +381,12 @@ def run_models(config, seed, train):
         )
         detector_inputs = {k: inputs[k] for k in ("input_ids", "pixel_values")}
         runs = [(model, inputs), (VitlmDualEncoderForObjectDetection(config), detector_inputs)]
+        if model.vision_model.pooled_size == config.vision_config.hidden_size:  # else refused by the segmenter
+            runs.append((VitlmDualEncoderForSemanticSegmentation(config), detector_inputs))
+    elif isinstance(config, VitlmSegmenterConfig):
+        pixel_values = pixels(config.vision_config, generator)
+        labels = torch.randint(0, max(config.num_labels, 1), (2, *pixel_values.shape[-2:]), generator=generator)
+        runs = [(VitlmViTForSemanticSegmentation(config), dict(pixel_values=pixel_values, labels=labels))]
     elif isinstance(config, VitlmTextConfig):
         runs = [(VitlmTextModel(config), dict(input_ids=text_inputs(config, generator)))]
     elif isinstance(config, VitlmViTMAEConfig):
@@ -399,6 +429,7 @@ def generate_cases():
     families += ["vitlm_pit", "dual_pit", "vitlm_swin", "dual_swin"]
     families.append("vitlm_vit_ssl")
     families.append("vitlm_vit_synthesis")
+    families += list(SEGMENTER_TOWERS)
     return [
         (family, rng.choice(METHODS), random_case(rng, family)) for family in families for _ in range(CASES_PER_FAMILY)
     ]

@@ -12,6 +12,7 @@ from tests.conftest import pixel_batch, text_batch, tiny_config
 from vitlm import (
     VitlmDualEncoderForImageClassification,
     VitlmDualEncoderForObjectDetection,
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmHybridForImageClassification,
     VitlmHybridModel,
@@ -24,6 +25,7 @@ from vitlm import (
     VitlmViTForImageClassification,
     VitlmViTForInpaintingSynthesis,
     VitlmViTForMaskedImageModeling,
+    VitlmViTForSemanticSegmentation,
     VitlmViTMAEModel,
     VitlmViTModel,
 )
@@ -43,6 +45,12 @@ BEIT_OPTIONS = dict(pooling="mean", norm_after_pooling=True, use_mask_token=True
 BEIT_RELATIVE = dict(position_embedding_type="none", key_bias=False, pooling="mean", norm_after_pooling=True)
 BEIT_SHARED_MODEL = variant(VitlmViTModel, "beit_shared")
 BEIT_MODEL = variant(VitlmViTModel, "beit")
+# Segmenter: the linear decoder on 2 x 2 sub-patches; the mask transformer over the hierarchical and hybrid towers'
+# last stage (Swin's split into sub-patches)
+SEGMENTER_LINEAR = variant(VitlmViTForSemanticSegmentation, "linear")
+SEGMENTER_SWIN = variant(VitlmViTForSemanticSegmentation, "swin")
+SEGMENTER_PIT = variant(VitlmViTForSemanticSegmentation, "pit")
+SEGMENTER_HYBRID = variant(VitlmViTForSemanticSegmentation, "hybrid")
 MAE_DECODER = {
     "decoder_hidden_size": 16,
     "decoder_num_hidden_layers": 1,
@@ -71,6 +79,14 @@ CONFIGS = {
     BEIT_MODEL: lambda **kw: tiny_config("vit", **BEIT_OPTIONS, layerscale_value=0.5, **kw),
     BEIT_SHARED_MODEL: lambda **kw: tiny_config("vit", **BEIT_RELATIVE, relative_position_bias="shared", **kw),
     VitlmViTForInpaintingSynthesis: lambda **kw: tiny_config("vit_synthesis", **kw),
+    VitlmViTForSemanticSegmentation: lambda **kw: tiny_config("segmenter", **kw),
+    SEGMENTER_LINEAR: lambda **kw: tiny_config("segmenter", decoder_type="linear", subpatch_factor=2, **kw),
+    SEGMENTER_SWIN: lambda **kw: tiny_config(
+        "segmenter", vision_config=tiny_config("swin").to_dict(), subpatch_factor=2, **kw
+    ),
+    SEGMENTER_PIT: lambda **kw: tiny_config("segmenter", vision_config=tiny_config("pit").to_dict(), **kw),
+    SEGMENTER_HYBRID: lambda **kw: tiny_config("segmenter", vision_config=tiny_config("hybrid").to_dict(), **kw),
+    VitlmDualEncoderForSemanticSegmentation: lambda **kw: tiny_config("dual", **kw),
 }
 MODEL_CLASSES = list(CONFIGS)
 CLASSIFIERS = [
@@ -127,6 +143,11 @@ def training_loss(model, inputs):
             for i in range(len(inputs["pixel_values"]))
         ]
         return model(**inputs, labels=labels).loss
+    if isinstance(model, (VitlmViTForSemanticSegmentation, VitlmDualEncoderForSemanticSegmentation)):
+        num_classes = model.config.num_labels if isinstance(model, VitlmViTForSemanticSegmentation) else 2
+        pixels = inputs["pixel_values"]
+        labels = torch.randint(0, num_classes, (len(pixels), *pixels.shape[-2:]), generator=torch.Generator())
+        return model(**inputs, labels=labels).loss
     if "labels" in inspect.signature(model.forward).parameters:
         return model(**inputs, labels=torch.arange(len(inputs["pixel_values"])) % model.config.num_labels).loss
     outputs = model(**inputs)
@@ -137,12 +158,13 @@ def training_loss(model, inputs):
 
 def towers(model, outputs) -> list[tuple[object, object]]:
     """(outputs, config) of each encoder whose hidden states and attentions `outputs` carries."""
-    if isinstance(model, (VitlmDualEncoderModel, VitlmDualEncoderForObjectDetection)):
+    dual = (VitlmDualEncoderModel, VitlmDualEncoderForObjectDetection, VitlmDualEncoderForSemanticSegmentation)
+    if isinstance(model, dual):
         return [
             (outputs.vision_model_output, model.config.vision_config),
             (outputs.text_model_output, model.config.text_config),
         ]
-    if isinstance(model, VitlmDualEncoderForImageClassification):
+    if isinstance(model, (VitlmDualEncoderForImageClassification, VitlmViTForSemanticSegmentation)):
         return [(outputs, model.config.vision_config)]
     return [(outputs, model.config)]
 

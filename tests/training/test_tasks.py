@@ -71,7 +71,7 @@ def test_every_task_entry_is_complete(name):
         if field.name not in optional:
             assert value is not None and value != "", field.name
     assert isinstance(getattr(transformers, task.auto_class), type) and task.auto_class.startswith("AutoModel")
-    assert task.shapes_eval_split in SPLITS and task.class_column in (None, "label", "objects")
+    assert task.shapes_eval_split in SPLITS and task.class_column in (None, "label", "objects", "masks")
     assert not task.needs_classes or task.class_column is not None
     assert task.options <= set(TASK_OPTIONS)
     assert callable(task.transform) and callable(task.parts)
@@ -88,8 +88,8 @@ def test_names_aliases_and_options_are_one_vocabulary():
     for keyword in TASK_OPTIONS:  # every task-specific option is a `train` keyword of some task, off by default
         assert keyword in train_keywords and train_keywords[keyword].default == TASK_OPTIONS[keyword][1]
         assert any(keyword in task.options for task in TASKS.values()), keyword
-    with pytest.raises(ValueError, match="task must be one of .*'image-classification'.* got 'segment'"):
-        get_task("segment")
+    with pytest.raises(ValueError, match="task must be one of .*'image-classification'.* got 'depth'"):
+        get_task("depth")
 
 
 def test_cli_takes_every_name_and_alias():

@@ -1,8 +1,8 @@
-"""The Gradio demo (`vitlm demo`): zero-shot classification, open-vocabulary detection and inpainting, each tab with
-a model selector (the shipped shapes-world defaults, a Hub repo id, a converter source, or a local folder while the
-demo serves this machine alone)."""
+"""The Gradio demo (`vitlm demo`): zero-shot classification, open-vocabulary detection, segmentation and inpainting,
+each tab with a model selector (the shipped shapes-world defaults, a Hub repo id, a converter source, or a local folder
+while the demo serves this machine alone)."""
 
-from .app import build_app, classify, detect, inpaint, launch, model_status, search
+from .app import build_app, classify, detect, inpaint, launch, model_status, search, segment
 from .models import DEFAULT_SOURCE, ModelLoadError, ModelStore
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "launch",
     "model_status",
     "search",
+    "segment",
 ]

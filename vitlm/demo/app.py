@@ -1,4 +1,5 @@
-"""The vitlm demo: zero-shot classification, open-vocabulary detection, inpainting and image search in one Gradio app.
+"""The vitlm demo: zero-shot classification, open-vocabulary detection, segmentation, inpainting and image search in
+one Gradio app.
 
     vitlm demo [--host 127.0.0.1] [--port 7860] [--share]        # or: python demos/app.py
 
@@ -7,6 +8,7 @@ Each tab calls one plain function, usable without a browser (the tests call them
 - `classify(image, labels, templates, source)` -> ({label: probability}, attention overlay)
 - `detect(image, queries, threshold, template, source, nms_threshold)` -> ((image, [(box, "query score")]), table rows)
 - `inpaint(editor, source, samples, seed)` -> (original, [(completion, caption)])
+- `segment(image, labels, template, source)` -> (overlay, legend rows [label, colour, area %])
 - `search(text, image, collection, k, source)` -> ([(thumbnail, "score · name")], ranking rows)
 - `model_status(task, source)` -> (markdown status, the model's prompt templates)
 
@@ -49,6 +51,7 @@ from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification, VitlmViTForInpaintingSynthesis
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
 from ..models.modeling_dual_encoder import default_templates
+from ..overlays import blend, label_colours
 from ..retrieval import FolderSource, MemorySource, embed_source, query_embedding
 from ..retrieval.checks import check_text
 from ..retrieval.index import top_k
@@ -76,8 +79,10 @@ DEFAULT_SAMPLES = 4
 # small images (the shapes world is 64 pixels wide) are shown enlarged, inpainting results pixel by pixel
 CSS = """
 #zero-shot-image img, #detection-image img, #zero-shot-heatmap img, #inpainting-original img,
-#inpainting-result img { width: 100%; height: 100%; object-fit: contain; }
-#inpainting-original img, #inpainting-result img { image-rendering: pixelated; }
+#inpainting-result img, #segmentation-image img, #segmentation-result img {
+  width: 100%; height: 100%; object-fit: contain;
+}
+#inpainting-original img, #inpainting-result img, #segmentation-result img { image-rendering: pixelated; }
 """
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -90,6 +95,8 @@ DETECTION_EXAMPLES = [
     [str(EXAMPLES / "detection-0.png"), "pink star, green cross, red circle"],
     [str(EXAMPLES / "detection-1.png"), "red circle, pink cross, blue square"],
 ]
+# the detection examples, segmented: each label's pixels, the held-out pairs among them
+SEGMENTATION_EXAMPLES = [[path, labels] for path, labels in DETECTION_EXAMPLES]
 INPAINTING_EXAMPLES = [
     {
         "background": str(EXAMPLES / "detection-1.png"),
@@ -379,6 +386,44 @@ def inpaint(
         raise refusal(_escaped(error)) from error
 
 
+SEGMENTATION_ALPHA = 0.5  # the overlay's weight over the image, as the attention maps'
+
+
+@torch.no_grad()
+def segment(
+    image, labels, template=None, source=DEFAULT_SOURCE, progress=PROGRESS, store: ModelStore | None = None
+) -> tuple[PIL.Image.Image, list[list]]:
+    """Open-vocabulary segmentation: the image with each label's pixels coloured (the labels' colours spread along
+    the attention maps' jet colour map, `vitlm.overlays`; pixels of none of the labels left as they are), and one
+    legend row per label [label, colour (hex), share of the image's pixels in %], in the labels' order."""
+    picture = load_image(image)
+    labels = parse_names(labels, "labels", MAX_LABELS)
+    loaded = get_model("image-segmentation", source, store, progress)
+    template = parse_templates(template, loaded.model.config)[0]
+    inputs = loaded.processor(
+        images=picture,
+        text=[template.format(label) for label in labels],
+        padding=True,
+        truncation=True,
+        return_tensors="pt",
+    ).to(loaded.model.device)
+    outputs = loaded.model(**inputs)
+    image_processor = loaded.processor.image_processor
+    label_map = (
+        image_processor.post_process_semantic_segmentation(outputs, target_sizes=[(picture.height, picture.width)])[0]
+        .cpu()
+        .numpy()
+    )  # 0: none of the labels, k: labels[k - 1]
+    colours = label_colours(len(labels))
+    painted = colours[np.clip(label_map - 1, 0, None)]
+    overlay = blend(picture, painted, SEGMENTATION_ALPHA, where=label_map > 0)
+    rows = [
+        [label, "#{:02x}{:02x}{:02x}".format(*colour), round(100 * float((label_map == index).mean()), 2)]
+        for index, (label, colour) in enumerate(zip(labels, colours.tolist()), start=1)
+    ]
+    return overlay, rows
+
+
 def load_alpha(layer) -> PIL.Image.Image:
     """A painted layer's coverage: its alpha channel, or the image itself when it has none."""
     layer = open_image(layer, "painted mask")
@@ -628,9 +673,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
     store = store or _default_store
     with gr.Blocks(title="vitlm demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# vitlm demo\nZero-shot classification, open-vocabulary detection, inpainting and image search with "
-            "vitlm models. The default models are small and were trained on the synthetic *shapes world* (coloured "
-            "shapes on textured backgrounds): try them on its images, or pick a pretrained model."
+            "# vitlm demo\nZero-shot classification, open-vocabulary detection, segmentation, inpainting and image "
+            "search with vitlm models. The default models are small and were trained on the synthetic *shapes world* "
+            "(coloured shapes on textured backgrounds): try them on its images, or pick a pretrained model."
         )
         with gr.Tab("Zero-shot classification", id="zero-shot-image-classification"):
             with gr.Row():
@@ -707,6 +752,36 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             selectors.append(
                 ("zero-shot-object-detection", source, [status, template], lambda templates: templates[0])
             )
+
+        with gr.Tab("Segmentation", id="image-segmentation"):
+            with gr.Row():
+                with gr.Column():
+                    image = image_input("segmentation-image")
+                    labels = gr.Textbox(
+                        SEGMENTATION_EXAMPLES[0][1], label="Labels (comma-separated)", elem_id="segmentation-labels"
+                    )
+                    template = gr.Textbox(
+                        label="Prompt template ({} stands for the label)", elem_id="segmentation-template"
+                    )
+                    source = model_selector("image-segmentation", [], store)
+                    status = gr.Markdown(label="Model status", elem_id="segmentation-status")
+                    button = gr.Button("Segment", variant="primary", elem_id="segmentation-button")
+                with gr.Column():
+                    overlay = image_output(label="Segmentation", elem_id="segmentation-result")
+                    legend = gr.Dataframe(
+                        headers=["label", "colour", "area %"],
+                        label="Legend",
+                        interactive=False,
+                        elem_id="segmentation-legend",
+                    )
+            gr.Examples(SEGMENTATION_EXAMPLES, [image, labels])
+            button.click(
+                functools.partial(segment, store=store),
+                [image, labels, template, source],
+                [overlay, legend],
+                api_name="segment",
+            )
+            selectors.append(("image-segmentation", source, [status, template], lambda templates: templates[0]))
 
         with gr.Tab("Inpainting", id="masked-image-modeling"):
             with gr.Row():

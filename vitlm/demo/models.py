@@ -30,6 +30,7 @@ from .. import convert
 from .. import models as vitlm_models
 from ..models import (
     VitlmDualEncoderForObjectDetection,
+    VitlmDualEncoderForSemanticSegmentation,
     VitlmDualEncoderModel,
     VitlmDualEncoderProcessor,
     VitlmImageProcessor,
@@ -62,6 +63,11 @@ TASKS = {
         VitlmViTForInpaintingSynthesis,
         "a masked-image model (VitlmViTForInpaintingSynthesis, or VitlmViTForMaskedImageModeling, e.g. MAE)",
         also=(VitlmViTForMaskedImageModeling,),
+    ),
+    "image-segmentation": Task(
+        "segmentation",
+        VitlmDualEncoderForSemanticSegmentation,
+        "an open-vocabulary segmenter (VitlmDualEncoderForSemanticSegmentation)",
     ),
 }
 VITLM_CLASSES = {name: getattr(vitlm_models, name) for name in vitlm_models.__all__}
@@ -260,8 +266,20 @@ class ModelStore:
         if model_class is None:
             hint = "" if config.model_type.startswith("vitlm") else f"; convert it with the source 'hf:{source}'"
             raise ModelLoadError(f"{source!r} holds a {config.architectures[0]}, not a vitlm model{hint}")
-        model = model_class.from_pretrained(location, dtype=torch.float32).to(self.device).eval()
-        if isinstance(model, (VitlmDualEncoderModel, VitlmDualEncoderForObjectDetection)):
+        if (Path(location) / "adapter_config.json").is_file():
+            # LoRA adapters over a base model (the default segmenter's, over the default zero-shot model): merged
+            from ..training.lora import load_lora
+
+            model = load_lora(location, merge=True).float()
+        else:
+            model = model_class.from_pretrained(location, dtype=torch.float32)
+        model = model.to(self.device).eval()
+        dual_encoders = (
+            VitlmDualEncoderModel,
+            VitlmDualEncoderForObjectDetection,
+            VitlmDualEncoderForSemanticSegmentation,
+        )
+        if isinstance(model, dual_encoders):
             processor = VitlmDualEncoderProcessor.from_pretrained(location)
         else:
             processor = VitlmImageProcessor.from_pretrained(location)

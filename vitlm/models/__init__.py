@@ -8,6 +8,7 @@ from .configuration_vitlm import (
     VitlmDualEncoderConfig,
     VitlmHybridConfig,
     VitlmPiTConfig,
+    VitlmSegmenterConfig,
     VitlmSwinConfig,
     VitlmTextConfig,
     VitlmViTConfig,
@@ -20,6 +21,7 @@ from .modeling_dual_encoder import VitlmDualEncoderForImageClassification, Vitlm
 from .modeling_hybrid import VitlmHybridForImageClassification, VitlmHybridModel
 from .modeling_inpainting import VitlmViTForMaskedImageModeling, VitlmViTMAEModel
 from .modeling_pit import VitlmPiTForImageClassification, VitlmPiTModel
+from .modeling_segmentation import VitlmDualEncoderForSemanticSegmentation, VitlmViTForSemanticSegmentation
 from .modeling_swin import VitlmSwinForImageClassification, VitlmSwinModel
 from .modeling_synthesis import VitlmViTForInpaintingSynthesis
 from .modeling_vit import VitlmViTForImageClassification, VitlmViTModel
@@ -53,4 +55,7 @@ __all__ = [
     "VitlmPiTForImageClassification",
     "VitlmViTSynthesisConfig",
     "VitlmViTForInpaintingSynthesis",
+    "VitlmSegmenterConfig",
+    "VitlmViTForSemanticSegmentation",
+    "VitlmDualEncoderForSemanticSegmentation",
 ]

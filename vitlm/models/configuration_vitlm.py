@@ -48,6 +48,9 @@ MASKED_IMAGE_MODELING_FIELDS = (
 MASKED_IMAGE_MODELING_ARCHITECTURE = "VitlmViTForMaskedImageModeling"
 # The synthesis inpainting head's own fields: they live in `VitlmViTSynthesisConfig` only.
 SYNTHESIS_FIELDS = ("codebook_size", "code_patch_size", "sampling_steps", "sampling_temperature")
+# Segmenter's two decoders: a linear map of each patch token to class logits, or learned class embeddings processed
+# jointly with the patch tokens by transformer blocks (the "mask transformer")
+SEGMENTATION_DECODERS = ("linear", "mask_transformer")
 BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 
 
@@ -283,6 +286,10 @@ FIELD_RULES = {
     "loss_type": _choice(LOSS_TYPES),
     "problem_type": _choice(PROBLEM_TYPES, optional=True),
     "prompt_templates": _templates,
+    "decoder_type": _choice(SEGMENTATION_DECODERS),
+    **dict.fromkeys(("mask_decoder_layers", "mask_decoder_heads"), _positive),
+    # each final token split into factor x factor cells, labelled separately: a bound keeps the split layer small
+    "subpatch_factor": _int_at_least(1, maximum=8),
     "id2label": _id2label,
     "label2id": _label2id,
     "vision_config": _vision_config,
@@ -1330,8 +1337,89 @@ class VitlmDualEncoderConfig(VitlmConfigMixin, PretrainedConfig):
             )
 
 
+class VitlmSegmenterConfig(VitlmConfigMixin, PretrainedConfig):
+    r"""
+    Configuration of a Segmenter (Strudel et al., 2021): an image tower (ViT, hybrid, PiT or Swin; the hierarchical
+    towers' last stage) whose final patch tokens a decoder turns into per-patch class logits, upsampled to pixels by
+    the image processor's `post_process_semantic_segmentation`.
+
+    Args:
+        vision_config (`dict` or a ViT / hybrid / PiT / Swin config): the image tower; a dict's `model_type` picks
+            the family.
+        decoder_type (`str`): `"linear"` (a linear classifier per patch token) or `"mask_transformer"` (one learned
+            embedding per class, processed jointly with the patch tokens by `mask_decoder_layers` blocks of the
+            tower's width; masks are the scalar products of the normalized patch and class embeddings).
+        mask_decoder_layers (`int`): blocks of the mask transformer.
+        mask_decoder_heads (`int`): attention heads of those blocks; must divide the tower's final width.
+        subpatch_factor (`int`): split each final token into `subpatch_factor` x `subpatch_factor` sub-tokens by a
+            learned linear map before the decoder (1: none, Segmenter's own), so that labels change within a patch
+            rather than only by the bilinear upsampling of patch logits.
+        num_labels / id2label: the classes, the background included where the data has one (class 0 in vitlm's
+            shapes world).
+
+    Label maps mark pixels to ignore with 255 (transformers' `semantic_loss_ignore_index`).
+    """
+
+    model_type = "vitlm_segmenter"
+    sub_configs = {"vision_config": VitlmViTConfig}
+
+    def __init__(
+        self,
+        vision_config=None,
+        decoder_type="mask_transformer",
+        mask_decoder_layers=2,
+        mask_decoder_heads=4,
+        subpatch_factor=1,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        self.vision_config = vision_config
+        self.decoder_type = decoder_type
+        self.mask_decoder_layers = mask_decoder_layers
+        self.mask_decoder_heads = mask_decoder_heads
+        self.subpatch_factor = subpatch_factor
+        self.initializer_range = initializer_range
+        self.check_values()  # before transformers' own checks, which only warn about what these refuse
+        super().__init__(**kwargs)
+        self.check_values()  # the classes are known now
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vision_config.num_prefix_tokens
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        return self.vision_config.output_grid(height, width)
+
+    def decoder_config(self) -> VitlmViTConfig:
+        """The config of the mask transformer's blocks: the tower's final width, a 4x MLP, run over the last token
+        grid, split into sub-tokens (one "patch" per sub-token)."""
+        vision = self.vision_config
+        grid = vision.output_grid(*to_pair(vision.image_size))
+        return VitlmViTConfig(
+            image_size=[side * self.subpatch_factor for side in grid],
+            patch_size=1,
+            hidden_size=vision.hidden_size,
+            num_hidden_layers=self.mask_decoder_layers,
+            num_attention_heads=self.mask_decoder_heads,
+            intermediate_size=4 * vision.hidden_size,
+            layer_norm_eps=vision.layer_norm_eps,
+            initializer_range=self.initializer_range,
+            attn_implementation=self._attn_implementation,
+        )
+
+    def check_values(self):
+        if "id2label" in self.__dict__ and self.num_labels < 1:
+            raise ValueError("`num_labels` must be at least 1: a segmenter labels every pixel with one of its classes")
+        width = self.vision_config.hidden_size
+        if self.decoder_type == "mask_transformer" and width % self.mask_decoder_heads:
+            raise ValueError(
+                f"`mask_decoder_heads` ({self.mask_decoder_heads}) must divide the image tower's final width ({width})"
+            )
+
+
 __all__ = [
     "VitlmViTConfig",
+    "VitlmSegmenterConfig",
     "VitlmViTMAEConfig",
     "VitlmViTSynthesisConfig",
     "VitlmHybridConfig",

@@ -243,6 +243,53 @@ class VitlmImageProcessor(BaseImageProcessor):
             results.append({"scores": scores[keep], "labels": labels[keep], "boxes": image_boxes[keep]})
         return results
 
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
+        """Turn a segmentation model's per-patch `logits` into one label map per image, as transformers' segmenters
+        do.
+
+        Args:
+            outputs: with `logits` (batch, classes, grid_height, grid_width) over the processed image.
+            target_sizes (`(batch, 2)` tensor or list of (height, width), *optional*): the original images' sizes.
+                The logits are then bilinearly resampled to those pixels through this processor's resize and crop (a
+                pixel outside a center crop takes the prediction at the crop's nearest edge); otherwise label maps
+                stay on the token grid.
+
+        Returns:
+            One (height, width) `torch.LongTensor` of class indices per image.
+        """
+        logits = outputs["logits"]
+        if logits.ndim != 4:
+            raise ValueError(f"`logits` must be (batch, classes, height, width), got shape {tuple(logits.shape)}")
+        if target_sizes is None:
+            return list(logits.argmax(dim=1))
+        if len(target_sizes) != len(logits):
+            raise ValueError(f"got {len(target_sizes)} target sizes for {len(logits)} images")
+        label_maps = []
+        for image_logits, target_size in zip(logits.float(), target_sizes):
+            height, width = (int(v) for v in target_size)
+            label_maps.append(self._logits_in_original_pixels(image_logits[None], height, width)[0].argmax(dim=0))
+        return label_maps
+
+    def _logits_in_original_pixels(self, logits, height: int, width: int):
+        """Undo this processor's geometry: (1, classes, h, w) logits over the processed image -> over the original
+        image's `height` x `width` pixels."""
+        resized_width, resized_height = resized_size(width, height, self.size) if self.do_resize else (width, height)
+        cropped = self.do_center_crop and (self.crop_size["width"], self.crop_size["height"]) != (
+            resized_width,
+            resized_height,
+        )
+        if not cropped:  # the processed image is the whole image, resized
+            return torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        # each original pixel's centre, in the processed (cropped) image's normalized coordinates
+        left = crop_start(resized_width, self.crop_size["width"], self.crop_rounding)
+        top = crop_start(resized_height, self.crop_size["height"], self.crop_rounding)
+        xs = ((torch.arange(width) + 0.5) * resized_width / width - left) / self.crop_size["width"] * 2 - 1
+        ys = ((torch.arange(height) + 0.5) * resized_height / height - top) / self.crop_size["height"] * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].to(logits)
+        return torch.nn.functional.grid_sample(
+            logits, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+
     def _boxes_in_original_pixels(self, boxes, height: int, width: int):
         """Undo this processor's geometry: normalized corners on the processed image -> original-image pixels."""
         resized_width, resized_height = resized_size(width, height, self.size) if self.do_resize else (width, height)

@@ -95,22 +95,16 @@ class VitlmClassHead(nn.Module):
         return logits, class_embeds
 
 
-class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
-    """OWL-ViT on a vitlm dual encoder. The image tower's final tokens (a hierarchical tower's last stage), each
-    multiplied by the [CLS] token (the tokens' mean without one) and layer-normalized, feed a box head (an MLP
-    predicting offsets from the token's patch) and a class head. Queries are projected text embeddings (`input_ids`:
-    `num_queries` prompts per image, flattened) or given embeddings (`query_embeds`, e.g. from
-    `image_query_embeddings`). With `labels`, the loss matches tokens to objects one to one (Hungarian matching on
-    class + L1 + generalized-IoU costs)."""
+class VitlmDualEncoderPatchQueryModel(VitlmPreTrainedModel):
+    """What OWL-ViT-style dense heads share: the image tower's final tokens (a hierarchical tower's last stage), each
+    multiplied by the [CLS] token (the tokens' mean without one) and layer-normalized, become per-token features; a
+    class head scores them against queries, projected text embeddings of the labels or given embeddings. The
+    detector adds a box per token, the open-vocabulary segmenter a label per token. Subclasses add their modules, then
+    call `post_init`."""
 
     config_class = VitlmDualEncoderConfig
     base_model_prefix = "dual_encoder"
     main_input_name = "pixel_values"
-    pipeline_tag = "zero-shot-object-detection"
-    _remote_auto_map = {
-        **VitlmDualEncoderModel._remote_auto_map,
-        "AutoModelForZeroShotObjectDetection": "modeling_detection.VitlmDualEncoderForObjectDetection",
-    }
 
     def __init__(self, config: VitlmDualEncoderConfig):
         super().__init__(config)
@@ -118,9 +112,6 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         self.dual_encoder = VitlmDualEncoderModel(config)
         self.layer_norm = nn.LayerNorm(width, eps=config.vision_config.layer_norm_eps)
         self.class_head = VitlmClassHead(width, config.projection_dim)
-        self.box_head = VitlmBoxHead(width)
-        self.detection_loss = DetectionLoss()
-        self.post_init()
 
     def image_features(self, pixel_values, interpolate_pos_encoding=False, **kwargs):
         """(per-token features (batch, grid_height, grid_width, hidden), vision tower outputs)."""
@@ -137,6 +128,56 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         features = self.layer_norm(patches * image_token)
         grid = vision_config.output_grid(*pixel_values.shape[-2:])  # the last stage's, for a hierarchical tower
         return features.reshape(features.shape[0], *grid, -1), vision_outputs
+
+    def text_query_embeddings(self, input_ids, attention_mask, batch_size: int, **kwargs):
+        """(normalized query embeddings (batch_size, num_queries, projection_dim), text tower outputs) of
+        `input_ids` holding `num_queries` prompts per image, in order."""
+        if input_ids is None:
+            raise ValueError("pass text queries as `input_ids` or image queries as `query_embeds`")
+        if input_ids.shape[0] % batch_size:
+            raise ValueError(
+                f"`input_ids` holds {input_ids.shape[0]} queries, not a multiple of the {batch_size} images"
+            )
+        input_ids = input_ids.reshape(batch_size, -1, input_ids.shape[-1])
+        if attention_mask is not None:
+            attention_mask = attention_mask.reshape(input_ids.shape)
+        # the same queries for every image (a label set, as in training and the pipeline): encode them once. A
+        # compiled graph cannot branch on values, so it encodes every image's copy (the same embeddings).
+        shared = not torch.compiler.is_compiling() and (
+            (input_ids == input_ids[:1]).all()
+            and (attention_mask is None or (attention_mask == attention_mask[:1]).all())
+        )
+        if shared:
+            input_ids, attention_mask = input_ids[:1], None if attention_mask is None else attention_mask[:1]
+        text_outputs = self.dual_encoder.text_model(
+            input_ids.flatten(0, 1),
+            attention_mask=None if attention_mask is None else attention_mask.flatten(0, 1),
+            return_dict=True,
+            **kwargs,
+        )
+        query_embeds = self.dual_encoder.text_projection(text_outputs.pooler_output)
+        query_embeds = nn.functional.normalize(query_embeds, dim=-1).reshape(*input_ids.shape[:2], -1)
+        return query_embeds.expand(batch_size, -1, -1), text_outputs
+
+
+class VitlmDualEncoderForObjectDetection(VitlmDualEncoderPatchQueryModel):
+    """OWL-ViT on a vitlm dual encoder: the per-token features (`VitlmDualEncoderPatchQueryModel`) feed a box head
+    (an MLP predicting offsets from the token's patch) and a class head. Queries are projected text embeddings
+    (`input_ids`: `num_queries` prompts per image, flattened) or given embeddings (`query_embeds`, e.g. from
+    `image_query_embeddings`). With `labels`, the loss matches tokens to objects one to one (Hungarian matching on
+    class + L1 + generalized-IoU costs)."""
+
+    pipeline_tag = "zero-shot-object-detection"
+    _remote_auto_map = {
+        **VitlmDualEncoderModel._remote_auto_map,
+        "AutoModelForZeroShotObjectDetection": "modeling_detection.VitlmDualEncoderForObjectDetection",
+    }
+
+    def __init__(self, config: VitlmDualEncoderConfig):
+        super().__init__(config)
+        self.box_head = VitlmBoxHead(config.vision_config.hidden_size)
+        self.detection_loss = DetectionLoss()
+        self.post_init()
 
     def predict_boxes(self, features: torch.Tensor) -> torch.Tensor:
         grid_height, grid_width = features.shape[1:3]
@@ -192,32 +233,7 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         batch_size = features.shape[0]
         text_outputs = None
         if query_embeds is None:
-            if input_ids is None:
-                raise ValueError("pass text queries as `input_ids` or image queries as `query_embeds`")
-            if input_ids.shape[0] % batch_size:
-                raise ValueError(
-                    f"`input_ids` holds {input_ids.shape[0]} queries, not a multiple of the {batch_size} images"
-                )
-            input_ids = input_ids.reshape(batch_size, -1, input_ids.shape[-1])
-            if attention_mask is not None:
-                attention_mask = attention_mask.reshape(input_ids.shape)
-            # the same queries for every image (a label set, as in training and the pipeline): encode them once. A
-            # compiled graph cannot branch on values, so it encodes every image's copy (the same embeddings).
-            shared = not torch.compiler.is_compiling() and (
-                (input_ids == input_ids[:1]).all()
-                and (attention_mask is None or (attention_mask == attention_mask[:1]).all())
-            )
-            if shared:
-                input_ids, attention_mask = input_ids[:1], None if attention_mask is None else attention_mask[:1]
-            text_outputs = self.dual_encoder.text_model(
-                input_ids.flatten(0, 1),
-                attention_mask=None if attention_mask is None else attention_mask.flatten(0, 1),
-                return_dict=True,
-                **kwargs,
-            )
-            query_embeds = self.dual_encoder.text_projection(text_outputs.pooler_output)
-            query_embeds = nn.functional.normalize(query_embeds, dim=-1).reshape(*input_ids.shape[:2], -1)
-            query_embeds = query_embeds.expand(batch_size, -1, -1)
+            query_embeds, text_outputs = self.text_query_embeddings(input_ids, attention_mask, batch_size, **kwargs)
 
         if query_embeds.shape[0] != batch_size:
             raise ValueError(
@@ -243,4 +259,4 @@ class VitlmDualEncoderForObjectDetection(VitlmPreTrainedModel):
         )
 
 
-__all__ = ["VitlmDualEncoderForObjectDetection", "box_bias"]
+__all__ = ["VitlmDualEncoderForObjectDetection", "VitlmDualEncoderPatchQueryModel", "box_bias", "unit"]

@@ -141,6 +141,80 @@ class DetectionCollator:
 
 
 @dataclass
+class SegmentationCollator:
+    """`pixel_values` and `labels` ((batch, height, width) class maps) for a closed-vocabulary segmenter."""
+
+    def __call__(self, examples):
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "labels": torch.stack([example["labels"] for example in examples]),
+        }
+
+
+@dataclass
+class OpenVocabularySegmentationCollator:
+    """`pixel_values`, text queries and `labels` for an open-vocabulary segmenter. Label k > 0 of a class map is
+    `class_names[k]` (0 the background, `ignore_index` ignored); the queries are prompts of the queried classes
+    (`query_classes`, default every class but the background), each batch's labels renumbered to them (0, then 1 +
+    query index). With `drop_rate` > 0 (training), each class is left out of a batch's queries with that probability
+    (at least one stays) and its pixels count as background: the model learns that a patch of a class nobody asked
+    for is "nothing", which is what segmenting with a user's few labels needs. The draws are seeded like the other
+    collators' (by the batch's first example index), so resumed runs replay them."""
+
+    tokenizer: object
+    class_names: list[str]
+    template: str = "a photo of a {}."
+    max_length: int | None = None
+    query_classes: list[int] | None = None
+    drop_rate: float = 0.0
+    ignore_index: int = 255
+    queries: dict = field(init=False)
+    epoch_seed: EpochSeed = field(init=False, default_factory=EpochSeed)
+
+    def __post_init__(self):
+        if self.query_classes is None:
+            self.query_classes = list(range(1, len(self.class_names)))
+        if not self.query_classes or 0 in self.query_classes:
+            raise ValueError(f"query classes must be non-background classes (1 and up), got {self.query_classes}")
+        self.queries = self.tokenizer(
+            [self.template.format(self.class_names[index]) for index in self.query_classes],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+    def set_epoch(self, epoch: int, seed: int | None = None):
+        self.epoch_seed.set_epoch(epoch, seed)
+
+    def __call__(self, examples):
+        kept = torch.arange(len(self.query_classes))
+        if self.drop_rate > 0:
+            with self.epoch_seed.rng("queries", examples[0].get(INDEX_COLUMN)):
+                draws = torch.rand(len(self.query_classes))
+            kept = (draws >= self.drop_rate).nonzero()[:, 0]
+            if not len(kept):
+                kept = draws.argmax()[None]
+        # class index -> channel: 0 background, 1 + position among the kept queries, background for the rest
+        channel = torch.zeros(max(len(self.class_names), self.ignore_index + 1), dtype=torch.long)
+        channel[self.ignore_index] = self.ignore_index
+        channel[torch.tensor(self.query_classes)[kept]] = torch.arange(1, len(kept) + 1)
+        labels = torch.stack([example["labels"] for example in examples])
+        unknown = (labels >= len(self.class_names)) & (labels != self.ignore_index)
+        if unknown.any():
+            raise ValueError(
+                f"label maps hold class {int(labels[unknown].max())}, beyond the {len(self.class_names)} class names"
+            )
+        batch_size = len(examples)
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "input_ids": self.queries["input_ids"][kept].repeat(batch_size, 1),
+            "attention_mask": self.queries["attention_mask"][kept].repeat(batch_size, 1),
+            "labels": channel[labels],
+        }
+
+
+@dataclass
 class InpaintingCollator:
     """`pixel_values`; the masked image model draws its patch mask itself (`config.mask_ratio` of the patches,
     uniformly). With `block_masking`, half the images get smooth `noise` instead (a coarse random grid, upsampled),

@@ -61,7 +61,9 @@ def apply_lora(model: PreTrainedModel, rank: int, targets=DEFAULT_TARGETS, alpha
 def load_lora(folder: str | Path, merge: bool = False):
     """The model an adapter folder or Hub repo (saved by `vitlm train --lora`) adapts, with its adapters: the base
     model loaded from where the adapters' config names it, by the class the folder's config.json names. `merge=True`
-    folds the adapters into the weights and returns a plain vitlm model (save it like any); otherwise a PEFT model."""
+    folds the adapters into the weights and returns a plain vitlm model (save it like any); otherwise a PEFT model.
+    A base named by a path starting with `./` or `../` is relative to `folder`; one recorded by an absolute path that
+    no longer exists is looked for beside `folder`, under its name."""
     from peft import PeftConfig, PeftModel
     from transformers import AutoConfig
 
@@ -78,9 +80,17 @@ def load_lora(folder: str | Path, merge: bool = False):
     model_class = getattr(models, architecture, None)
     if model_class is None:
         raise ValueError(f"{folder}'s config.json names no vitlm architecture ({architecture!r})")
+    base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
+    sibling = folder.parent / Path(base_path).name
+    if base_path.startswith(("./", "../")):
+        # a path relative to the adapter folder (the demo's shipped segmenter names its base "../zero-shot")
+        base_path = str(folder / base_path)
+    elif Path(base_path).is_absolute() and not Path(base_path).is_dir() and (sibling / "config.json").is_file():
+        # a base folder that moved together with the adapters, as their sibling
+        base_path = str(sibling)
     # the folder's config, not the base's: a head resized for new classes is part of the adapters
     base = model_class.from_pretrained(
-        PeftConfig.from_pretrained(folder).base_model_name_or_path,
+        base_path,
         config=model_class.config_class.from_pretrained(folder),
         ignore_mismatched_sizes=True,
     )

@@ -175,6 +175,45 @@ def inpainting_metrics(patch_size: int, mean, std):
     return compute_metrics
 
 
+def segmentation_confusion(logits, labels, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(num_classes, num_classes) pixel counts, rows the true class, columns the predicted one: the (batch, classes,
+    h, w) logits bilinearly upsampled to the (batch, height, width) label maps (as the image processor's
+    `post_process_semantic_segmentation` does), arg-maxed; `ignore_index` pixels left out."""
+    logits, labels = torch.as_tensor(np.asarray(logits), dtype=torch.float32), torch.as_tensor(np.asarray(labels))
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    for chunk_logits, chunk_labels in zip(logits.split(64), labels.split(64)):  # bounds the upsampled copy's memory
+        upsampled = torch.nn.functional.interpolate(
+            chunk_logits, size=chunk_labels.shape[-2:], mode="bilinear", align_corners=False
+        )
+        predicted, truth = upsampled.argmax(1).flatten(), chunk_labels.long().flatten()
+        valid = truth != ignore_index
+        confusion += torch.bincount(truth[valid] * num_classes + predicted[valid], minlength=num_classes**2)
+    return confusion.reshape(num_classes, num_classes).numpy()
+
+
+def per_class_iou(confusion: np.ndarray) -> np.ndarray:
+    """Each class's IoU; NaN for a class neither present nor predicted."""
+    intersection = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / union, np.nan)
+
+
+def segmentation_metrics(num_classes: int, ignore_index: int = 255):
+    """mIoU (mean over the classes present in the labels or the predictions) and pixel accuracy of a segmenter's
+    logits against the label maps."""
+
+    def compute_metrics(eval_pred):
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        confusion = segmentation_confusion(logits, eval_pred.label_ids, num_classes, ignore_index)
+        return {
+            "mean_iou": float(np.nanmean(per_class_iou(confusion))),
+            "pixel_accuracy": float(np.diag(confusion).sum() / max(confusion.sum(), 1)),
+        }
+
+    return compute_metrics
+
+
 __all__ = [
     "accuracy",
     "average_precision",
@@ -184,5 +223,8 @@ __all__ = [
     "inpainting_metrics",
     "masked_psnr",
     "mean_average_precision",
+    "per_class_iou",
+    "segmentation_confusion",
+    "segmentation_metrics",
     "zero_shot_metrics",
 ]

@@ -77,10 +77,11 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     is_preset = name in preset_names()
     source = preset_path(name) if is_preset else name
     config = AutoConfig.from_pretrained(source)
-    if spec.dual_encoder != hasattr(config, "text_config"):
+    dual_encoder = hasattr(config, "text_config")
+    if spec.dual_encoder is not None and spec.dual_encoder != dual_encoder:
         needs = "a" if spec.dual_encoder else "an image-only"
         raise ValueError(f"task {getattr(task, 'name', task)!r} needs {needs} dual encoder model")
-    if spec.dual_encoder and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
+    if dual_encoder and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
     if spec.model_config is not None:
@@ -93,7 +94,7 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
         model = auto_class(spec).from_pretrained(
             name, config=config, dtype=torch.float32, ignore_mismatched_sizes=spec.sized_head
         )
-    if spec.dual_encoder:
+    if dual_encoder:
         if is_preset:
             # CLIP's BPE ships with the presets that have its vocabulary (a tiny preset's toy one was widened to it
             # above), at the model's context length

@@ -38,9 +38,12 @@ class TrainingTask:
         title: how messages and docs name it in prose ("classification").
         description: the model card's first words for a model trained on it.
         auto_class: the transformers Auto class (by name) that builds and reloads the model.
-        dual_encoder: whether the model is a dual encoder (image and text towers) rather than image-only.
+        dual_encoder: whether the model is a dual encoder (image and text towers) rather than image-only; None:
+            either (segmentation: Segmenter on an image tower, open-vocabulary on a dual encoder).
         class_column: the dataset column whose `ClassLabel` names the classes ("label", or "objects" whose
-            `category` does); None: the task uses no class names. `needs_classes`: refuse a dataset without them.
+            `category` does; "masks": the background and the classes of segmentation's label maps, see
+            `segmentation_class_names`); None: the task uses no class names. `needs_classes`: refuse a dataset
+            without them.
         sized_head: the model's head is made for the dataset's classes (`num_labels`, `id2label`), replacing a
             checkpoint's head of another size.
         shapes_eval_split: the shapes world's split evaluated on: "validation" (the pairs seen in training) or
@@ -72,7 +75,7 @@ class TrainingTask:
     title: str
     description: str
     auto_class: str
-    dual_encoder: bool
+    dual_encoder: bool | None
     class_column: str | None
     needs_classes: bool
     sized_head: bool
@@ -227,6 +230,120 @@ def _detection_parts(model, processor, class_names=None, templates=(), train_que
         # labels are per-image lists of boxes: keep batches apart instead of padding them into one array
         arguments=(("eval_do_concat_batches", False),),
     )
+
+
+# ---- semantic segmentation (Segmenter; open-vocabulary on a dual encoder)
+
+MASK_COLUMNS = ("mask", "annotation", "segmentation", "semantic_mask", "label_map")
+# the shapes world's label maps: class 0 is the background, class k + 1 its category k
+BACKGROUND = "background"
+SEGMENTATION_IGNORE_INDEX = 255  # transformers' `semantic_loss_ignore_index`; the models' loss ignores it too
+
+
+def _has_object_masks(dataset) -> bool:
+    return "masks" in dataset.column_names and "objects" in dataset.column_names
+
+
+def segmentation_class_names(dataset) -> list[str]:
+    """The shapes world's (or any data set with per-object `masks` and `objects` categories): the background, then the
+    categories. A data set with a label-map column: its class indices, as names, up to the largest one present
+    (255 is ignored)."""
+    if _has_object_masks(dataset):
+        category = dataset.features["objects"]["category"]
+        return [BACKGROUND, *getattr(category, "feature", category).names]
+    import numpy as np
+
+    column = find_column(dataset, MASK_COLUMNS, "mask")
+    largest = -1
+    for label_map in dataset[column]:
+        values = np.unique(np.asarray(label_map))
+        values = values[values != SEGMENTATION_IGNORE_INDEX]
+        largest = max(largest, int(values.max()) if values.size else -1)
+    if largest < 0:
+        raise ValueError(f"the label maps of column {column!r} hold no class (every pixel is 255, ignored)")
+    return [str(index) for index in range(largest + 1)]
+
+
+def _segmentation_label_maps(dataset):
+    """examples -> one PIL label map ("L") per example, from the columns `dataset` has."""
+    import numpy as np
+    from PIL import Image
+
+    if _has_object_masks(dataset):
+
+        def drawn(examples):
+            maps = []
+            for masks, objects in zip(examples["masks"], examples["objects"]):
+                label_map = np.zeros(masks[0].size[::-1] if masks else (0, 0), dtype=np.uint8)
+                for mask, category in zip(masks, objects["category"]):  # visible parts: they never overlap
+                    label_map[np.asarray(mask, dtype=bool)] = category + 1
+                maps.append(Image.fromarray(label_map, mode="L"))
+            return maps
+
+        return drawn
+    column = find_column(dataset, MASK_COLUMNS, "mask")
+
+    def given(examples):
+        maps = []
+        for label_map in examples[column]:
+            values = np.asarray(label_map)
+            if values.ndim != 2:
+                raise ValueError(f"column {column!r} must hold single-channel label maps, got shape {values.shape}")
+            maps.append(Image.fromarray(values.astype(np.int32), mode="I"))
+        return maps
+
+    return given
+
+
+def _segmentation_transform(image_processor, train, dataset, augment=True, **_):
+    from .transforms import segmentation_transform
+
+    return segmentation_transform(
+        image_processor,
+        train and augment,
+        image_column(dataset),
+        _segmentation_label_maps(dataset),
+        SEGMENTATION_IGNORE_INDEX,
+    )
+
+
+def _segmentation_model_config(config):
+    from ..models import VitlmSegmenterConfig
+
+    # a dual encoder segments open-vocabulary; an image tower (preset or checkpoint) gets Segmenter's head
+    if hasattr(config, "text_config") or isinstance(config, VitlmSegmenterConfig):
+        return config
+    return VitlmSegmenterConfig(vision_config=config)
+
+
+def _segmented_classes(train_set, eval_set, class_names):
+    # an open-vocabulary segmenter queries, in training, the classes that have pixels in the training set (as the
+    # detector does); the shapes world's held-out pairs are then never queried before evaluation
+    if not _has_object_masks(train_set):
+        return {}
+    present = sorted({int(category) + 1 for row in train_set["objects"] for category in row["category"]})
+    return {"train_query_classes": present}
+
+
+def _segmentation_parts(model, processor, class_names=None, templates=(), train_query_classes=None, **_):
+    from .collators import OpenVocabularySegmentationCollator, SegmentationCollator
+    from .metrics import segmentation_metrics
+
+    metrics = segmentation_metrics(len(class_names), SEGMENTATION_IGNORE_INDEX)
+    if not hasattr(model.config, "text_config"):
+        return TaskParts(SegmentationCollator(), compute_metrics=metrics)
+    text = dict(
+        tokenizer=processor.tokenizer,
+        class_names=class_names,
+        template=templates[0],
+        max_length=model.config.text_config.max_position_embeddings,
+        ignore_index=SEGMENTATION_IGNORE_INDEX,
+    )
+    # classes left out of a training batch's queries teach "nothing" for the unasked ones; leaving out half kept the
+    # shapes world's trial runs near "all background" for longer than a quarter does
+    train_collator = OpenVocabularySegmentationCollator(**text, query_classes=train_query_classes, drop_rate=0.25)
+    collator = OpenVocabularySegmentationCollator(**text)
+    return TaskParts(collator, train_collator=train_collator, compute_metrics=metrics)
 
 
 # ---- masked image modeling (MAE; the model inpaints)
@@ -458,6 +575,33 @@ TASKS: dict[str, TrainingTask] = {
             evaluation_inputs=_queried_classes,
         ),
         TrainingTask(
+            name="image-segmentation",
+            alias="segment",
+            title="segmentation",
+            description=(
+                "a semantic segmenter (Segmenter's head on an image tower; on a dual encoder, open-vocabulary: "
+                "queried with class names)"
+            ),
+            auto_class="AutoModelForSemanticSegmentation",
+            dual_encoder=None,
+            class_column="masks",
+            needs_classes=True,
+            sized_head=True,
+            shapes_eval_split="test",
+            options=frozenset(),
+            ignored_outputs=(
+                "hidden_states",
+                "attentions",
+                "query_embeds",
+                "vision_model_output",
+                "text_model_output",
+            ),
+            transform=_segmentation_transform,
+            parts=_segmentation_parts,
+            evaluation_inputs=_segmented_classes,
+            model_config=_segmentation_model_config,
+        ),
+        TrainingTask(
             name="masked-image-modeling",
             alias="inpaint",
             title="inpainting",
@@ -558,7 +702,9 @@ def class_names_of(task, dataset) -> list[str] | None:
     """The class names the task trains on, from the dataset's `ClassLabel` (see `TrainingTask.class_column`)."""
     spec = get_task(task)
     names = None
-    if spec.class_column == "objects":
+    if spec.class_column == "masks":
+        names = segmentation_class_names(dataset)
+    elif spec.class_column == "objects":
         category = dataset.features[find_column(dataset, ("objects",), "objects")]["category"]
         names = list(getattr(category, "feature", category).names)
     elif spec.class_column is not None:

@@ -12,6 +12,8 @@ batch). The index is the `example_index` column that `with_example_index` adds; 
 import hashlib
 from contextlib import nullcontext
 
+import numpy as np
+import PIL.Image
 import torch
 from torchvision.transforms import v2
 
@@ -281,6 +283,50 @@ def detection_transform(
     return TrainTransform(transform) if train else transform
 
 
+def label_map_to_processed(label_map: PIL.Image.Image, image_processor, ignore_index: int) -> torch.Tensor:
+    """A label map (a PIL image of class indices, mode "L" or "I") through the processor's geometry: resized with
+    nearest-neighbour (a class index is no intensity to blend), center cropped; padding the crop adds is
+    `ignore_index`. Returns (height, width) long."""
+    processor = image_processor
+    if processor.do_resize:
+        label_map = label_map.resize(resized_size(*label_map.size, processor.size), resample=PIL.Image.NEAREST)
+    labels = torch.from_numpy(np.asarray(label_map, dtype=np.int64))
+    if not processor.do_center_crop:
+        return labels
+    out_height, out_width = crop_size(processor)
+    left = crop_start(labels.shape[1], out_width, processor.crop_rounding)
+    top = crop_start(labels.shape[0], out_height, processor.crop_rounding)
+    cropped = torch.full((out_height, out_width), ignore_index, dtype=torch.long)
+    rows = slice(max(top, 0), min(top + out_height, labels.shape[0]))
+    cols = slice(max(left, 0), min(left + out_width, labels.shape[1]))
+    cropped[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = labels[rows, cols]
+    return cropped
+
+
+def segmentation_transform(image_processor, train: bool, image_column: str, label_maps, ignore_index: int):
+    """Images with their label maps ((height, width) class indices on the processed image, `ignore_index` where
+    nothing is known). `label_maps(examples)` gives one PIL label map per example (from a mask column, or drawn from
+    the shapes world's per-object masks). Training flips image and map together; no crop or colour change (a crop
+    would cut objects, and colours are what the shapes world's classes are)."""
+
+    def transform(examples, rngs=None):
+        images, labels = [], []
+        rngs = rngs or [nullcontext()] * len(examples[image_column])
+        for image, label_map, rng in zip(examples[image_column], label_maps(examples), rngs):
+            image = image.convert("RGB")
+            if image.size != label_map.size:
+                raise ValueError(f"an image of {image.size} has a label map of {label_map.size} (width, height)")
+            with rng:
+                if train and torch.rand(()) < 0.5:
+                    image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+                    label_map = label_map.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+            images.append(image)
+            labels.append(label_map_to_processed(label_map, image_processor, ignore_index))
+        return {"pixel_values": pixel_values(images, image_processor), "labels": labels}
+
+    return TrainTransform(transform) if train else transform
+
+
 __all__ = [
     "INDEX_COLUMN",
     "EpochSeed",
@@ -292,6 +338,8 @@ __all__ = [
     "crop_size",
     "detection_transform",
     "inpainting_transform",
+    "label_map_to_processed",
+    "segmentation_transform",
     "with_example_index",
 ]
 
