@@ -128,7 +128,9 @@ def test_inpaint(client):
 def test_model_status(client):
     status, templates = client.predict("default", api_name="/zero_shot_image_classification_model")
     assert "VitlmDualEncoderModel" in status and "{}" in templates
-    assert "VitlmViTForMaskedImageModeling" in client.predict("default", api_name="/masked_image_modeling_model")
+    assert "VitlmViTForInpaintingSynthesis" in client.predict("default", api_name="/masked_image_modeling_model")
+    status, _ = client.predict("default", api_name="/image_segmentation_model")
+    assert "VitlmDualEncoderForSemanticSegmentation" in status
 
 
 def test_errors_reach_the_user_and_the_app_keeps_serving(client):
