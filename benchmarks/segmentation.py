@@ -5,7 +5,7 @@
   model, fine-tuned here with `vitlm train image-segmentation`'s task on shapes-world images of every pair (the
   "train" split and, for the held-out pairs, the "test" split, both from seeds the evaluation does not use); mIoU over
   the 48 categories + background. It is trained once and cached (`--cache`, default
-  ~/.cache/vitlm/benchmarks/segmenter-closed; `--retrain` trains again).
+  ~/.cache/vitlm/benchmarks/segmenter-closed-<steps>; `--retrain` trains again).
 - open vocabulary: the demo's default segmentation model (`vitlm/demo/default_models/segmentation`, trained on the
   "train" split: the held-out pairs never appear as masks), queried with all 48 category names; IoU of the 8 held-out
   categories, averaged, and of the seen ones.
@@ -41,8 +41,9 @@ from vitlm.training.trainer import build_trainer, training_arguments
 CLASSES = [BACKGROUND, *CATEGORIES]  # label k > 0 is category k - 1
 HELD_OUT_CLASSES = sorted(CATEGORIES.index(f"{colour} {shape}") + 1 for shape, colour in HELD_OUT)
 SEEN_CLASSES = [k for k in range(1, len(CLASSES)) if k not in HELD_OUT_CLASSES]
-DEFAULT_CACHE = Path.home() / ".cache" / "vitlm" / "benchmarks" / "segmenter-closed"
-CLOSED_RECIPE = dict(train_images=6000, held_out_images=1500, steps=1400, batch_size=32, lr=1e-3, seed=0)
+CLOSED_RECIPE = dict(train_images=6000, held_out_images=1500, steps=3000, batch_size=32, lr=1e-3, seed=0)
+# named by the step count, so that a longer recipe never reads a model cached by a shorter one
+DEFAULT_CACHE = Path.home() / ".cache" / "vitlm" / "benchmarks" / f"segmenter-closed-{CLOSED_RECIPE['steps']}"
 CLOSED_HEAD = "subpatch_factor=2,mask_decoder_layers=1,mask_decoder_heads=4,decoder_type=mask_transformer"
 
 
