@@ -229,7 +229,7 @@ CASES = {
     # train: the command line
     "train without arguments": (["train"], "required: task, --model, --dataset"),
     "train without model": (["train", "classify", "--dataset", "shapes"], "required: --model"),
-    "unknown task": (["train", "segment", "--model", "x", "--dataset", "shapes"], "invalid choice: 'segment'"),
+    "unknown task": (["train", "depth", "--model", "x", "--dataset", "shapes"], "invalid choice: 'depth'"),
     "batch size not a number": ([*TRAIN, "--batch-size", "many"], "invalid int value: 'many'"),
     "caption weights not numbers": ([*TRAIN, "--caption-weights", "a,b"], "expected comma-separated numbers"),
     "unknown save dtype": ([*TRAIN, "--save-dtype", "int8"], "invalid choice: 'int8'"),

@@ -213,7 +213,11 @@ def test_a_sample_gives_the_same_outputs_alone_or_in_a_batch(model_class):
         batched = per_sample_outputs(model, model(**inputs))
         for i in range(3):
             alone = per_sample_outputs(model, model(**{k: v[i : i + 1] for k, v in inputs.items()}))
-            assert_outputs_equal(alone, {k: v[i : i + 1] for k, v in batched.items()}, atol=1e-5)
+            for name, tensor in batched.items():
+                # float32 rounding (a conv stem computes a batch by another algorithm than one image) scales with the
+                # values: the segmenter's logits are cosines times a learned scale, up to ~6 here
+                atol = 1e-5 * max(1.0, tensor.abs().max().item())
+                assert_outputs_equal({name: alone[name]}, {name: tensor[i : i + 1]}, atol=atol)
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda c: c.__name__)
