@@ -295,6 +295,23 @@ def classify(
     return dict(ranked), attention_map(classifier, thumbnail, image_processor).overlay
 
 
+def run_text_queries(task: str, image, names, kind: str, template, source, store, progress):
+    """The checked image and names (`kind` says which in messages), the task's model, and its outputs for the image
+    queried with each name in the prompt template: what detection and segmentation share."""
+    picture = load_image(image)
+    names = parse_names(names, kind, MAX_LABELS)
+    loaded = get_model(task, source, store, progress)
+    template = parse_templates(template, loaded.model.config)[0]
+    inputs = loaded.processor(
+        images=picture,
+        text=[template.format(name) for name in names],
+        padding=True,
+        truncation=True,
+        return_tensors="pt",
+    ).to(loaded.model.device)
+    return picture, names, loaded, loaded.model(**inputs)
+
+
 @torch.no_grad()
 def detect(
     image,
@@ -312,18 +329,9 @@ def detect(
     `nms_threshold` is dropped (1 keeps every box)."""
     threshold = check_threshold(threshold)
     nms_threshold = check_threshold(nms_threshold, "overlap (IoU) threshold", above_zero=True)
-    picture = load_image(image)
-    queries = parse_names(queries, "queries", MAX_LABELS)
-    loaded = get_model("zero-shot-object-detection", source, store, progress)
-    template = parse_templates(template, loaded.model.config)[0]
-    inputs = loaded.processor(
-        images=picture,
-        text=[template.format(query) for query in queries],
-        padding=True,
-        truncation=True,
-        return_tensors="pt",
-    ).to(loaded.model.device)
-    outputs = loaded.model(**inputs)
+    picture, queries, loaded, outputs = run_text_queries(
+        "zero-shot-object-detection", image, queries, "queries", template, source, store, progress
+    )
     found = loaded.processor.post_process_object_detection(
         outputs, threshold, target_sizes=[(picture.height, picture.width)], nms_threshold=nms_threshold
     )[0]
@@ -396,18 +404,9 @@ def segment(
     """Open-vocabulary segmentation: the image with each label's pixels coloured (the labels' colours spread along
     the attention maps' jet colour map, `vitlm.overlays`; pixels of none of the labels left as they are), and one
     legend row per label [label, colour (hex), share of the image's pixels in %], in the labels' order."""
-    picture = load_image(image)
-    labels = parse_names(labels, "labels", MAX_LABELS)
-    loaded = get_model("image-segmentation", source, store, progress)
-    template = parse_templates(template, loaded.model.config)[0]
-    inputs = loaded.processor(
-        images=picture,
-        text=[template.format(label) for label in labels],
-        padding=True,
-        truncation=True,
-        return_tensors="pt",
-    ).to(loaded.model.device)
-    outputs = loaded.model(**inputs)
+    picture, labels, loaded, outputs = run_text_queries(
+        "image-segmentation", image, labels, "labels", template, source, store, progress
+    )
     image_processor = loaded.processor.image_processor
     label_map = (
         image_processor.post_process_semantic_segmentation(outputs, target_sizes=[(picture.height, picture.width)])[0]
