@@ -147,7 +147,10 @@ def main():
     closed_miou, closed_interval = summary(closed_confusions, list(range(len(CLASSES))))
 
     folder = args.models / "segmentation"
-    open_model = load_lora(folder, merge=True).float().eval()
+    if (folder / "adapter_config.json").is_file():  # LoRA adapters over their base
+        open_model = load_lora(folder, merge=True).float().eval()
+    else:
+        open_model = load_model(get_task("segment"), str(folder))[0].float().eval()
     open_processor = AutoProcessor.from_pretrained(folder)
     template = (open_model.config.prompt_templates or ["a photo of a {}."])[0]
     queries = open_processor.tokenizer(

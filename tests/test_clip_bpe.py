@@ -108,6 +108,10 @@ def test_save_and_reload_without_vitlm(tokenizer, tmp_path):
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "VitlmCLIPTokenizer"
     assert config["auto_map"]["AutoTokenizer"][0] == "tokenization_vitlm.VitlmCLIPTokenizer"
+    # written without indentation (1.7 MB, not 3.6): the same JSON as the backend's pretty form
+    written = (folder / "tokenizer.json").read_text()
+    assert "\n" not in written and len(written) < 2_000_000
+    assert json.loads(written) == json.loads(tokenizer.backend_tokenizer.to_str(pretty=True))
 
     expected = encode(tokenizer, CORPUS).tolist()
     assert encode(AutoTokenizer.from_pretrained(folder, trust_remote_code=True), CORPUS).tolist() == expected

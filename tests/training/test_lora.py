@@ -120,3 +120,20 @@ def test_bad_lora_settings_are_refused_in_one_line(extra, message, tmp_path, cap
 def test_lora_on_a_preset_is_refused(tmp_path, capsys):
     assert main([*RUN, "--model", "clip-tiny-test", "--lora", "2", "--output-dir", str(tmp_path / "out")]) == 2
     assert "is a preset (random weights)" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_adapters_find_a_base_named_relative_to_their_folder(adapters, tmp_path, monkeypatch):
+    """Adapters shipped beside their base name it as "../<base>": it resolves against the adapter folder, from any
+    working directory."""
+    import json
+
+    shutil.copytree(ZERO_SHOT, tmp_path / "models" / "zero-shot")
+    moved = shutil.copytree(adapters, tmp_path / "models" / "adapters")
+    config = json.loads((moved / "adapter_config.json").read_text())
+    (moved / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "../zero-shot"}))
+    monkeypatch.chdir(tmp_path)
+    merged = load_lora(moved, merge=True).eval()
+    expected = load_lora(adapters, merge=True).eval()
+    inputs = dual_inputs(expected)
+    torch.testing.assert_close(merged(**inputs).logits_per_image, expected(**inputs).logits_per_image, rtol=0, atol=0)

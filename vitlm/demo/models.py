@@ -267,7 +267,7 @@ class ModelStore:
             hint = "" if config.model_type.startswith("vitlm") else f"; convert it with the source 'hf:{source}'"
             raise ModelLoadError(f"{source!r} holds a {config.architectures[0]}, not a vitlm model{hint}")
         if (Path(location) / "adapter_config.json").is_file():
-            # LoRA adapters over a base model (the default segmenter's, over the default zero-shot model): merged
+            # LoRA adapters over a base model (a folder `vitlm train --lora` wrote): merged
             from ..training.lora import load_lora
 
             model = load_lora(location, merge=True).float()

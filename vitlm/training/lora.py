@@ -83,7 +83,7 @@ def load_lora(folder: str | Path, merge: bool = False):
     base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
     sibling = folder.parent / Path(base_path).name
     if base_path.startswith(("./", "../")):
-        # a path relative to the adapter folder (the demo's shipped segmenter names its base "../zero-shot")
+        # a path relative to the adapter folder (adapters shipped beside their base name it "../<base>")
         base_path = str(folder / base_path)
     elif Path(base_path).is_absolute() and not Path(base_path).is_dir() and (sibling / "config.json").is_file():
         # a base folder that moved together with the adapters, as their sibling
