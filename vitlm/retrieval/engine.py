@@ -6,6 +6,8 @@ each) and the positions that failed to decode with the reason. A batch never spa
 shards (`job.py`) sees the same batches whichever engine ran them.
 """
 
+import ctypes
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -150,6 +152,24 @@ def _collate(items):
     return np.array([position for position, _, _ in good], dtype=np.int64), pixels, captions, errors
 
 
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory():
+    """Give the memory a batch freed back to the operating system (glibc's `malloc_trim`; nothing elsewhere). glibc
+    raises its mmap threshold to the size of the largest block freed, so a model's activations of a few MB each are
+    then carved from the heap, where freed ones stay resident. Without this, `benchmarks/embed.py`'s job peaked at 1.6
+    GiB (proportional set) on 20,000 images against 1.2 on 2,000; with it, at 1.1 and 1.0. It changes no setting."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def default_num_workers() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(8, cpus)
@@ -176,6 +196,8 @@ def run_local(
     )
     for positions, pixels, captions, errors in loader:
         outputs = compute(pixels) if pixels is not None else np.zeros((0, 0), np.float32)
+        del pixels  # the batch, freed before the heap is trimmed
+        release_freed_memory()
         yield BatchResult(positions, outputs, errors, compute_captions(captions) if compute_captions else None)
 
 
