@@ -32,7 +32,6 @@ from transformers import AutoProcessor
 
 from vitlm import VitlmDualEncoderModel
 from vitlm.data.shapes import CATEGORIES, HELD_OUT, generate
-from vitlm.training.lora import load_lora
 from vitlm.training.metrics import per_class_iou, segmentation_confusion
 from vitlm.training.run import load_model, with_transforms
 from vitlm.training.tasks import BACKGROUND, SEGMENTATION_IGNORE_INDEX, get_task
@@ -147,10 +146,7 @@ def main():
     closed_miou, closed_interval = summary(closed_confusions, list(range(len(CLASSES))))
 
     folder = args.models / "segmentation"
-    if (folder / "adapter_config.json").is_file():  # LoRA adapters over their base
-        open_model = load_lora(folder, merge=True).float().eval()
-    else:
-        open_model = load_model(get_task("segment"), str(folder))[0].float().eval()
+    open_model = load_model(get_task("segment"), str(folder))[0].float().eval()
     open_processor = AutoProcessor.from_pretrained(folder)
     template = (open_model.config.prompt_templates or ["a photo of a {}."])[0]
     queries = open_processor.tokenizer(

@@ -2,6 +2,7 @@
 the shipped zero-shot model, save on their own (a few percent of the weights), reload, merge to the same outputs, and
 push to the Hub (tests/hub/test_lora_push.py); `--merge-lora` saves the merged model."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def test_lora_on_a_preset_is_refused(tmp_path, capsys):
 def test_adapters_find_a_base_named_relative_to_their_folder(adapters, tmp_path, monkeypatch):
     """Adapters shipped beside their base name it as "../<base>": it resolves against the adapter folder, from any
     working directory."""
-    import json
-
     shutil.copytree(ZERO_SHOT, tmp_path / "models" / "zero-shot")
     moved = shutil.copytree(adapters, tmp_path / "models" / "adapters")
     config = json.loads((moved / "adapter_config.json").read_text())
