@@ -1,5 +1,6 @@
 import inspect
 
+import pytest
 import torch
 from transformers import AutoConfig
 
@@ -19,6 +20,15 @@ TINY_PRESETS = {
     "vit_synthesis": "synthesis-tiny-test",  # the ViT with the synthesis inpainting head's fields
     "segmenter": "segmenter-tiny-test",  # Segmenter's mask transformer over the tiny ViT
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gradio_cache(tmp_path_factory):
+    """Apps built in the test process write their output images to this session's folder, not /tmp/gradio."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("gradio")
+        patch.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
 
 
 def tiny_config(family: str, **overrides):

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -63,3 +64,11 @@ def demo_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_url(demo_server):
     return demo_server[0]
+
+
+@pytest.fixture
+def client_downloads(tmp_path, monkeypatch):
+    """A folder for `gradio_client.Client(download_files=...)`. The client stages each download in a new folder of
+    the temporary directory and leaves that folder behind, empty: the staging goes here too."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path

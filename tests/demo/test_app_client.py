@@ -23,9 +23,9 @@ from vitlm.demo.app import (
 LABELS = ["red circle", "pink star", "yellow triangle"]
 
 
-@pytest.fixture(scope="module")
-def client(demo_url):
-    return Client(demo_url, verbose=False)
+@pytest.fixture
+def client(demo_url, client_downloads):
+    return Client(demo_url, verbose=False, download_files=str(client_downloads))
 
 
 def test_classify(client):

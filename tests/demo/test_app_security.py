@@ -190,9 +190,9 @@ def test_a_refused_request_logs_one_line(store, caplog):
     assert caplog.records[-1].getMessage() == "vitlm demo: refused a request: a message on two lines"
 
 
-def test_refused_requests_log_one_line_each_and_no_traceback(demo_server, tmp_path):
+def test_refused_requests_log_one_line_each_and_no_traceback(demo_server, client_downloads, tmp_path):
     url, log = demo_server
-    client = Client(url, verbose=False, download_files=str(tmp_path))
+    client = Client(url, verbose=False, download_files=str(client_downloads))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     image = handle_file(ZERO_SHOT_EXAMPLES[0][0])
@@ -214,13 +214,13 @@ def test_refused_requests_log_one_line_each_and_no_traceback(demo_server, tmp_pa
     assert len(refused) == 4, output
 
 
-def test_concurrent_detections_all_come_back_whole(demo_url, store, tmp_path):
+def test_concurrent_detections_all_come_back_whole(demo_url, store, client_downloads):
     """Requests with the same image give the same output files: none may be cut while another request writes it
     (it was: "Too little data for declared Content-Length")."""
     image, queries = DETECTION_EXAMPLES[0]
     (_, boxes), rows = detect(image, queries, DEFAULT_THRESHOLD, store=store)
     assert rows
-    client = Client(demo_url, verbose=False, download_files=str(tmp_path), max_workers=16)
+    client = Client(demo_url, verbose=False, download_files=str(client_downloads), max_workers=16)
     jobs = [
         client.submit(handle_file(image), queries, DEFAULT_THRESHOLD, "", "default", api_name="/detect")
         for _ in range(32)

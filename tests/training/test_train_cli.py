@@ -278,3 +278,22 @@ def test_a_preset_dual_encoder_tokenizes_as_open_clip_without_it(preset, monkeyp
     texts = ["a red circle", "A photo of a PINK cross!", "a blue square " * 20]
     ids = processor.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
     assert torch.equal(ids, open_clip.get_tokenizer("ViT-B-32", context_length=context)(texts))
+
+
+def test_a_converter_source_is_converted_in_scratch_that_is_removed(tmp_path, monkeypatch):
+    """`load_model` on `timm:...` without a work folder converts into a scratch folder and removes it: nothing is
+    left in the temporary directory, and the model loads with the converted weights."""
+    import tempfile
+
+    import vitlm.convert
+    from vitlm.training.run import load_model
+
+    real_load, converted = vitlm.convert.load, []
+    monkeypatch.setattr(
+        vitlm.convert, "load", lambda name: converted.append(real_load(name, random_weights=True)) or converted[-1]
+    )
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, _ = load_model("image-classification", "timm:test_vit")
+    assert list(tmp_path.iterdir()) == []
+    expected = converted[0].model.state_dict()
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in model.state_dict().items())

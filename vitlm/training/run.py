@@ -1,6 +1,7 @@
 """`vitlm train`: model, processor and datasets from names, then Trainer, then a folder that reloads through the
 Auto classes (model, processor, loss curves, model card)."""
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -64,6 +65,11 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     from ..models import VitlmCLIPTokenizer, VitlmDualEncoderProcessor
     from ..presets import preset_names, preset_path
 
+    if name.partition(":")[0] in SOURCES:  # convert once, then load like any folder (kept in `work_dir`, or scratch)
+        with contextlib.ExitStack() as scratch:
+            folder = Path(work_dir) if work_dir else Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+            converted = save(load(name), folder / "converted", overwrite=True)
+            return load_model(task, str(converted), class_names, config_overrides, head=head)
     spec = get_task(task, head)
     overrides = dict(config_overrides or {})
     if class_names is not None and spec.sized_head:
@@ -72,8 +78,6 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
             id2label=dict(enumerate(class_names)),
             label2id={n: i for i, n in enumerate(class_names)},
         )
-    if name.partition(":")[0] in SOURCES:  # convert once, then load like any folder
-        name = str(save(load(name), Path(work_dir or tempfile.mkdtemp()) / "converted", overwrite=True))
     is_preset = name in preset_names()
     source = preset_path(name) if is_preset else name
     config = AutoConfig.from_pretrained(source)
