@@ -149,6 +149,20 @@ def test_inpaint_is_deterministic_per_seed_diverse_across_seeds_and_keeps_unmask
     assert np.array_equal(greedy[0], greedy[1])  # temperature 0: the most likely codes, whatever the seed
 
 
+def test_samples_are_blended_into_the_image_unless_asked_to_paste():
+    """With every codeword one flat dark colour, a pasted sample paints the hole that colour; blended, the sample's
+    (flat) detail is kept and its level meets the grey around the hole, so the hole comes back grey."""
+    synthesis, image_processor = model(), processor()
+    synthesis.codebook.fill_(-1.5)
+    image, mask = PIL.Image.new("RGB", (32, 32), (128, 128, 128)), blob()
+    (pasted,) = synthesis.inpaint(image, mask, image_processor, blend=False)
+    (blended,) = synthesis.inpaint(image, mask, image_processor)
+    pasted, blended = np.asarray(pasted).astype(int), np.asarray(blended).astype(int)
+    assert len(np.unique(pasted[mask], axis=0)) == 1 and np.abs(pasted[mask] - 128).min() > 50
+    assert np.abs(blended[mask] - 128).max() <= 1
+    assert np.array_equal(blended[~mask], np.asarray(image)[~mask])
+
+
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK", "YCbCr"])
 def test_unmasked_pixels_are_kept_bit_for_bit_at_odd_sizes_in_every_mode(mode):
     synthesis, image_processor = model(), processor()
