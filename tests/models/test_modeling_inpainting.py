@@ -148,8 +148,8 @@ def test_inpaint_refuses_bad_input(picture):
     model = build()
     with pytest.raises(ValueError, match="must match"):
         inpaint(model, picture, np.ones((45, 60)), processor_for(model))
-    with pytest.raises(ValueError, match="uint8"):
-        inpaint(model, picture.astype(np.float32), np.ones((45, 61)), processor_for(model))
+    with pytest.raises(ValueError, match=r"float image values must lie in \[0, 1\] or \[0, 255\]"):
+        inpaint(model, picture.astype(np.float32) - 300, np.ones((45, 61)), processor_for(model))
     with pytest.raises(ValueError, match="norm_pix_loss"):
         inpaint(build(norm_pix_loss=True), picture, np.ones((45, 61)), processor_for(model))
     with pytest.raises(ValueError, match="CLS"):

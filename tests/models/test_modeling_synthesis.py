@@ -163,6 +163,26 @@ def test_samples_are_blended_into_the_image_unless_asked_to_paste():
     assert np.array_equal(blended[~mask], np.asarray(image)[~mask])
 
 
+def test_inpaint_takes_any_image_the_processor_takes(tmp_path):
+    """A file path, an array or a channels-first tensor of the same pixels give the PIL image's completions; a
+    greyscale array is completed as the RGB image the processor makes of it."""
+    synthesis, image_processor = model(), processor()
+    image, mask = picture(), blob()
+    expected = np.asarray(synthesis.inpaint(image, mask, image_processor, seed=3)[0])
+    image.save(tmp_path / "a photo.png")
+    pixels = np.asarray(image)
+    for same in (
+        str(tmp_path / "a photo.png"),
+        tmp_path / "a photo.png",
+        pixels,
+        torch.from_numpy(pixels.copy()).permute(2, 0, 1),
+    ):
+        assert np.array_equal(np.asarray(synthesis.inpaint(same, mask, image_processor, seed=3)[0]), expected)
+    grey = image.convert("L")
+    (filled,) = synthesis.inpaint(np.asarray(grey), mask, image_processor, seed=3)
+    assert np.array_equal(np.asarray(filled)[~mask], np.asarray(grey.convert("RGB"))[~mask])
+
+
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK", "YCbCr"])
 def test_unmasked_pixels_are_kept_bit_for_bit_at_odd_sizes_in_every_mode(mode):
     synthesis, image_processor = model(), processor()

@@ -313,8 +313,8 @@ class VitlmImageProcessor(BaseImageProcessor):
         the prediction resized back; only masked pixels take it (`post_process_inpainting`).
 
         Args:
-            image (`PIL.Image.Image` of any mode, made 8-bit RGB as for `pixel_values`, transparency composited on
-                white; or a `(height, width, 3)` uint8 array): the image, at any size.
+            image (any image the processor takes: a PIL image of any mode, an array or tensor, a file path; made
+                8-bit RGB as for `pixel_values`, transparency composited on white): the image, at any size.
             mask (`PIL.Image.Image` or array of shape `(height, width)`): the image's size, nonzero where to inpaint
                 (a generative model also needs it binary, neither empty nor full: `check_generative_mask`).
             config (`VitlmViTMAEConfig` or `VitlmViTSynthesisConfig`): the model's config (its resolution and patch
@@ -416,14 +416,9 @@ class VitlmImageProcessor(BaseImageProcessor):
 
 
 def _inpainting_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """(height, width, 3) uint8 RGB pixels (a PIL image of any mode converted as for `pixel_values`) and the (height,
-    width) bool mask (nonzero values), checked to match."""
-    if isinstance(image, PIL.Image.Image):
-        original = np.asarray(as_rgb(as_pil_image(image)))
-    else:
-        original = np.asarray(image)
-        if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
-            raise ValueError(f"`image` must be a PIL image or a (height, width, 3) uint8 array, got {original.shape}")
+    """(height, width, 3) uint8 RGB pixels (any image the processor takes, converted as for `pixel_values`) and the
+    (height, width) bool mask (nonzero values), checked to match."""
+    original = np.asarray(as_rgb(as_pil_image(image)))
     values = mask_values(mask)
     if values.shape != original.shape[:2]:
         raise ValueError(
