@@ -273,6 +273,18 @@ def test_checkpoint_needs_a_tag_or_name_it_can_replace(tmp_path):
         load("open_clip:ViT-B-32/no-such-tag", checkpoint=tmp_path / "weights.safetensors")
 
 
+def test_a_tag_that_cannot_be_downloaded_is_an_os_error_naming_the_source(monkeypatch):
+    """open_clip downloads a tag's weights itself and says why it could not as a RuntimeError; vitlm passes the
+    reason on as an OSError naming the source, which the CLI prints in one line."""
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai': no connection")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(OSError, match=r"^open_clip:ViT-B-32/openai: Failed to download weights for tag 'openai'"):
+        load("open_clip:ViT-B-32/openai")
+
+
 def test_convert_writes_a_folder_that_transformers_loads(vit_b_32, vit_b_32_checkpoint, tmp_path):
     reference, preprocess = vit_b_32
     out_dir = convert("open_clip:ViT-B-32", tmp_path / "converted", checkpoint=vit_b_32_checkpoint)

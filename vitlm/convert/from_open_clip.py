@@ -128,7 +128,10 @@ def load(spec: str, checkpoint: str | Path | None = None, random_weights: bool =
     try:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, **preprocess)
     except (RuntimeError, AssertionError) as error:
-        if pretrained is None or not Path(pretrained).is_file():
+        if pretrained is not None and not Path(pretrained).is_file():
+            # the tag's weights, which open_clip downloads itself: an unreachable Hub or a missing file
+            raise OSError(f"open_clip:{spec}: {error}") from None
+        if pretrained is None:
             raise
         # torch's load_state_dict (missing, unexpected or mis-shaped weights) or open_clip's own checks of them
         raise ValueError(f"checkpoint {pretrained} does not fit open_clip's {name}: {error}") from None
