@@ -139,3 +139,36 @@ def test_building_a_classifier_leaves_initialization_alone_in_other_threads(toke
     for classifier in results:
         assert type(classifier) is PausedClassifier
         assert_same_weights(classifier, reference)
+
+
+def test_loads_and_builds_overlapping_in_threads_leave_torch_as_they_found_it(tmp_path):
+    """transformers' loading sets torch's default dtype (here float16, the saved one) and patches `torch.nn.init`
+    for the whole process while it runs, then puts back what it found; vitlm's loads and builds take turns, so
+    overlapping ones cannot put back each other's changes for good."""
+    saved = AutoModel.from_config(tiny_config("vit")).half()
+    saved.save_pretrained(tmp_path)
+    initializers = {name: getattr(torch.nn.init, name) for name in ("normal_", "trunc_normal_", "kaiming_uniform_")}
+    loaded, built, failures = [], [], []
+
+    def load():
+        try:
+            loaded.extend(AutoModel.from_pretrained(tmp_path) for _ in range(10))
+        except Exception as error:  # noqa: BLE001  (reported below)
+            failures.append(error)
+
+    def build():
+        try:
+            built.extend(AutoModel.from_config(tiny_config("vit")) for _ in range(20))
+        except Exception as error:  # noqa: BLE001
+            failures.append(error)
+
+    threads = [threading.Thread(target=target) for target in (load, build) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert torch.get_default_dtype() == torch.float32
+    assert {name: getattr(torch.nn.init, name) for name in initializers} == initializers
+    assert {model.dtype for model in loaded} == {torch.float16} and {model.dtype for model in built} == {torch.float32}
+    assert all(model.embeddings.cls_token.abs().sum() > 0 for model in built)  # initialized, not left as allocated

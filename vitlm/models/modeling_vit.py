@@ -1,6 +1,7 @@
 """The plain Vision Transformer: patch stem, [CLS] token, position encoding, pre-LN encoder, final LayerNorm."""
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -23,6 +24,12 @@ from .layers import (
     VitlmRelativePositionBias,
     VitlmVisionEmbeddings,
 )
+
+
+# transformers' `from_pretrained` and `from_config` set torch's default dtype and patch `torch.nn.init` for the whole
+# process, then put back what they found: two that overlap in threads put back each other's changes and leave them
+# for good (float16 as every thread's default dtype, initializers that do nothing). vitlm's take turns.
+_BUILDING = threading.RLock()
 
 
 class VitlmPreTrainedModel(PreTrainedModel):
@@ -103,13 +110,14 @@ class VitlmPreTrainedModel(PreTrainedModel):
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         output_loading_info = kwargs.pop("output_loading_info", False)
         try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path,
-                *model_args,
-                ignore_mismatched_sizes=True,
-                output_loading_info=True,
-                **kwargs,
-            )
+            with _BUILDING:
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path,
+                    *model_args,
+                    ignore_mismatched_sizes=True,
+                    output_loading_info=True,
+                    **kwargs,
+                )
         except SafetensorError as error:
             raise OSError(
                 f"the weights of {source} cannot be read ({error}): the safetensors file is truncated or damaged; "
@@ -132,6 +140,11 @@ class VitlmPreTrainedModel(PreTrainedModel):
             )
         model.warn_if_nonfinite(source)
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        with _BUILDING:
+            return super()._from_config(config, **kwargs)
 
     def warn_if_nonfinite(self, source: str):
         """Log a warning naming the weights that hold NaN or inf values: such a model answers NaN, with no error."""
