@@ -174,6 +174,7 @@ def test_16_bit_modes_map_their_full_range(small):
 
 def test_float_mode_scale(small):
     assert torch.allclose(constant(small, PIL.Image.new("F", (4, 4), 1.0)), WHITE)
+    assert torch.allclose(constant(small, PIL.Image.new("F", (4, 4), 1.0004)), WHITE)  # rounding above 1: [0, 1]
     assert torch.allclose(constant(small, PIL.Image.new("F", (4, 4), 255.0)), WHITE)
     assert torch.allclose(constant(small, PIL.Image.new("F", (4, 4), 64.0)), normalized(64))
 
@@ -298,7 +299,15 @@ def test_module_imports_only_portable_packages():
     tree = ast.parse(inspect.getsource(module))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert {name.split(".")[0] for name in imported} <= {"os", "concurrent", "numpy", "PIL", "torch", "transformers"}
+    assert {name.split(".")[0] for name in imported} <= {
+        "math",
+        "os",
+        "concurrent",
+        "numpy",
+        "PIL",
+        "torch",
+        "transformers",
+    }
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
@@ -324,6 +333,11 @@ def test_module_imports_only_portable_packages():
         (torch.zeros(3, 8, 8, dtype=torch.bool), "unsupported image dtype bool"),
         (np.full((8, 8, 3), 300), r"int64 image values must lie in \[0, 255\]"),
         (np.full((8, 8, 3), -0.5), r"float image values must lie in \[0, 1\] or \[0, 255\]"),
+        (
+            np.concatenate([np.full((8, 8, 3), 0.5), np.full((1, 8, 3), 1.01)]),
+            r"\[0, 1\] or \[0, 255\], got \[0.5, 1.01\]",
+        ),
+        (np.ones((1, 2_000_000), np.uint8), r"a 2000000x1 image would be resized to 288,000,000 pixels to give its short side 12"),
         (PIL.Image.new("F", (4, 4), 300.0), r"\[0, 1\] or \[0, 255\], got \[300, 300\]"),
         (PIL.Image.new("I", (4, 4), 70000), r"16-bit image \(mode 'I'\) values must lie in \[0, 65535\]"),
         ([PIL.Image.new("RGB", (4, 4)), 7], "unsupported image type int"),
@@ -369,7 +383,17 @@ def test_images_that_cannot_be_batched(small):
         ({"crop_size": {"height": 8, "width": 0}}, "`crop_size` values must be positive integers"),
         ({"image_mean": [0.5, 0.5]}, r"`image_mean` must have one value per RGB channel \(3\), got 2"),
         ({"image_std": [0.5] * 4}, r"`image_std` must have one value per RGB channel \(3\), got 4"),
-        ({"image_std": [0.5, 0.0, 0.5]}, "`image_std` must not contain 0"),
+        ({"image_std": [0.5, 0.0, 0.5]}, r"`image_std` values must be at least 1e-06"),
+        ({"image_std": [0.5, 1e-45, 0.5]}, r"`image_std` values must be at least 1e-06"),
+        ({"image_std": [0.5, float("nan"), 0.5]}, "`image_std` values must be finite numbers"),
+        ({"image_mean": float("inf")}, "`image_mean` values must be finite numbers"),
+        ({"image_mean": "0.5"}, r"`image_mean` must have one value per RGB channel \(3\), got '0.5'"),
+        ({"rescale_factor": float("nan")}, "`rescale_factor` must be a positive number"),
+        ({"rescale_factor": "x"}, "`rescale_factor` must be a positive number"),
+        ({"rescale_factor": 0}, "`rescale_factor` must be a positive number"),
+        ({"do_normalize": "false"}, "`do_normalize` must be true or false, got 'false'"),
+        ({"size": {"shortest_edge": 100_000}}, "`size` values must be positive integers up to 8192"),
+        ({"crop_size": {"height": 8, "width": 10**6}}, "`crop_size` values must be positive integers up to 8192"),
         ({"resample": 9}, "`resample` must be a PIL resampling filter"),
     ],
 )

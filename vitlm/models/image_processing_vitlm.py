@@ -4,6 +4,7 @@ This file is copied into saved Hub repos as remote code, so it imports only nump
 that exist in every transformers 5.x.
 """
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -444,7 +445,14 @@ def drop_auto_map(*owners) -> None:
         owner.__dict__.pop("auto_map", None)
 
 
-def _validated_options(size, crop_size, crop_rounding, resample, image_mean, image_std, **flags) -> dict:
+def _validated_options(
+    size, crop_size, crop_rounding, resample, rescale_factor, image_mean, image_std, **flags
+) -> dict:
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):  # "false" or null would be taken for True or False unsaid
+            raise ValueError(f"`{name}` must be true or false, got {value!r}")
+    if not _is_real(rescale_factor) or not math.isfinite(rescale_factor) or rescale_factor <= 0:
+        raise ValueError(f"`rescale_factor` must be a positive number, got {rescale_factor!r}")
     if crop_rounding not in ("round", "floor"):
         raise ValueError(f"`crop_rounding` must be 'round' or 'floor', got {crop_rounding!r}")
     try:
@@ -452,10 +460,13 @@ def _validated_options(size, crop_size, crop_rounding, resample, image_mean, ima
     except ValueError:
         raise ValueError(f"`resample` must be a PIL resampling filter (0 to 5), got {resample!r}") from None
     image_std = _per_channel(image_std, "image_std")
-    if 0 in image_std:
-        raise ValueError(f"`image_std` must not contain 0 (it divides the pixel values), got {image_std}")
+    if min(image_std) < MIN_STD:
+        raise ValueError(
+            f"`image_std` values must be at least {MIN_STD:g} (they divide the pixel values), got {image_std}"
+        )
     return {
         **flags,
+        "rescale_factor": float(rescale_factor),
         "size": _size_dict(size, "size", int_key="shortest_edge"),
         "crop_size": _size_dict(crop_size, "crop_size", int_key=None),
         "crop_rounding": crop_rounding,
@@ -472,16 +483,25 @@ def _size_dict(size, name: str, int_key: str | None) -> dict[str, int]:
     if not isinstance(size, dict) or set(size) not in allowed:
         expected = " or ".join(str(sorted(keys)) for keys in allowed)
         raise ValueError(f"`{name}` must be a dict with keys {expected}, got {size!r}")
-    if any(isinstance(value, bool) or not isinstance(value, int) or value <= 0 for value in size.values()):
-        raise ValueError(f"`{name}` values must be positive integers, got {size!r}")
+    if any(
+        isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIDE for value in size.values()
+    ):
+        raise ValueError(f"`{name}` values must be positive integers up to {MAX_SIDE}, got {size!r}")
     return dict(size)
 
 
 def _per_channel(values, name: str) -> list[float]:
-    values = [values] * 3 if isinstance(values, (int, float)) else list(values)
-    if len(values) != 3:
-        raise ValueError(f"`{name}` must have one value per RGB channel (3), got {len(values)}: {values}")
+    values = [values] * 3 if _is_real(values) else list(values) if isinstance(values, (list, tuple)) else values
+    if not isinstance(values, list) or len(values) != 3:
+        count = f"{len(values)}: " if isinstance(values, list) else ""
+        raise ValueError(f"`{name}` must have one value per RGB channel (3), got {count}{values!r}")
+    if not all(_is_real(value) and math.isfinite(value) for value in values):
+        raise ValueError(f"`{name}` values must be finite numbers, got {values}")
     return [float(value) for value in values]
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _as_list(images) -> list:
@@ -632,10 +652,11 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
             raise ValueError("image contains NaN or infinite values")
         array = array.astype(np.float64)
         low, high = array.min(), array.max()
-        if low >= 0 and high <= 1:
-            array = array * 255
-        elif low < 0 or high > 255:
+        if low < 0 or high > 255 or 1 + FLOAT_OVERSHOOT < high < 2:
+            # (1, 2): a [0, 1] image with a stray value, which the [0, 255] reading would turn black
             raise ValueError(f"float image values must lie in [0, 1] or [0, 255], got [{low:g}, {high:g}]")
+        if high <= 1 + FLOAT_OVERSHOOT:
+            array = np.minimum(array, 1) * 255
         return np.rint(array).astype(np.uint8)
     raise ValueError(f"unsupported image dtype {array.dtype}; expected an integer or float type")
 
@@ -650,6 +671,12 @@ def as_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+MAX_RESIZED_PIXELS = 2**26  # about 67 million: 200 MB as 8-bit RGB
+MAX_SIDE = 8192  # of a `size` or `crop_size`: 8192 x 8192 is MAX_RESIZED_PIXELS
+MIN_STD = 1e-6
+FLOAT_OVERSHOOT = 1e-3  # a [0, 1] image computed in floating point may end a little above 1
+
+
 def resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
     """The (width, height) a `width` x `height` image is resized to for a processor `size`: {"height", "width"}
     exactly, or {"shortest_edge"} keeping the aspect ratio."""
@@ -658,6 +685,12 @@ def resized_size(width: int, height: int, size: dict[str, int]) -> tuple[int, in
     # torchvision's rule: the short side gets the requested length, the long side is truncated, not rounded
     short, long = sorted((width, height))
     new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+    if new_short * new_long > MAX_RESIZED_PIXELS:
+        # a thin strip (1 x 2,000,000 is a few kB as a PNG) would be stretched to gigabytes before the crop
+        raise ValueError(
+            f"a {width}x{height} image would be resized to {new_short * new_long:,} pixels to give its short side "
+            f"{new_short}: the limit is {MAX_RESIZED_PIXELS:,}; crop it to a less elongated shape first"
+        )
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
