@@ -85,6 +85,8 @@ def test_zero_shot_image_classification_pipeline(tmp_path, images):
     np.testing.assert_allclose(
         [dict((r["label"], r["score"]) for r in result)[c] for c in candidates], probabilities.tolist(), atol=1e-5
     )
+    with pytest.raises(ValueError, match="got an empty list of texts"):
+        classifier(images[0], candidate_labels=[])
 
 
 def test_image_feature_extraction_pipeline(tmp_path, images):

@@ -82,6 +82,10 @@ def test_bad_queries_are_refused(tokenizer):
         model(pixel_values=pixel_batch(model.config), **tokenizer(["a", "b", "c"], padding=True, return_tensors="pt"))
     with pytest.raises(ValueError, match="query_embeds"):
         model(pixel_values=pixel_batch(model.config))
+    with pytest.raises(ValueError, match="`input_ids` holds no queries"):
+        model(pixel_values=pixel_batch(model.config), input_ids=torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="got an empty list of texts"):
+        tokenizer([], padding=True, return_tensors="pt")
 
 
 def test_boxes_map_back_through_resize_and_crop():

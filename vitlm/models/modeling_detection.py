@@ -134,6 +134,8 @@ class VitlmDualEncoderPatchQueryModel(VitlmPreTrainedModel):
         `input_ids` holding `num_queries` prompts per image, in order."""
         if input_ids is None:
             raise ValueError("pass text queries as `input_ids` or image queries as `query_embeds`")
+        if input_ids.shape[0] == 0:
+            raise ValueError("`input_ids` holds no queries: give at least one text to detect")
         if input_ids.shape[0] % batch_size:
             raise ValueError(
                 f"`input_ids` holds {input_ids.shape[0]} queries, not a multiple of the {batch_size} images"

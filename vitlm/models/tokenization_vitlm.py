@@ -188,6 +188,9 @@ class VitlmCLIPTokenizer(CLIPTokenizer):
         return "".join(piece if i % 2 else clean_text(piece).translate(_HIDE) for i, piece in enumerate(pieces))
 
     def _encode_plus(self, text, text_pair=None, *args, **kwargs):
+        if isinstance(text, (list, tuple)) and not text:
+            # transformers' fast tokenizers fail on an empty batch with an IndexError deep inside
+            raise ValueError("got an empty list of texts: give at least one (a zero-shot model, at least one label)")
         return super()._encode_plus(self._clean(text), self._clean(text_pair), *args, **kwargs)
 
     def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
