@@ -123,6 +123,14 @@ def test_the_classifier_fine_tunes(tokenizer):
         (["cat", "dog", "cat"], ["{}"], "duplicates"),
         (["cat"], ["a photo"], "'{}'"),
         (["cat"], [], "'{}'"),
+        (["cat"], ["{} {}"], "the prompt template '{} {}' must contain one"),
+        (["cat"], ["a {} {name}"], "the prompt template 'a {} {name}' must contain one"),
+        (["cat"], ["a {0}"], r"the prompt template 'a \{0\}'"),
+        (["cat"], ["a {:>999}"], "the prompt template 'a {:>999}'"),
+        (["cat"], ["a {!r}"], "the prompt template 'a {!r}'"),
+        (["cat"], ["a {{}}"], "the prompt template 'a {{}}'"),
+        (["cat"], ["a {} }"], "the prompt template 'a {} }'"),
+        (["cat"], [3], "the prompt template 3"),
     ],
 )
 def test_bad_label_lists_are_refused(tokenizer, class_names, templates, message):
@@ -159,6 +167,13 @@ def test_the_classifier_owns_copies_of_the_dual_encoders_weights(tokenizer):
         for parameter in classifier.parameters():
             parameter.add_(1.0)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+
+
+def test_literal_braces_in_templates_are_kept(tokenizer):
+    classifier = VitlmDualEncoderForImageClassification.from_dual_encoder(
+        dual_encoder(), tokenizer, ["cat"], ["{{a drawing}} of a {}."]
+    )
+    assert classifier.config.prompt_templates == ["{{a drawing}} of a {}."]
 
 
 def test_templates_default_to_the_models_own(tokenizer):

@@ -50,7 +50,7 @@ from gradio.data_classes import FileData
 from ..attention_maps import attention_map
 from ..models import VitlmDualEncoderForImageClassification, VitlmViTForInpaintingSynthesis
 from ..models.image_processing_vitlm import as_pil_image, as_rgb
-from ..models.modeling_dual_encoder import default_templates
+from ..models.modeling_dual_encoder import check_templates, default_templates
 from ..overlays import blend, label_colours
 from ..retrieval import FolderSource, MemorySource, embed_source, query_embedding
 from ..retrieval.checks import check_text
@@ -208,14 +208,12 @@ def parse_templates(text, model_config) -> list[str]:
     for template in templates:
         check_length(template, "A prompt template")
         try:
-            valid = "{}" in template and template.format("label")
-        except (IndexError, KeyError, ValueError):
-            valid = False
-        if not valid:
+            check_templates([template])
+        except ValueError:
             raise refusal(
                 f"The prompt template {_escaped(repr(template))} must contain {{}} where the label goes "
                 "(and no other braces)."
-            )
+            ) from None
     return templates
 
 

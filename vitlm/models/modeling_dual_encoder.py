@@ -3,6 +3,7 @@
 The towers are the families' own base models, chosen by the vision config's `model_type`; each exposes the size
 of its pooled output (`pooled_size`: [CLS] or mean of tokens), which the projection reads."""
 
+import string
 from dataclasses import dataclass
 from typing import Any, Unpack
 
@@ -334,8 +335,7 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
             raise ValueError(
                 f"`class_names` has duplicates: {sorted({n for n in class_names if class_names.count(n) > 1})}"
             )
-        if not templates or any("{}" not in template for template in templates):
-            raise ValueError("`templates` must be a non-empty list of prompts, each with a '{}' for the class name")
+        check_templates(templates)
         config = model.config.__class__.from_dict(
             {
                 **model.config.to_dict(),
@@ -381,6 +381,23 @@ class VitlmDualEncoderForImageClassification(VitlmPreTrainedModel):
 
 
 @torch.no_grad()
+def check_templates(templates: list[str]) -> None:
+    """A ValueError naming the first of `templates` that is not a prompt with exactly one `{}` where the class name
+    goes and no other replacement field (`{{` and `}}` are literal braces), or saying that there are none."""
+    if not templates:
+        raise ValueError("`templates` must be a non-empty list of prompts, each with a '{}' for the class name")
+    for template in templates:
+        try:
+            fields = [field[1:] for field in string.Formatter().parse(template) if field[1] is not None]
+        except (TypeError, ValueError):  # not a string, or an unmatched brace
+            fields = None
+        if fields != [("", "", None)]:
+            raise ValueError(
+                f"the prompt template {template!r} must contain one '{{}}' where the class name goes and no other "
+                "braces (write '{{' and '}}' for literal ones)"
+            )
+
+
 def default_templates(config) -> list[str]:
     return list(getattr(config, "prompt_templates", None) or ["a photo of a {}."])
 
@@ -405,6 +422,7 @@ __all__ = [
     "VitlmTextModel",
     "VitlmDualEncoderModel",
     "VitlmDualEncoderForImageClassification",
+    "check_templates",
     "default_templates",
     "encode_class_names",
 ]
