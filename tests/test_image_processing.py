@@ -337,7 +337,7 @@ def test_module_imports_only_portable_packages():
             np.concatenate([np.full((8, 8, 3), 0.5), np.full((1, 8, 3), 1.01)]),
             r"\[0, 1\] or \[0, 255\], got \[0.5, 1.01\]",
         ),
-        (np.ones((1, 2_000_000), np.uint8), r"a 2000000x1 image would be resized to 288,000,000 pixels to give its short side 12"),
+        (np.ones((1, 2_000_000), np.uint8), r"a 2000000x1 image would be resized to 288,000,000 pixels to give"),
         (PIL.Image.new("F", (4, 4), 300.0), r"\[0, 1\] or \[0, 255\], got \[300, 300\]"),
         (PIL.Image.new("I", (4, 4), 70000), r"16-bit image \(mode 'I'\) values must lie in \[0, 65535\]"),
         ([PIL.Image.new("RGB", (4, 4)), 7], "unsupported image type int"),

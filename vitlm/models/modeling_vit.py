@@ -25,7 +25,6 @@ from .layers import (
     VitlmVisionEmbeddings,
 )
 
-
 # transformers' `from_pretrained` and `from_config` set torch's default dtype and patch `torch.nn.init` for the whole
 # process, then put back what they found: two that overlap in threads put back each other's changes and leave them
 # for good (float16 as every thread's default dtype, initializers that do nothing). vitlm's take turns.
