@@ -67,6 +67,17 @@ def test_save_writes_a_loadable_folder_in_the_requested_dtype(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folders left behind
 
 
+def test_a_saved_folder_has_the_umasks_permissions(tmp_path):
+    """The folder is staged and renamed into place; it gets the permissions any new folder gets (a mkdtemp staging
+    folder made it 0700 whatever the umask)."""
+    previous = os.umask(0o022)
+    try:
+        out = save(converted(), tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
 def test_an_existing_folder_is_kept_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

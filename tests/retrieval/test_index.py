@@ -1,5 +1,7 @@
 """faiss indexes: exact, HNSW and IVF over normalized embeddings, and the recall the manifest reports."""
 
+import os
+
 import faiss
 import numpy as np
 import pytest
@@ -52,3 +54,15 @@ def test_embed_writes_the_chosen_index_and_its_recall(collection, tmp_path):
     info = store.read_manifest(out)["index"]
     assert info["kind"] == "hnsw" and info["recall_at_10"] == 1.0  # 20 images: the graph reaches them all
     assert isinstance(faiss.read_index(str(out / store.INDEX)), faiss.IndexHNSWFlat)
+
+
+def test_files_written_in_place_have_the_umasks_permissions(tmp_path):
+    """Outputs are staged and renamed into place with the permissions `open` would give them (mkstemp's staging
+    files made them 0600 whatever the umask)."""
+    previous = os.umask(0o022)
+    try:
+        store.write_text(tmp_path / "out" / "manifest.json", "{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "manifest.json").stat().st_mode & 0o777 == 0o644
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["manifest.json"]

@@ -10,8 +10,8 @@ import glob
 import importlib
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -263,7 +263,9 @@ def _staging_prefix(out_dir: Path, kind: str) -> str:
 
 def _staging_dir(out_dir: Path, kind: str) -> Path:
     """A new hidden sibling of `out_dir` named after this process, whose leftovers `clean_leftovers` can tell apart."""
-    return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir, kind)}{os.getpid()}-", dir=out_dir.parent))
+    staging = out_dir.parent / f"{_staging_prefix(out_dir, kind)}{os.getpid()}-{secrets.token_hex(8)}"
+    staging.mkdir(mode=0o777)  # the umask's permissions, as for any folder (mkdtemp's are 0700 whatever the umask)
+    return staging
 
 
 def _process_alive(pid: int) -> bool:

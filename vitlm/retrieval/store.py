@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,9 @@ def write_atomically(path: Path, write):
     """`write(temporary path)`, then rename it to `path` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    staging = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # created as `open` creates files, with the umask's permissions (mkstemp's are 0600 whatever the umask)
+    os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(staging)
         os.replace(staging, path)
