@@ -11,6 +11,7 @@ import argparse
 import shlex
 import signal
 import sys
+import unicodedata
 
 
 def _add_presets_arguments(parser: argparse.ArgumentParser):
@@ -502,8 +503,10 @@ SUBCOMMANDS = [
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table; columns whose every cell starts with a digit are right-aligned."""
-    cells = [[str(value) for value in row] for row in rows]
+    """A markdown table; columns whose every cell starts with a digit are right-aligned. File names are the user's
+    data: control and format characters in a cell (a terminal's escape sequences, newlines, bidi overrides) are
+    printed as Python escapes and `|` as `\\|`, so no cell can drive the terminal or break the table."""
+    cells = [[table_text(value) for value in row] for row in rows]
     columns = list(zip(*cells, strict=True)) or [() for _ in header]
     widths = [max([len(title), *map(len, column)]) for title, column in zip(header, columns, strict=True)]
     numeric = [bool(column) and all(cell[:1].isdigit() for cell in column) for column in columns]
@@ -514,6 +517,11 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if n else "-" * (w + 2) for w, n in zip(widths, numeric, strict=True))
     return "\n".join([line(header), rule + "|", *(line(row) for row in cells)])
+
+
+def table_text(value) -> str:
+    text = "".join(ascii(c)[1:-1] if unicodedata.category(c)[0] == "C" else c for c in str(value))
+    return text.replace("|", "\\|")
 
 
 def build_parser() -> argparse.ArgumentParser:

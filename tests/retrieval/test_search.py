@@ -1,10 +1,13 @@
 """Searching an embedded collection: the Python API, `vitlm search` and its refusals."""
 
+import json
+import shutil
+
 import numpy as np
 import PIL.Image
 import pytest
 
-from vitlm.cli import main
+from vitlm.cli import main, markdown_table
 from vitlm.retrieval import Collection, search, store
 from vitlm.retrieval.engine import text_embeddings
 
@@ -111,3 +114,28 @@ def test_search_cli_errors(embedded, collection, capsys, args, message):
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("damaged", ["index", "manifest", "shard"])
+def test_damaged_index_files_are_named_in_one_line(embedded, tmp_path, capsys, damaged):
+    copy = tmp_path / "copy"
+    shutil.copytree(embedded, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    target = {
+        "index": copy / manifest["index"]["file"],
+        "manifest": copy / "manifest.json",
+        "shard": copy / manifest["shards"][0]["file"],
+    }[damaged]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    assert main(["search", str(copy), "red"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlm search: error: ") and str(target) in err and err.count("\n") == 1, err
+    assert "run `vitlm embed` again" in err
+
+
+def test_file_names_cannot_drive_the_terminal_or_break_the_table():
+    table = markdown_table(["rank", "image"], [[1, "a|b\x1b]0;title\x07\x1b[2J\nc\u202e.png"], [2, "été.png"]])
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count(" | ") == 1 for line in lines if not line.startswith("|-"))
+    assert "\x1b" not in table and "\x07" not in table and "\u202e" not in table
+    assert "a\\|b\\x1b]0;title\\x07\\x1b[2J\\nc\\u202e.png" in lines[2] and "été.png" in lines[3]

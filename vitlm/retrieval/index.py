@@ -8,6 +8,7 @@ manifest reports it.
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -85,4 +86,11 @@ def save_index(index, path):
 def load_index(path):
     import faiss
 
-    return faiss.read_index(str(path))  # with its search settings (HNSW's efSearch, IVF's nprobe)
+    if not Path(path).is_file():
+        raise ValueError(f"the index file {path} is missing: run `vitlm embed` again to rebuild it")
+    try:
+        return faiss.read_index(str(path))  # with its search settings (HNSW's efSearch, IVF's nprobe)
+    except RuntimeError:  # faiss's message is its C++ source location and an assertion
+        raise ValueError(
+            f"the index file {path} is truncated or damaged (faiss cannot read it): run `vitlm embed` again"
+        ) from None

@@ -113,7 +113,10 @@ def read_shard_captions(path: Path) -> np.ndarray:
 def read_shard_ids(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    try:
+        return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    except (OSError, ValueError, KeyError) as error:  # missing, truncated, or not one of vitlm's shards
+        raise ValueError(f"{path} cannot be read ({error}): run `vitlm embed` again to rebuild it") from None
 
 
 def errors_csv(errors: list[tuple[str, str]]) -> str:
@@ -133,7 +136,10 @@ def read_manifest(folder) -> dict:
             else ""
         )
         raise ValueError(f"{folder} holds no embedding index: no {MANIFEST}{hint}")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({error}): run `vitlm embed` again to rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vitlm embedding manifest")
     return manifest
