@@ -15,7 +15,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from vitlm.demo import app
-from vitlm.demo.app import DEFAULT_THRESHOLD, DETECTION_EXAMPLES, ZERO_SHOT_EXAMPLES, classify, detect
+from vitlm.demo.app import (
+    DEFAULT_THRESHOLD,
+    DETECTION_EXAMPLES,
+    EXAMPLE_COLLECTION,
+    ZERO_SHOT_EXAMPLES,
+    classify,
+    detect,
+)
 from vitlm.demo.models import DEFAULT_MODELS, ModelLoadError, ModelStore
 from vitlm.models import VitlmDualEncoderModel
 
@@ -206,12 +213,19 @@ def test_refused_requests_log_one_line_each_and_no_traceback(demo_server, client
         client.predict(image, "x" * 80_000, "", "default", api_name="/classify")
     with pytest.raises(AppError, match="could not load 'someone/missing-model'"):
         client.predict(image, "pink star", "", "someone/missing-model", api_name="/classify")
+    # gradio's own checks of a value (a slider's range, a dropdown's choices), refused as the app's own are
+    with pytest.raises(AppError, match=r"^Score threshold: Value 1.5 is greater than maximum value 1"):
+        client.predict(image, "pink star", 1.5, "", "default", api_name="/detect")
+    with pytest.raises(AppError, match=r"^Overlap \(IoU\) threshold: Value 0.0 is less than minimum value 0.05"):
+        client.predict(image, "pink star", 0.3, "", "default", 0.0, api_name="/detect")
+    with pytest.raises(AppError, match=r"^Results: Value 0 is less than minimum value 1"):
+        client.predict("a star", None, EXAMPLE_COLLECTION, 0, "default", api_name="/search")
     with log.open() as file:
         file.seek(start)
         output = file.read()
     assert "Traceback" not in output, output
     refused = [line for line in output.splitlines() if "refused a request" in line]
-    assert len(refused) == 4, output
+    assert len(refused) == 7, output
 
 
 def test_concurrent_detections_all_come_back_whole(demo_url, store, client_downloads):

@@ -566,11 +566,12 @@ def _status_handler(task: str, store: ModelStore, show_templates=None):
     return update
 
 
-def refusing_unreadable(component):
-    """`component` whose uploads, opened by gradio before the handler runs, are refused with the app's messages when
-    PIL cannot read them or its decompression-bomb guard trips (instead of a traceback in the log and a processing
-    error quoting the raw request). Wrapped on the instance: gradio writes a stub file next to the module of any
-    component subclass."""
+def refusing_bad_input(component):
+    """`component` whose own handling of a request's value, run by gradio before the handler, refuses what it cannot
+    take with the app's messages and one line in the log (gradio logs a traceback, as for a bug, and answers with a
+    processing error quoting the raw request): uploads PIL cannot read or its decompression-bomb guard trips on, a
+    slider's or number's value out of its range, a dropdown's value not among its choices. Wrapped on the instance:
+    gradio writes a stub file next to the module of any component subclass."""
     preprocess = component.preprocess
 
     def guarded(payload):
@@ -580,6 +581,10 @@ def refusing_unreadable(component):
             raise too_many_pixels() from error
         except OSError as error:  # not an image, or a truncated one
             raise unreadable("image", error) from error
+        except gr.Error as error:  # gradio's own checks: a range, the choices
+            raise refusal(f"{component.label}: {error.message}") from None
+        except (TypeError, ValueError):  # a value of the wrong type, e.g. text for a number
+            raise refusal(f"{component.label}: {_escaped(repr(payload)[:80])} is not a valid value.") from None
 
     component.preprocess = guarded
     return component
@@ -602,7 +607,7 @@ def cached_png(image: PIL.Image.Image, cache_dir: str, name: str = "image") -> s
 # gradio writes an output image to a cache file named by its content, rewriting the file in place when it already
 # exists: two requests with the same result (the same image, the same box) then cut each other's downloads, and 8 of
 # 80 concurrent detections came back short ("Too little data for declared Content-Length"). The app's image outputs
-# are written by `cached_png` instead, wrapped on the instance as in `refusing_unreadable`.
+# are written by `cached_png` instead, wrapped on the instance as in `refusing_bad_input`.
 
 
 def image_output(**options) -> gr.Image:
@@ -648,7 +653,7 @@ def image_input(elem_id: str) -> gr.Image:
     image = gr.Image(
         type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image", height=300, elem_id=elem_id
     )
-    return refusing_unreadable(image)
+    return refusing_bad_input(image)
 
 
 def model_selector(task: str, choices: list[str], store: ModelStore) -> gr.Dropdown:
@@ -782,7 +787,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
 
         with gr.Tab("Inpainting", id="masked-image-modeling"):
             with gr.Row():
-                editor = refusing_unreadable(
+                editor = refusing_bad_input(
                     gr.ImageEditor(
                         type="pil",
                         image_mode="RGBA",
@@ -863,6 +868,9 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             handler = _status_handler(task, store, show_templates)
             source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
             demo.load(handler, source, outputs, api_visibility="private")
+        for block in demo.blocks.values():
+            if isinstance(block, (gr.Slider, gr.Number, gr.Dropdown)):
+                refusing_bad_input(block)
     return demo
 
 
