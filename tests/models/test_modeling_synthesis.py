@@ -220,7 +220,9 @@ def test_binary_masks_of_any_on_value_mean_the_same():
     assert all(np.array_equal(results[0], result) for result in results[1:])
 
 
-@pytest.mark.parametrize("keyword,value", [("num_samples", 0), ("steps", 0), ("seed", -1), ("temperature", -0.5)])
+@pytest.mark.parametrize(
+    "keyword,value", [("num_samples", 0), ("steps", 0), ("seed", -1), ("seed", 2**70), ("temperature", -0.5)]
+)
 def test_bad_sampling_arguments_are_refused(keyword, value):
     with pytest.raises(ValueError, match=f"`{keyword}` must be"):
         model().inpaint(picture(), blob(), processor(), **{keyword: value})

@@ -269,8 +269,8 @@ class VitlmViTForInpaintingSynthesis(VitlmViTPreTrainedModel):
         from a codebook, so their colour level is off by the codeword's error where they meet the visible pixels;
         blending keeps the sample's detail and moves its level to meet them (on the inpainting benchmark's masks,
         +3.9 dB inside the mask). `blend=False` pastes the codewords' pixels as sampled."""
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"`seed` must be an integer from 0 to 2**63 - 1 (torch's generator seeds), got {seed!r}")
         image_processor.check_generative_mask(mask)
         inputs = image_processor.prepare_inpainting(image, mask, self.config)
         generator = torch.Generator().manual_seed(seed)
