@@ -2,9 +2,10 @@
 model with a warning naming what is wrong with it (missing or unused weights, NaN / inf values). Never a traceback
 from deep inside torch or safetensors, never a silently broken model, and never an unpickled weights file.
 
-Weights of the wrong shape are refused (transformers raises a RuntimeError pointing at a logged table); keys missing
-or left over keep transformers' load report, a warning, since loading a base model's weights into a head model is
-ordinary; NaN / inf weights are reported, not refused (a diverged run is sometimes loaded on purpose)."""
+Weights of the wrong shape are refused (transformers raises a RuntimeError pointing at a logged table), and so are
+weights missing from a checkpoint the loaded class itself saved (they would be random); keys left over, and a base
+model's weights loaded into a head model, keep transformers' load report, a warning; NaN / inf weights are reported,
+not refused (a diverged run is sometimes loaded on purpose)."""
 
 import logging
 import shutil
@@ -94,14 +95,17 @@ DAMAGES = {
         edit_weights(lambda state_dict, key: state_dict.update({key: torch.zeros(7)})),
         (ValueError, "1 of the wrong shape, {key} (7,)"),
     ),
-    "a weight missing": (edit_weights(lambda state_dict, key: state_dict.pop(key)), ("warning", "MISSING")),
+    "a weight missing": (
+        edit_weights(lambda state_dict, key: state_dict.pop(key)),
+        (ValueError, "lack 1 of its weights ({key}): the file is incomplete"),
+    ),
     "an unknown weight": (
         edit_weights(lambda state_dict, key: state_dict.update({"bogus.weight": torch.zeros(2)})),
         ("warning", "UNEXPECTED"),
     ),
     "no weights at all in the file": (
         edit_weights(lambda state_dict, key: state_dict.clear()),
-        ("warning", "MISSING"),
+        (ValueError, "of its weights ("),
     ),
     "a NaN weight": (edit_weights(set_value(float("nan"))), ("warning", "1 weights hold NaN or inf values ({key})")),
     "an inf weight": (edit_weights(set_value(float("-inf"))), ("warning", "1 weights hold NaN or inf values ({key})")),
@@ -201,6 +205,18 @@ def test_damaged_folder(family, damage, loader, saved, tmp_path, warnings_logged
             load(folder)
         assert fragment.format(key=key) in str(error.value)
         assert str(folder) in str(error.value)  # names the folder (or the file in it)
+
+
+def test_a_base_models_weights_load_into_a_head_model_with_transformers_report(tmp_path, warnings_logged):
+    """Weights a plain encoder saved lack the head a classifier adds: ordinary, so a warning, not an error."""
+    from vitlm import VitlmViTModel
+
+    torch.manual_seed(0)
+    base = VitlmViTModel(tiny_config("vit"))
+    base.save_pretrained(tmp_path)
+    model = VitlmViTForImageClassification.from_pretrained(tmp_path)
+    assert torch.equal(model.vit.embeddings.cls_token, base.embeddings.cls_token)
+    assert "classifier.weight" in "\n".join(record.getMessage() for record in warnings_logged)
 
 
 def test_a_pickle_loads_only_when_asked_for(saved, tmp_path):

@@ -137,6 +137,16 @@ class VitlmPreTrainedModel(PreTrainedModel):
                 f"the weights of {source} do not fit its config: {len(shapes)} of the wrong shape, "
                 f"{', '.join(sorted(shapes)[:3])}; pass ignore_mismatched_sizes=True to initialize those afresh"
             )
+        saved_as = (model.config.architectures or [None])[0]
+        if info["missing_keys"] and saved_as == cls.__name__:
+            # a base model's weights loaded into a head model lack the head, as transformers expects; a checkpoint this
+            # very class saved lacks nothing, or it is damaged (the missing weights would be random)
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"the weights of {source}, saved by {saved_as}, lack {len(missing)} of its weights "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the file is incomplete; save or "
+                "download it again"
+            )
         model.warn_if_nonfinite(source)
         return (model, info) if output_loading_info else model
 
