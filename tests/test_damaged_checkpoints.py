@@ -219,6 +219,14 @@ def test_a_base_models_weights_load_into_a_head_model_with_transformers_report(t
     assert "classifier.weight" in "\n".join(record.getMessage() for record in warnings_logged)
 
 
+def test_saving_into_a_file_is_refused_and_leaves_it(tmp_path):
+    target = tmp_path / "weights.txt"
+    target.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="weights.txt is a file: `save_pretrained` writes a folder"):
+        VitlmHybridModel(tiny_config("hybrid")).save_pretrained(target)
+    assert target.read_text() == "mine"
+
+
 def test_a_pickle_loads_only_when_asked_for(saved, tmp_path):
     source, key = saved["hybrid"]
     shutil.copytree(source, tmp_path / "model")

@@ -364,6 +364,14 @@ def test_bad_files(small, tmp_path):
         small(str(truncated))
 
 
+def test_a_decompression_bomb_file_is_refused_as_unreadable(small, tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    random_rgb(30, 20).save(path)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels: over twice the limit, PIL refuses
+    with pytest.raises(ValueError, match="cannot read image file .*bomb.png.*decompression bomb"):
+        small(str(path))
+
+
 def test_images_that_cannot_be_batched(small):
     images = [random_rgb(30, 20), random_rgb(20, 30)]
     with pytest.raises(ValueError, match="different sizes after preprocessing"):

@@ -471,13 +471,15 @@ SUBCOMMANDS = [
     ),
     (
         "train",
-        "train a classifier, dual encoder, open-vocabulary detector or inpainting model with transformers' Trainer",
+        "train a classifier, dual encoder, open-vocabulary detector, segmenter or inpainting model, or pretrain a "
+        "ViT without labels (DINO, BEiT), with transformers' Trainer",
         _add_train_arguments,
         _run_train,
     ),
     (
         "demo",
-        "serve the Gradio demo: zero-shot classification, open-vocabulary detection, inpainting and search",
+        "serve the Gradio demo: zero-shot classification, open-vocabulary detection, segmentation, inpainting and "
+        "search",
         _add_demo_arguments,
         _run_demo,
     ),

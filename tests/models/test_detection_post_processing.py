@@ -84,5 +84,17 @@ def test_bad_nms_thresholds_are_refused(bad):
         processor().post_process_object_detection(detections(), 0.1, nms_threshold=bad)
 
 
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_bad_score_thresholds_are_refused(bad):
+    with pytest.raises(ValueError, match=r"`threshold` must be a number in \[0, 1\]"):
+        processor().post_process_object_detection(detections(), bad)
+
+
+@pytest.mark.parametrize("size", [(0, 0), (-32, 32), (32, 0)])
+def test_bad_target_sizes_are_refused(size):
+    with pytest.raises(ValueError, match=r"target size 0 must be a positive \(height, width\)"):
+        processor().post_process_object_detection(detections(), 0.1, target_sizes=[size])
+
+
 def dual_processor():
     return VitlmDualEncoderProcessor(processor(), clip_tokenizer())

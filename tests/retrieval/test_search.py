@@ -103,6 +103,8 @@ def test_search_cli(embedded, collection, capsys):
         (["x", "red", "-k", "0"], "argument -k: expected a positive integer, got '0'"),
         (["{out}", "red", "--image", "{collection}/broken.png"], "vitlm search: error: cannot read the query image"),
         (["{collection}", "red"], "holds no embedding index: no manifest.json"),
+        (["{out}", "--image", "{collection}"], "vitlm search: error: cannot read the query image: "),
+        (["{out}", "--image", "/dev/zero"], "/dev/zero is not a regular file"),
     ],
 )
 def test_search_cli_errors(embedded, collection, capsys, args, message):

@@ -217,8 +217,8 @@ class VitlmImageProcessor(BaseImageProcessor):
         Returns:
             One dict per image with `scores`, `labels` (query indices) and `boxes` (x0, y0, x1, y1), best first.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"`threshold` must be in [0, 1], got {threshold!r}")
+        if not _is_real(threshold) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"`threshold` must be a number in [0, 1], got {threshold!r}")
         if nms_threshold is not None:
             try:  # True (read as "on") and "0.5" are mistakes, not IoUs
                 valid = not isinstance(nms_threshold, (bool, str)) and 0 < float(nms_threshold) <= 1
@@ -234,6 +234,8 @@ class VitlmImageProcessor(BaseImageProcessor):
         for index, (scores, labels, image_boxes) in enumerate(zip(best.values.sigmoid(), best.indices, boxes)):
             if target_sizes is not None:
                 height, width = (int(v) for v in target_sizes[index])
+                if height <= 0 or width <= 0:
+                    raise ValueError(f"target size {index} must be a positive (height, width), got {(height, width)}")
                 image_boxes = self._boxes_in_original_pixels(image_boxes, height, width)
             keep = (scores > threshold).nonzero()[:, 0]
             if nms_threshold is not None:
@@ -598,7 +600,7 @@ def _open(path) -> PIL.Image.Image:
             image.load()
             # photos store their orientation in EXIF; transformers' `load_image` applies it too
             return PIL.ImageOps.exif_transpose(image)
-    except OSError as error:  # missing, unreadable, truncated or not an image
+    except (OSError, PIL.Image.DecompressionBombError) as error:  # missing, unreadable, truncated, not an image, huge
         raise ValueError(f"cannot read image file {os.fspath(path)!r}: {error}") from error
 
 

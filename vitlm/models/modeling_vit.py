@@ -91,8 +91,8 @@ class VitlmPreTrainedModel(PreTrainedModel):
         safetensors_only = kwargs.get("use_safetensors") is None
         if safetensors_only:
             kwargs["use_safetensors"] = True
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
-            # transformers builds a default config when config.json is missing: a model the weights may not fit
+        own_config, saved_config = kwargs.get("config") is None, {}
+        if pretrained_model_name_or_path is not None:
             hub_kwargs = (
                 "cache_dir",
                 "force_download",
@@ -103,8 +103,13 @@ class VitlmPreTrainedModel(PreTrainedModel):
                 "token",
             )
             hub_kwargs = {name: kwargs[name] for name in hub_kwargs if name in kwargs}
-            config_dict = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)[0]
-            if not config_dict or not isinstance(config_dict, dict):
+            try:
+                saved_config = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)[0]
+            except (OSError, ValueError):
+                if own_config:
+                    raise
+            if own_config and (not saved_config or not isinstance(saved_config, dict)):
+                # transformers builds a default config when config.json is missing: a model the weights may not fit
                 raise OSError(f"{source} has no config.json holding a JSON object: it is not a saved model folder")
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         output_loading_info = kwargs.pop("output_loading_info", False)
@@ -137,10 +142,11 @@ class VitlmPreTrainedModel(PreTrainedModel):
                 f"the weights of {source} do not fit its config: {len(shapes)} of the wrong shape, "
                 f"{', '.join(sorted(shapes)[:3])}; pass ignore_mismatched_sizes=True to initialize those afresh"
             )
-        saved_as = (model.config.architectures or [None])[0]
+        saved_as = (saved_config.get("architectures") or [None])[0] if isinstance(saved_config, dict) else None
         if info["missing_keys"] and saved_as == cls.__name__:
             # a base model's weights loaded into a head model lack the head, as transformers expects; a checkpoint this
-            # very class saved lacks nothing, or it is damaged (the missing weights would be random)
+            # very class saved (its own config.json says so, whatever config is passed in) lacks nothing, or it is
+            # damaged: the missing weights would be random
             missing = sorted(info["missing_keys"])
             raise ValueError(
                 f"the weights of {source}, saved by {saved_as}, lack {len(missing)} of its weights "
@@ -171,6 +177,8 @@ class VitlmPreTrainedModel(PreTrainedModel):
             )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        if os.path.isfile(save_directory):  # transformers logs an error and returns, saving nothing
+            raise NotADirectoryError(f"{os.fspath(save_directory)} is a file: `save_pretrained` writes a folder")
         # transformers writes only the saved class's own Auto entry; list the family's others too, so that a repo
         # saved from a base model still loads as the head model (and vice versa) with `trust_remote_code=True`.
         if self._auto_class is not None:

@@ -22,6 +22,9 @@ class Hit(NamedTuple):
 
 def query_image(image):
     """A query image (a path or a PIL image) as RGB, refused with the reason when it cannot be read."""
+    if isinstance(image, (str, Path)) and Path(image).exists() and not Path(image).is_file():
+        # a folder, or a pipe or device, which opening would read from forever
+        raise ValueError(f"cannot read the query image: {image} is not a regular file")
     try:
         return decode(str(image) if isinstance(image, Path) else image)
     except Exception as error:  # PIL's plugins raise many kinds on a damaged file
