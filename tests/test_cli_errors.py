@@ -279,6 +279,20 @@ CASES = {
     ),
     "too few generated images": ([*TRAIN[:-1], "0"], "num_images must be at least 1, got 0"),
     "generated images too small": ([*TRAIN, "--shapes-size", "8"], "image_size must be at least 32"),
+    "generated images too large": ([*TRAIN, "--shapes-size", "100000"], "image_size must be at most 1024"),
+    "a transformers model to train": (
+        ["train", "classify", "--model", "{root}/hf-vit", "--dataset", "shapes", "--shapes-train", "4"],
+        "hf-vit holds a transformers 'vit' model, not a vitlm one: train from the converter source 'hf:",
+    ),
+    "a dual encoder for an image-only task": (
+        ["train", "classify", "--model", "clip-tiny-test", "--dataset", "shapes", "--shapes-train", "4"],
+        "task 'classify' needs an image-only model, not a dual encoder",
+    ),
+    "a Hub repo id that cannot be": ([*TRAIN, "--push-to-hub", "bad id!!"], "Repo id must use alphanumeric chars"),
+    "a Hub repo id that cannot be, converting": (
+        ["convert", "timm:test_vit", "{out}", "--random-weights", "--push-to-hub", "bad id!!"],
+        "Repo id must use alphanumeric chars",
+    ),
     "no objects per image": ([*TRAIN, "--shapes-max-objects", "0"], "max_objects=0"),
     # demo
     "port out of range": (["demo", "--port", "70000"], "expected a port number from 0 to 65535, got '70000'"),
@@ -345,3 +359,16 @@ def test_the_command_prints_one_line_and_no_traceback(args, fragment, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and fragment in result.stderr
     assert result.stderr.startswith(f"vitlm {args[0]}: error: ") and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, capsys):
+    import vitlm.cli
+    from vitlm.cli import SUBCOMMANDS
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    commands = [(name, text, add, interrupted if name == "presets" else run) for name, text, add, run in SUBCOMMANDS]
+    monkeypatch.setattr(vitlm.cli, "SUBCOMMANDS", commands)
+    assert main(["presets"]) == 130
+    assert capsys.readouterr().err == "vitlm presets: interrupted\n"

@@ -574,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(hub_error_message(error) or error).split()) or type(error).__name__
         print(f"vitlm {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: what was saved stays (a training run resumes from its last checkpoint with --resume)
+        print(f"vitlm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

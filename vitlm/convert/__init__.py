@@ -330,6 +330,10 @@ def convert(
     """Convert `source` and save it to `out_dir` with a model card (optionally pushing the folder to the Hub as
     `push_to_hub`); `random_weights` as in `load`."""
     check_out_dir(Path(out_dir), overwrite)  # fail before the slow part
+    if push_to_hub:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(push_to_hub)  # a ValueError naming the id
     converted = load(source, checkpoint=checkpoint, random_weights=random_weights)
     out_dir = save(converted, out_dir, dtype=dtype, overwrite=overwrite, source=source, random_weights=random_weights)
     if push_to_hub:

@@ -62,6 +62,7 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
 # only know the classes they trained on (`vitlm train image-classification`).
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
+MAX_IMAGE_SIZE = 1024
 MIN_IMAGE_SIZE = 32  # below this a star or a cross is a handful of pixels that no longer reads as its shape
 MAX_OBJECTS = 8
 MAX_HIDDEN = 0.7  # a placement that would hide more than this share of an earlier object is redrawn elsewhere
@@ -309,6 +310,10 @@ def generate(
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} to draw recognisable shapes, got {image_size}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be at most {MAX_IMAGE_SIZE} (the images are drawn in memory), got {image_size}"
+        )
     if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
         raise ValueError(
             f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got min_objects={min_objects}, "

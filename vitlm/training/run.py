@@ -81,10 +81,15 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     is_preset = name in preset_names()
     source = preset_path(name) if is_preset else name
     config = AutoConfig.from_pretrained(source)
+    if not config.model_type.startswith("vitlm"):
+        raise ValueError(
+            f"{name} holds a transformers {config.model_type!r} model, not a vitlm one: train from the converter "
+            f"source 'hf:{name}', which converts it"
+        )
     dual_encoder = hasattr(config, "text_config")
     if spec.dual_encoder is not None and spec.dual_encoder != dual_encoder:
-        needs = "a" if spec.dual_encoder else "an image-only"
-        raise ValueError(f"task {getattr(task, 'name', task)!r} needs {needs} dual encoder model")
+        needs = "a dual encoder model" if spec.dual_encoder else "an image-only model, not a dual encoder"
+        raise ValueError(f"task {getattr(task, 'name', task)!r} needs {needs}")
     if dual_encoder and is_preset and config.text_config.vocab_size < CLIP_VOCAB["vocab_size"]:
         # tiny presets have a toy vocabulary; text is tokenized with CLIP's BPE, so the tower takes its ids
         config.text_config.update(CLIP_VOCAB)
@@ -254,6 +259,10 @@ def train(
         **task_options,
     )
     spec = get_task(task, head)  # checked above: a head of this task
+    if push_to_hub:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(push_to_hub)  # a ValueError naming the id, before the training rather than after it
     if caption_weights is not None:
         transforms.caption_weights_tensor(caption_weights)
     if isinstance(recipe_settings, str):
