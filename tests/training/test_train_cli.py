@@ -297,3 +297,25 @@ def test_a_converter_source_is_converted_in_scratch_that_is_removed(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
     expected = converted[0].model.state_dict()
     assert all(torch.equal(tensor, expected[key]) for key, tensor in model.state_dict().items())
+
+
+def test_classes_only_in_the_evaluation_split_are_warned_of(tmp_path, caplog):
+    """An image folder's `test/bird` without a `train/bird`: the head is sized to 3 classes, one never trained."""
+    import logging
+
+    import PIL.Image
+
+    from vitlm.training.run import load_datasets
+    from vitlm.training.tasks import class_names_of, get_task, warn_of_untrained_classes
+
+    for split, label in (("train", "cat"), ("train", "dog"), ("test", "cat"), ("test", "bird")):
+        (tmp_path / split / label).mkdir(parents=True)
+        for index in range(2):
+            PIL.Image.new("RGB", (32, 32), (index * 90, 40, 200)).save(tmp_path / split / label / f"{index}.png")
+    train_set, eval_set = load_datasets(str(tmp_path))
+    spec = get_task("classify")
+    names = class_names_of(spec, train_set)
+    with caplog.at_level(logging.WARNING, logger="vitlm.training.tasks"):
+        assert warn_of_untrained_classes(spec, train_set, eval_set, names) == ["bird"]
+    assert "the evaluation split has 1 classes no training image has (bird)" in caplog.text
+    assert warn_of_untrained_classes(spec, train_set, train_set, names) == []

@@ -15,7 +15,7 @@ from ..models.configuration_vitlm import split_assignments
 from . import transforms
 from .arguments import check_arguments
 from .card import write_model_card
-from .tasks import auto_class, class_names_of, get_task
+from .tasks import auto_class, class_names_of, get_task, warn_of_untrained_classes
 from .trainer import build_trainer, plot_log_history, training_arguments
 
 CLIP_VOCAB = {"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0}
@@ -294,6 +294,7 @@ def train(
         shapes_eval_split=spec.shapes_eval_split,
     )
     class_names = class_names_of(spec, train_set)
+    warn_of_untrained_classes(spec, train_set, eval_set, class_names)
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir, head)
     if lora_rank:

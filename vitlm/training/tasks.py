@@ -11,8 +11,11 @@ Nothing heavy is imported at module level (`vitlm --help` lists the names from h
 collators and metrics when they are called.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -715,6 +718,26 @@ def class_names_of(task, dataset) -> list[str] | None:
     return names
 
 
+def warn_of_untrained_classes(task, train_set, eval_set, class_names) -> list[str]:
+    """Warn of (and return) the classes the evaluation split holds that no training example has (an image folder's
+    `test/bird` without a `train/bird`, or a small draw of the shapes world): a head sized to the classes scores them
+    untrained, which the evaluation metrics then include."""
+    if not get_task(task).sized_head or eval_set is None or not class_names:
+        return []
+    trained = set(train_set[find_column(train_set, LABEL_COLUMNS, "label")])
+    evaluated = set(eval_set[find_column(eval_set, LABEL_COLUMNS, "label")])
+    untrained = sorted(class_names[index] for index in evaluated - trained)
+    if untrained:
+        logger.warning(
+            "vitlm train: the evaluation split has %d classes no training image has (%s%s): the head scores them "
+            "untrained",
+            len(untrained),
+            ", ".join(untrained[:5]),
+            ", ..." if len(untrained) > 5 else "",
+        )
+    return untrained
+
+
 def auto_class(task):
     """The transformers Auto class of `task`."""
     import transformers
@@ -734,4 +757,5 @@ __all__ = [
     "find_column",
     "get_task",
     "image_column",
+    "warn_of_untrained_classes",
 ]
