@@ -192,6 +192,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser):
         "them), e.g. 10",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace what --output-dir holds (refused without it, or --resume)"
+    )
     parser.add_argument("--no-checkpoints", action="store_true", help="save only the final model (no resuming)")
     parser.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], help="cast the final weights")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final folder to this Hub repo")
@@ -235,7 +238,9 @@ def _run_train(args) -> int:
         lora_targets=args.lora_targets,
         merge_lora=args.merge_lora,
     )
-    check_arguments(args.task, args.output_dir, **settings, **task_options)
+    check_arguments(
+        args.task, args.output_dir, **settings, resume=args.resume, overwrite=args.overwrite, **task_options
+    )
 
     from accelerate import PartialState
 
@@ -247,6 +252,7 @@ def _run_train(args) -> int:
         args.dataset,
         args.output_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         push_to_hub=args.push_to_hub,
         shapes_train=args.shapes_train,
         shapes_test=args.shapes_test,

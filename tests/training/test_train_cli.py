@@ -8,6 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
@@ -319,3 +320,33 @@ def test_classes_only_in_the_evaluation_split_are_warned_of(tmp_path, caplog):
         assert warn_of_untrained_classes(spec, train_set, eval_set, names) == ["bird"]
     assert "the evaluation split has 1 classes no training image has (bird)" in caplog.text
     assert warn_of_untrained_classes(spec, train_set, train_set, names) == []
+
+
+def test_a_folder_holding_files_is_refused_unless_resumed_or_replaced(tmp_path, capsys, monkeypatch):
+    """A second run into a folder would mix its files with the first's (a dual encoder's tokenizer beside a ViT
+    classifier) and replace its model: refused unless --resume continues it or --overwrite replaces it whole."""
+    out = tmp_path / "run"
+    tiny = ["--dataset", "shapes", "--shapes-train", "8", "--shapes-test", "4", "--shapes-size", "32"]
+    tiny += ["--max-steps", "1", "--batch-size", "4", "--no-checkpoints", "--output-dir", str(out)]
+    assert main(["train", "contrastive", "--model", "clip-tiny-test", *tiny]) == 0
+    first = sorted(path.name for path in out.iterdir())
+    assert "tokenizer.json" in first
+    capsys.readouterr()
+
+    assert main(["train", "classify", "--model", "vit-tiny-test", *tiny]) == 2
+    assert "already holds files: pass --resume to continue the run saved there, --overwrite" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == first  # untouched
+
+    assert main(["train", "classify", "--model", "vit-tiny-test", *tiny, "--resume", "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert main(["train", "classify", "--model", str(out), *tiny, "--overwrite"]) == 2
+    assert "which --overwrite would delete before reading it" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == first
+    monkeypatch.chdir(out)
+    assert main(["train", "classify", "--model", "vit-tiny-test", *tiny[:-1], ".", "--overwrite"]) == 2
+    assert "the current folder, one above it or the home folder" in capsys.readouterr().err
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "classify", "--model", "vit-tiny-test", *tiny, "--overwrite"]) == 0
+    assert "tokenizer.json" not in {path.name for path in out.iterdir()}  # replaced whole, nothing of the first run
+    assert AutoConfig.from_pretrained(out).architectures == ["VitlmViTForImageClassification"]

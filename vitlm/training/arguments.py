@@ -32,14 +32,15 @@ def check_arguments(
     lora_rank=None,
     lora_targets=None,
     merge_lora=False,
+    resume=False,
+    overwrite=False,
     **task_options,
 ):
     """Refuse a training setting out of its range, naming it and its `vitlm train` option, or an option of another
     task (`TASK_OPTIONS`: mixup on a task without labels to mix, ...), before any data is generated or model built:
     Trainer would otherwise fail late, or train silently with no effect (a learning rate or layer decay of 0)."""
     get_task(task)
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
+    check_output_dir(output_dir, resume, overwrite)
     mixup_alpha, cutmix_alpha = task_options.get("mixup_alpha", 0.0), task_options.get("cutmix_alpha", 0.0)
     ranges = [  # (name, option, value, valid, what it must be)
         ("epochs", "--epochs", epochs, _number(epochs) and epochs > 0, "a number > 0"),
@@ -93,4 +94,27 @@ def check_arguments(
     check_task_options(task, twin_weight=twin_weight, **task_options)
 
 
-__all__ = ["check_arguments"]
+def check_output_dir(output_dir, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an output folder that holds files unless the run continues there (`resume`) or replaces them
+    (`overwrite`: never the current folder or one above it, nor the home folder): a second run into it would mix its
+    files with the first's, and replace the first's model."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
+    if overwrite:
+        resolved, cwd = out.resolve(), Path.cwd().resolve()
+        if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+            raise ValueError(
+                f"output_dir {str(output_dir) or '.'!r} is the current folder, one above it or the home folder, which "
+                "--overwrite does not replace; name a folder of its own"
+            )
+    elif not resume and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"output_dir {output_dir} already holds files: pass --resume to continue the run saved there, --overwrite "
+            "to replace them, or another --output-dir"
+        )
+
+
+__all__ = ["check_arguments", "check_output_dir"]

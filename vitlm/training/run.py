@@ -3,6 +3,7 @@ Auto classes (model, processor, loss curves, model card)."""
 
 import contextlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -118,6 +119,11 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     return model, processor
 
 
+def is_within(path, folder) -> bool:
+    resolved, folder = Path(path).resolve(), Path(folder).resolve()
+    return resolved == folder or folder in resolved.parents
+
+
 def load_datasets(
     name: str,
     seed: int = 0,
@@ -192,6 +198,7 @@ def train(
     lr: float = 5e-4,
     seed: int = 42,
     resume: bool = False,
+    overwrite: bool = False,
     push_to_hub: str | None = None,
     shapes_train: int = 512,
     shapes_test: int = 128,
@@ -256,6 +263,8 @@ def train(
         lora_rank=lora_rank,
         lora_targets=lora_targets,
         merge_lora=merge_lora,
+        resume=resume,
+        overwrite=overwrite,
         **task_options,
     )
     spec = get_task(task, head)  # checked above: a head of this task
@@ -295,6 +304,19 @@ def train(
     )
     class_names = class_names_of(spec, train_set)
     warn_of_untrained_classes(spec, train_set, eval_set, class_names)
+    if overwrite and output_dir.is_dir():  # checked above: a folder of its own; replaced once the data is there
+        inside = [name for name in (model_name, dataset_name) if Path(name).exists() and is_within(name, output_dir)]
+        if inside:
+            raise ValueError(
+                f"{inside[0]} is in output_dir {output_dir}, which --overwrite would delete before reading it: "
+                "train into another folder"
+            )
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:
+            shutil.rmtree(output_dir)
+        state.wait_for_everyone()
     set_seed(seed)  # a preset's random initialization is part of the run (Trainer seeds only once it is built)
     model, processor = load_model(task, model_name, class_names, parse_overrides(config_overrides), output_dir, head)
     if lora_rank:
