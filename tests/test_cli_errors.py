@@ -223,6 +223,14 @@ CASES = {
     "export a folder without model": (["export", "{root}/empty-dir", "{out}"], "empty-dir"),
     "export a transformers model": (["export", "{root}/hf-vit", "{out}"], "holds a ViTModel, not vitlm's"),
     "export a hybrid": (["export", "{root}/vitlm-hybrid", "{out}"], "cannot represent a hybrid CNN stem"),
+    "export over its own folder": (
+        ["export", "{root}/vitlm-vit", "{root}/vitlm-vit", "--overwrite"],
+        "vitlm-vit, which writing it would replace: name another folder",
+    ),
+    "export to ONNX over its own folder": (
+        ["export", "{root}/vitlm-vit", "{root}/vitlm-vit", "--onnx", "--overwrite"],
+        "vitlm-vit, which writing it would replace: name another folder",
+    ),
     "export onto a file": (["export", "{root}/vitlm-vit", "{root}/a-file"], "a-file exists and is not a folder"),
     "export onto files": (["export", "{root}/vitlm-vit", "{root}/kept"], "kept already holds files"),
     "export onto the current folder": (["export", "{root}/vitlm-vit", ".", "--overwrite"], "the current folder"),

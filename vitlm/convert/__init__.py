@@ -298,10 +298,18 @@ def clean_leftovers(out_dir: Path):
             logger.warning(f"removed {leftover}, left behind by an interrupted save to {out_dir}")
 
 
-def check_out_dir(out_dir: Path, overwrite: bool):
+def check_out_dir(out_dir: Path, overwrite: bool, reads=()):
     """Refuse an output folder that cannot be written or replaced whole (a file, the current folder or one above it,
-    a folder holding files without `overwrite`), after cleaning what an interrupted save left there."""
+    a folder holding files without `overwrite`, a folder holding one of the paths in `reads`: the model or checkpoint
+    the job reads, which replacing the folder would delete), after cleaning what an interrupted save left there."""
     resolved = out_dir.resolve()
+    for path in reads:
+        if isinstance(path, (str, os.PathLike)) and Path(path).exists():
+            source = Path(path).resolve()
+            if source == resolved or resolved in source.parents:
+                raise ValueError(
+                    f"{out_dir} holds {os.fspath(path)}, which writing it would replace: name another folder"
+                )
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ValueError(
@@ -329,7 +337,7 @@ def convert(
 ) -> Path:
     """Convert `source` and save it to `out_dir` with a model card (optionally pushing the folder to the Hub as
     `push_to_hub`); `random_weights` as in `load`."""
-    check_out_dir(Path(out_dir), overwrite)  # fail before the slow part
+    check_out_dir(Path(out_dir), overwrite, reads=[checkpoint] if checkpoint else [])  # fail before the slow part
     if push_to_hub:
         from huggingface_hub.utils import validate_repo_id
 

@@ -468,7 +468,7 @@ def export(model_or_folder, out_dir: str | Path, processor=None, overwrite: bool
         processor: the model's `VitlmDualEncoderProcessor` or `VitlmImageProcessor`, unless `model_or_folder` has it.
     """
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, reads=[model_or_folder])
     if isinstance(model_or_folder, Converted):
         model_or_folder, processor = model_or_folder.model, processor or model_or_folder.processor
     elif isinstance(model_or_folder, (str, os.PathLike)):

@@ -220,7 +220,7 @@ def export_onnx(model_or_folder, out_dir: str | Path, processor=None, int8: bool
     from ..convert import check_out_dir, staged_folder
 
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, reads=[model_or_folder])
     folder = None
     if isinstance(model_or_folder, (str, Path)):
         folder, model_or_folder = Path(model_or_folder), load_model(model_or_folder)
