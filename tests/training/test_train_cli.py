@@ -350,3 +350,18 @@ def test_a_folder_holding_files_is_refused_unless_resumed_or_replaced(tmp_path, 
     assert main(["train", "classify", "--model", "vit-tiny-test", *tiny, "--overwrite"]) == 0
     assert "tokenizer.json" not in {path.name for path in out.iterdir()}  # replaced whole, nothing of the first run
     assert AutoConfig.from_pretrained(out).architectures == ["VitlmViTForImageClassification"]
+
+
+def test_a_preset_or_shapes_named_like_a_folder_here_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vit-tiny-test").mkdir()
+    (tmp_path / "shapes").mkdir()
+    out = ["--output-dir", str(tmp_path / "out")]
+    assert main(["train", "classify", "--model", "vit-tiny-test", "--dataset", "shapes", *out]) == 2
+    assert "'shapes' names both the generated shapes world and a folder here" in capsys.readouterr().err
+    (tmp_path / "shapes").rmdir()
+    assert (
+        main(["train", "classify", "--model", "vit-tiny-test", "--dataset", "shapes", "--shapes-train", "4", *out])
+        == 2
+    )
+    assert "'vit-tiny-test' names both a preset and a folder here: pass './vit-tiny-test'" in capsys.readouterr().err

@@ -80,6 +80,8 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
             label2id={n: i for i, n in enumerate(class_names)},
         )
     is_preset = name in preset_names()
+    if is_preset and Path(name).exists():
+        raise ValueError(f"{name!r} names both a preset and a folder here: pass './{name}' for the folder")
     source = preset_path(name) if is_preset else name
     config = AutoConfig.from_pretrained(source)
     if not config.model_type.startswith("vitlm"):
@@ -141,6 +143,10 @@ def load_datasets(
     from datasets import DatasetDict, load_dataset
 
     if name == "shapes":
+        if Path(name).exists():
+            raise ValueError(
+                "'shapes' names both the generated shapes world and a folder here: pass './shapes' for the folder"
+            )
         from ..data.shapes import generate
 
         sizes = dict(image_size=shapes_size, max_objects=shapes_max_objects)
