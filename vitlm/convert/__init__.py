@@ -303,6 +303,12 @@ def check_out_dir(out_dir: Path, overwrite: bool, reads=()):
     a folder holding files without `overwrite`, a folder holding one of the paths in `reads`: the model or checkpoint
     the job reads, which replacing the folder would delete), after cleaning what an interrupted save left there."""
     resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(
+            f"{str(out_dir) or '.'!r} is the current folder or one above it, which cannot be replaced whole; "
+            "name a folder of its own"
+        )
     for path in reads:
         if isinstance(path, (str, os.PathLike)) and Path(path).exists():
             source = Path(path).resolve()
@@ -310,12 +316,6 @@ def check_out_dir(out_dir: Path, overwrite: bool, reads=()):
                 raise ValueError(
                     f"{out_dir} holds {os.fspath(path)}, which writing it would replace: name another folder"
                 )
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        raise ValueError(
-            f"{str(out_dir) or '.'!r} is the current folder or one above it, which cannot be replaced whole; "
-            "name a folder of its own"
-        )
     blocking = next((parent for parent in resolved.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise FileExistsError(f"cannot write {out_dir}: {blocking} is a file, not a folder")
