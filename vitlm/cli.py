@@ -239,7 +239,13 @@ def _run_train(args) -> int:
         merge_lora=args.merge_lora,
     )
     check_arguments(
-        args.task, args.output_dir, **settings, resume=args.resume, overwrite=args.overwrite, **task_options
+        args.task,
+        args.output_dir,
+        **settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        reads=(args.model, args.dataset),
+        **task_options,
     )
 
     from accelerate import PartialState

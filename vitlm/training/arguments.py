@@ -34,13 +34,14 @@ def check_arguments(
     merge_lora=False,
     resume=False,
     overwrite=False,
+    reads=(),
     **task_options,
 ):
     """Refuse a training setting out of its range, naming it and its `vitlm train` option, or an option of another
     task (`TASK_OPTIONS`: mixup on a task without labels to mix, ...), before any data is generated or model built:
     Trainer would otherwise fail late, or train silently with no effect (a learning rate or layer decay of 0)."""
     get_task(task)
-    check_output_dir(output_dir, resume, overwrite)
+    check_output_dir(output_dir, resume, overwrite, reads)
     mixup_alpha, cutmix_alpha = task_options.get("mixup_alpha", 0.0), task_options.get("cutmix_alpha", 0.0)
     ranges = [  # (name, option, value, valid, what it must be)
         ("epochs", "--epochs", epochs, _number(epochs) and epochs > 0, "a number > 0"),
@@ -94,10 +95,11 @@ def check_arguments(
     check_task_options(task, twin_weight=twin_weight, **task_options)
 
 
-def check_output_dir(output_dir, resume: bool = False, overwrite: bool = False) -> None:
+def check_output_dir(output_dir, resume: bool = False, overwrite: bool = False, reads=()) -> None:
     """Refuse an output folder that holds files unless the run continues there (`resume`) or replaces them
-    (`overwrite`: never the current folder or one above it, nor the home folder): a second run into it would mix its
-    files with the first's, and replace the first's model."""
+    (`overwrite`: never the current folder or one above it, nor the home folder, nor a folder holding one of the
+    paths in `reads`, the model and data the run reads): a second run into it would mix its files with the first's,
+    and replace the first's model."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
@@ -110,6 +112,13 @@ def check_output_dir(output_dir, resume: bool = False, overwrite: bool = False) 
                 f"output_dir {str(output_dir) or '.'!r} is the current folder, one above it or the home folder, which "
                 "--overwrite does not replace; name a folder of its own"
             )
+        for path in reads:
+            source = Path(path).resolve()
+            if Path(path).exists() and (source == resolved or resolved in source.parents):
+                raise ValueError(
+                    f"{path} is in output_dir {output_dir}, which --overwrite would delete before reading it: "
+                    "train into another folder"
+                )
     elif not resume and out.is_dir() and any(out.iterdir()):
         raise FileExistsError(
             f"output_dir {output_dir} already holds files: pass --resume to continue the run saved there, --overwrite "

@@ -121,11 +121,6 @@ def load_model(task, name: str, class_names=None, config_overrides=None, work_di
     return model, processor
 
 
-def is_within(path, folder) -> bool:
-    resolved, folder = Path(path).resolve(), Path(folder).resolve()
-    return resolved == folder or folder in resolved.parents
-
-
 def load_datasets(
     name: str,
     seed: int = 0,
@@ -271,6 +266,7 @@ def train(
         merge_lora=merge_lora,
         resume=resume,
         overwrite=overwrite,
+        reads=(model_name, dataset_name),
         **task_options,
     )
     spec = get_task(task, head)  # checked above: a head of this task
@@ -311,12 +307,6 @@ def train(
     class_names = class_names_of(spec, train_set)
     warn_of_untrained_classes(spec, train_set, eval_set, class_names)
     if overwrite and output_dir.is_dir():  # checked above: a folder of its own; replaced once the data is there
-        inside = [name for name in (model_name, dataset_name) if Path(name).exists() and is_within(name, output_dir)]
-        if inside:
-            raise ValueError(
-                f"{inside[0]} is in output_dir {output_dir}, which --overwrite would delete before reading it: "
-                "train into another folder"
-            )
         from accelerate import PartialState
 
         state = PartialState()
