@@ -650,10 +650,9 @@ def annotated_output(**options) -> gr.AnnotatedImage:
 
 def image_input(elem_id: str) -> gr.Image:
     # the uploaded file as it is (any mode): `load_image` checks its size before decoding it
-    image = gr.Image(
+    return gr.Image(
         type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image", height=300, elem_id=elem_id
     )
-    return refusing_bad_input(image)
 
 
 def model_selector(task: str, choices: list[str], store: ModelStore) -> gr.Dropdown:
@@ -787,18 +786,16 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
 
         with gr.Tab("Inpainting", id="masked-image-modeling"):
             with gr.Row():
-                editor = refusing_bad_input(
-                    gr.ImageEditor(
-                        type="pil",
-                        image_mode="RGBA",
-                        sources=["upload", "clipboard"],
-                        transforms=(),
-                        layers=False,
-                        brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6),
-                        label="Image: paint over what to fill",
-                        height=400,
-                        elem_id="inpainting-editor",
-                    )
+                editor = gr.ImageEditor(
+                    type="pil",
+                    image_mode="RGBA",
+                    sources=["upload", "clipboard"],
+                    transforms=(),
+                    layers=False,
+                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6),
+                    label="Image: paint over what to fill",
+                    height=400,
+                    elem_id="inpainting-editor",
                 )
                 with gr.Column():
                     original = image_output(label="Original", elem_id="inpainting-original")
@@ -868,8 +865,8 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
             handler = _status_handler(task, store, show_templates)
             source.change(handler, source, outputs, api_name=f"{task.replace('-', '_')}_model")
             demo.load(handler, source, outputs, api_visibility="private")
-        for block in demo.blocks.values():
-            if isinstance(block, (gr.Slider, gr.Number, gr.Dropdown)):
+        for block in demo.blocks.values():  # every control a request's values pass through
+            if isinstance(block, (gr.Image, gr.ImageEditor, gr.Slider, gr.Number, gr.Dropdown)):
                 refusing_bad_input(block)
     return demo
 
