@@ -23,6 +23,7 @@ from torch import nn
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vitlm import VitlmViTSynthesisConfig
+from .image_processing_vitlm import as_pil_image, as_rgb
 from .inpainting_utils import patchify, unpatchify
 from .modeling_vit import VitlmViTModel, VitlmViTPreTrainedModel
 
@@ -272,6 +273,7 @@ class VitlmViTForInpaintingSynthesis(VitlmViTPreTrainedModel):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"`seed` must be an integer from 0 to 2**63 - 1 (torch's generator seeds), got {seed!r}")
         image_processor.check_generative_mask(mask)
+        image = as_rgb(as_pil_image(image))  # decoded once (a path, an array), not again for every sample
         inputs = image_processor.prepare_inpainting(image, mask, self.config)
         generator = torch.Generator().manual_seed(seed)
         samples = self.sample_patches(
